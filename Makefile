@@ -1,0 +1,39 @@
+# Kairos — everything a newcomer needs is `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+DEMO_PORT ?= 9101
+
+.PHONY: install run test test-all lint bench clean
+
+# The venv marker is rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[http2,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Starts the demo upstream (HTTP + WebSocket echo on 127.0.0.1:$(DEMO_PORT)) and the gateway on
+# 0.0.0.0:5900 with the embedded default config; Ctrl-C stops both.
+run: install
+	@$(PY) -m kairos.demo --port $(DEMO_PORT) & demo=$$!; \
+	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
+	KAIROS_DEMO_UPSTREAM=http://127.0.0.1:$(DEMO_PORT) $(PY) -m kairos run
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check kairos tests bench
+	$(VENV)/bin/ruff format --check kairos tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,2 @@
+"""Kairos API gateway."""
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""The ``kairos`` command: ``kairos run`` and ``kairos validate FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kairos import __version__
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kairos.config import ConfigError, load_file
+
+    try:
+        loaded = load_file(args.file)
+    except ConfigError as exc:
+        print(f"{exc.source}: INVALID, {len(exc.problems)} error(s)")
+        for problem in exc.problems:
+            print(f"  error: {problem}")
+        return 1
+    for warning in loaded.warnings:
+        print(f"  warning: {warning}")
+    routes = loaded.config.routers
+    print(f"{loaded.source}: OK ({len(routes)} route(s), {len(loaded.warnings)} warning(s))")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from kairos.config import ConfigError, load_file
+    from kairos.settings import Settings
+
+    if args.config:
+        os.environ["KAIROS_CONFIG_PATH"] = str(args.config)
+    settings = Settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    workers = args.workers or settings.workers
+    level = settings.log_level.split(",")[0].split("=")[-1].lower()
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Validate up front so an invalid file prints its errors once and exits 1, before any worker.
+    if settings.config_path.exists():
+        try:
+            load_file(settings.config_path)
+        except ConfigError as exc:
+            print(f"{exc.source}: invalid config, not starting", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  error: {problem}", file=sys.stderr)
+            return 1
+    uvicorn.run(
+        "kairos.app:app",
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=level if level in ("critical", "error", "warning", "info", "debug", "trace") else "info",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kairos", description="Kairos API gateway")
+    parser.add_argument("--version", action="version", version=f"kairos {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="start the gateway (uvicorn with uvloop + httptools)")
+    run.add_argument("--host", help="bind address (default: KAIROS_HOST or 0.0.0.0)")
+    run.add_argument("--port", type=int, help="bind port (default: KAIROS_PORT or 5900)")
+    run.add_argument("--workers", type=int, help="worker processes (default: KAIROS_WORKERS or 1)")
+    run.add_argument("--config", type=Path, help="config file (default: KAIROS_CONFIG_PATH or ./config.json)")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check a config file; exit 1 on errors")
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(handler=_validate)
+
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""`jwt` (kairos-rs: secret/issuer/audience/required_claims; Kairos adds keys and algorithms)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from kairos.config.base import ConfigModel, NonNegativeInt, Str
+
+Algorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"
+]
+_KAIROS_RS_DEFAULT_SECRET = "please-change-this-secret"
+
+
+class JwtConfig(ConfigModel):
+    secret: Str | None = None
+    public_key: Str | None = None
+    jwks_url: Str | None = None
+    algorithms: tuple[Algorithm, ...] | None = None
+    issuer: Str | None = None
+    audience: Str | tuple[Str, ...] | None = None
+    required_claims: tuple[Str, ...] = ()
+    leeway_secs: NonNegativeInt = Field(30, le=600)
+
+    @field_validator("secret")
+    @classmethod
+    def _strong_secret(cls, secret: str | None) -> str | None:
+        if secret is None:
+            return None
+        if not secret.strip():
+            raise ValueError("cannot be empty")
+        if secret == _KAIROS_RS_DEFAULT_SECRET:
+            raise ValueError("must be changed from the default value")
+        if len(secret) < 32:
+            raise ValueError(f"must be at least 32 characters (has {len(secret)})")
+        return secret
+
+    @model_validator(mode="after")
+    def _keys_match_algorithms(self) -> JwtConfig:
+        if self.secret is None and self.public_key is None and self.jwks_url is None:
+            raise ValueError("one of secret, public_key or jwks_url is required")
+        if self.jwks_url is not None and not self.jwks_url.startswith(("http://", "https://")):
+            raise ValueError(f"jwks_url must be an http:// or https:// URL (got {self.jwks_url!r})")
+        for algorithm in self.effective_algorithms:
+            if algorithm.startswith("HS") and self.secret is None:
+                raise ValueError(f"algorithm {algorithm} needs `secret`")
+            if not algorithm.startswith("HS") and self.public_key is None and self.jwks_url is None:
+                raise ValueError(f"algorithm {algorithm} needs `public_key` or `jwks_url`")
+        return self
+
+    @property
+    def effective_algorithms(self) -> tuple[str, ...]:
+        if self.algorithms:
+            return self.algorithms
+        return ("HS256",) if self.secret is not None else ("RS256",)

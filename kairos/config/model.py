@@ -1,0 +1,219 @@
+"""The config.json model: kairos-rs's format, its documented aliases, and Kairos's additions.
+
+One internal shape, whatever the spelling in the file: the legacy route-level ``host``+``port``
+becomes a one-element ``backends``; ``retry_config`` becomes ``retry``; top-level ``jwt_secret``
+becomes ``jwt.secret``; README-style rate limits become the PascalCase form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, AliasChoices, Field, Strict, field_validator, model_validator
+
+from kairos.config.ai import AiConfig, AiPolicy
+from kairos.config.base import Bool, ConfigModel, Int, NonNegativeInt, PositiveInt, Str
+from kairos.config.jwt import JwtConfig
+from kairos.config.policies import (
+    CacheConfig,
+    CircuitBreakerConfig,
+    CompressionConfig,
+    CorsConfig,
+    HealthCheckConfig,
+    MetricsConfig,
+    ServerConfig,
+)
+from kairos.config.ratelimit import RateLimitConfig
+from kairos.config.retry import RetryConfig
+from kairos.config.transform import RequestTransformation, ResponseTransformation
+from kairos.routing.template import PathTemplate, parse_template
+
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE")
+Protocol = Literal["http", "websocket", "ftp", "dns"]
+Strategy = Literal["round_robin", "least_connections", "random", "weighted", "ip_hash"]
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21, "ftps": 990, "dns": 53}
+
+
+def check_port(port: int) -> int:
+    if not 1 <= port <= 65535:
+        raise ValueError("must be between 1 and 65535")
+    return port
+
+
+class BackendConfig(ConfigModel):
+    host: Str = Field(min_length=1)
+    port: Int
+    weight: PositiveInt = Field(1, le=2**32 - 1)
+    health_check_path: Str | None = None
+    http2: Bool = False
+    description: Str | None = None
+    examples: tuple[Str, ...] = ()
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, port: int) -> int:
+        return check_port(port)
+
+    @field_validator("host")
+    @classmethod
+    def _host_shape(cls, host: str) -> str:
+        if "://" in host:
+            parts = urlsplit(host)
+            if not parts.hostname:
+                raise ValueError(f"missing a host name after the scheme (got {host!r})")
+            if parts.port is not None:
+                raise ValueError(f"put the port in `port`, not in `host` (got {host!r})")
+            if parts.path not in ("", "/") or parts.query or parts.fragment:
+                raise ValueError(f"must be scheme://hostname with no path (got {host!r})")
+        elif "/" in host or ":" in host.strip("[]") and not _is_ip(host):
+            raise ValueError(f"must be scheme://hostname, e.g. http://10.0.0.5 (got {host!r})")
+        return host.rstrip("/")
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
+            raise ValueError("must start with '/'")
+        return path
+
+    @property
+    def scheme(self) -> str:
+        return self.host.split("://", 1)[0].lower() if "://" in self.host else ""
+
+    @property
+    def hostname(self) -> str:
+        return urlsplit(self.host).hostname or "" if "://" in self.host else self.host.strip("[]")
+
+
+def _cidr(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError("not an IP address or CIDR") from None
+    return text
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class RouteConfig(ConfigModel):
+    external_path: Str
+    internal_path: Str
+    methods: tuple[Str, ...] = Field(min_length=1)
+    auth_required: Bool = False
+    protocol: Protocol = "http"
+    backends: tuple[BackendConfig, ...] | None = None
+    host: Str | None = None
+    port: Int | None = None
+    load_balancing_strategy: Strategy = "round_robin"
+    retry: RetryConfig | None = Field(None, validation_alias=AliasChoices("retry", "retry_config"))
+    request_transformation: RequestTransformation | None = None
+    response_transformation: ResponseTransformation | None = None
+    ai_policy: AiPolicy | None = None
+    rate_limit: RateLimitConfig | None = None
+    cache: CacheConfig | None = None
+    cors: CorsConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    health_check: HealthCheckConfig | None = None
+    required_roles: tuple[Str, ...] = ()
+    auth: Literal["any", "jwt", "api_key"] = "any"
+    timeout_ms: NonNegativeInt = 30000
+    connect_timeout_ms: PositiveInt = 5000
+
+    @field_validator("external_path", "internal_path")
+    @classmethod
+    def _template(cls, path: str) -> str:
+        parse_template(path)
+        return path
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        normalised: list[str] = []
+        for method in methods:
+            upper = method.upper()
+            if upper not in HTTP_METHODS:
+                raise ValueError(f"invalid HTTP method {method!r}; use " + ", ".join(HTTP_METHODS))
+            if upper not in normalised:
+                normalised.append(upper)
+        return tuple(normalised)
+
+    @field_validator("port")
+    @classmethod
+    def _legacy_port(cls, port: int | None) -> int | None:
+        return None if port is None else check_port(port)
+
+    @field_validator("load_balancing_strategy", "protocol", mode="before")
+    @classmethod
+    def _lower_enum(cls, value: Any) -> Any:
+        return value.strip().lower().replace("-", "_") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _resolve_backends(self) -> RouteConfig:
+        if self.backends is None:
+            if self.host is None:
+                raise ValueError("needs `backends` (or the legacy `host` + `port`)")
+            scheme = self.host.split("://", 1)[0].lower() if "://" in self.host else ""
+            port = self.port if self.port is not None else DEFAULT_PORTS.get(scheme, 80)
+            legacy = BackendConfig.model_validate({"host": self.host, "port": port})
+            object.__setattr__(self, "backends", (legacy,))
+        elif not self.backends:
+            raise ValueError("backends: at least one backend must be specified")
+        return self
+
+    @property
+    def upstreams(self) -> tuple[BackendConfig, ...]:
+        assert self.backends is not None  # resolved by the validator
+        return self.backends
+
+    @property
+    def external_template(self) -> PathTemplate:
+        return parse_template(self.external_path)
+
+    @property
+    def internal_template(self) -> PathTemplate:
+        return parse_template(self.internal_path)
+
+
+class ApiKeyConsumer(ConfigModel):
+    name: Str = Field(min_length=1)
+    keys: tuple[Str, ...] = Field(min_length=1)
+
+
+class GatewayConfig(ConfigModel):
+    """The whole file. ``routers`` is validated route by route by the loader so that one bad route
+    does not hide the errors of the next."""
+
+    version: int = Field(1, ge=0, le=255, strict=True)
+    jwt: JwtConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+    ai: AiConfig | None = None
+    routers: tuple[RouteConfig, ...] = ()
+    trusted_proxies: tuple[Annotated[str, Strict(), AfterValidator(_cidr)], ...] = ()
+    api_keys: tuple[ApiKeyConsumer, ...] = ()
+    api_key_header: Str = "X-API-Key"
+    server: ServerConfig | None = None
+    metrics: MetricsConfig | None = None
+    cors: CorsConfig | None = None
+    compression: CompressionConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    health_check: HealthCheckConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _jwt_secret_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "jwt_secret" in data:
+            data = dict(data)
+            secret = data.pop("jwt_secret")
+            if data.get("jwt") is None:
+                data["jwt"] = {"secret": secret}
+        return data
+

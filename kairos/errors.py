@@ -1,0 +1,100 @@
+"""The single place gateway-generated errors are rendered.
+
+Wire format kept from kairos-rs so existing clients parse it: a JSON body
+``{"error": message, "type": kind, "timestamp": RFC 3339, "request_id": id}``; the request id is
+also echoed in ``X-Request-ID``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from starlette.types import Scope, Send
+
+# type -> status, as in kairos-rs's GatewayError (reference §3.3), plus Kairos's own.
+STATUS_BY_TYPE = {
+    "bad_request": 400,
+    "authentication_error": 401,
+    "authorization_error": 403,
+    "route_not_found": 404,
+    "method_not_allowed": 405,
+    "payload_too_large": 413,
+    "upgrade_required": 426,
+    "rate_limit_error": 429,
+    "internal": 500,
+    "not_implemented": 501,
+    "upstream": 502,
+    "config": 502,
+    "circuit_open": 503,
+    "timeout": 504,
+}
+
+
+def timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def error_body(kind: str, message: str, request_id: str) -> bytes:
+    return json.dumps(
+        {"error": message, "type": kind, "timestamp": timestamp(), "request_id": request_id}
+    ).encode()
+
+
+async def send_error(
+    send: Send,
+    kind: str,
+    message: str,
+    request_id: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    status: int | None = None,
+) -> None:
+    body = error_body(kind, message, request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status or STATUS_BY_TYPE[kind],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def reject(
+    scope: Scope,
+    send: Send,
+    kind: str,
+    message: str,
+    request_id: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    status: int | None = None,
+) -> None:
+    """Answer with an error whatever the scope type. A WebSocket upgrade is refused with a real
+    HTTP response when the server supports the ``websocket.http.response`` extension (uvicorn
+    does), otherwise with a close before accept (the server turns that into 403)."""
+    if scope["type"] == "http":
+        await send_error(send, kind, message, request_id, headers, status)
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = error_body(kind, message, request_id)
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status or STATUS_BY_TYPE[kind],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})

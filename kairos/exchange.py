@@ -1,0 +1,35 @@
+"""The per-request contract between middlewares (``scope["kairos"]``).
+
+Middlewares never import each other; what one decides and another needs travels here. A field
+is added only when two concerns must share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+    from kairos.routing.route import Backend, Route
+
+SCOPE_KEY = "kairos"
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    client_ip: str
+    started: float  # time.perf_counter() when the gateway saw the request
+    route: Route | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    identity: Any = None  # verified claims / API-key consumer, set by auth
+    preferred_backend: int | None = None  # set by AI routing
+    backend: Backend | None = None  # set by the balancer, per attempt
+    attempt: int = 0
+
+
+def get_exchange(scope: Scope) -> Exchange:
+    exchange: Exchange = scope[SCOPE_KEY]
+    return exchange

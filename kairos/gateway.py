@@ -1,0 +1,144 @@
+"""The Gateway: the one owner of state that outlives a request.
+
+It holds the current RouteTable snapshot, the per-backend state registry, the upstream engines
+and the trusted-proxy resolver, and it starts and stops them in the ASGI lifespan. A config change
+builds a whole new RouteTable and swaps one reference; requests in flight keep the snapshot they
+started with, and backend state (keyed by scheme+host+port) carries over to the new table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from kairos import __version__
+from kairos.config import ConfigError, GatewayConfig, LoadedConfig, default_config_text, load_data, load_file, load_text
+from kairos.config.loader import client_networks
+from kairos.proxy.aiohttp_engine import AiohttpEngine
+from kairos.proxy.engine import UpstreamEngine
+from kairos.proxy.headers import ClientAddress
+from kairos.proxy.httpx_engine import HttpxEngine
+from kairos.routing.matcher import RouteTable
+from kairos.routing.route import Backend, BackendState, compile_route
+from kairos.settings import Settings
+
+logger = logging.getLogger("kairos")
+
+ConfigInput = GatewayConfig | LoadedConfig | dict[str, Any] | str | Path | None
+
+
+class Gateway:
+    def __init__(self, settings: Settings, config: ConfigInput = None) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.started_at = time.time()
+        self.table = RouteTable(())
+        self.config: GatewayConfig | None = None
+        self.config_source = "(not loaded)"
+        self.generation = 0
+        self.backend_states: dict[str, BackendState] = {}
+        self.client_address = ClientAddress(())
+        self.default_engine: UpstreamEngine = AiohttpEngine(settings.upstream_max_connections)
+        self.http2_engine: UpstreamEngine = HttpxEngine()
+        self.websocket_connections = 0
+        self._explicit_config = config
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        if config is not None:
+            self.apply(self._load(config))
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def _load(self, config: ConfigInput) -> LoadedConfig:
+        if isinstance(config, LoadedConfig):
+            return config
+        if isinstance(config, GatewayConfig):
+            return LoadedConfig(config, [], "(object)")
+        if isinstance(config, dict):
+            return load_data(config, "(dict)")
+        if isinstance(config, str | Path):
+            return load_file(config)
+        path = self.settings.config_path
+        if path.exists():
+            return load_file(path)
+        logger.warning("config file %s not found: using the embedded default config (demo routes)", path)
+        return load_text(default_config_text(), "(embedded default)")
+
+    def apply(self, loaded: LoadedConfig) -> None:
+        """Build a new snapshot and swap it in; the old one stays valid for requests using it."""
+        states: dict[str, BackendState] = {}
+        for key, state in self.backend_states.items():
+            states[key] = state
+        table = RouteTable(compile_route(index, route, states) for index, route in enumerate(loaded.config.routers))
+        used = {backend.key for route in table.routes for backend in route.backends}
+        self.backend_states = {key: state for key, state in states.items() if key in used}
+        self.client_address = ClientAddress(client_networks(loaded.config))
+        self.config = loaded.config
+        self.config_source = loaded.source
+        self.table = table
+        self.generation += 1
+        for warning in loaded.warnings:
+            logger.warning("config %s: %s", loaded.source, warning)
+        logger.info("config %s loaded: %d route(s), generation %d", loaded.source, len(table), self.generation)
+
+    def current_table(self) -> RouteTable:
+        return self.table
+
+    def resolve_client_ip(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
+        return self.client_address.resolve(peer, headers)
+
+    def is_trusted_proxy(self, ip: str) -> bool:
+        return self.client_address.is_trusted(ip)
+
+    def engine_for(self, backend: Backend) -> UpstreamEngine:
+        return self.http2_engine if backend.http2 else self.default_engine
+
+    @property
+    def ready(self) -> bool:
+        return self.config is not None
+
+    @property
+    def uptime(self) -> float:
+        return time.time() - self.started_at
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        async with self._start_lock:
+            if self._started:
+                return
+            if self.config is None:
+                try:
+                    self.apply(self._load(self._explicit_config))
+                except ConfigError as exc:
+                    for problem in exc.problems:
+                        logger.error("config %s: %s", exc.source, problem)
+                    raise
+            await self.default_engine.start()
+            if any(backend.http2 for route in self.table.routes for backend in route.backends):
+                await self.http2_engine.start()
+            self._started = True
+            logger.info("Kairos %s started", self.version)
+
+    async def ensure_started(self) -> None:
+        """For a parent app that never runs our lifespan: start on the first request instead."""
+        if not self._started:
+            await self.startup()
+
+    async def shutdown(self) -> None:
+        await self.default_engine.close()
+        await self.http2_engine.close()
+        self._started = False
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()

@@ -1,0 +1,148 @@
+"""The WebSocket proxy endpoint.
+
+The backend connection is opened *before* the client is accepted, so a backend that refuses
+becomes an HTTP 502 on the upgrade (via the ASGI ``websocket.http.response`` extension, which
+uvicorn supports; a server without it gets a close before accept, i.e. 403). Then frames are relayed
+both ways until one side closes; the close code and reason are passed to the other side.
+
+Ping/pong: ASGI does not expose control frames, so each hop answers its own pings (uvicorn to the
+client, the ``websockets`` client to the backend) — both connections stay alive and both peers get
+their pongs; the frames themselves are not forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from starlette.types import Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
+
+from kairos.errors import reject
+from kairos.exchange import get_exchange
+from kairos.proxy.headers import upstream_request_headers
+
+logger = logging.getLogger("kairos.websocket")
+
+# Codes that may not be sent in a close frame (RFC 6455 §7.4.1); relay them as "going away".
+_RESERVED_CLOSE = {1004, 1005, 1006, 1015}
+
+
+class WebSocketProxy:
+    def __init__(self, is_trusted: Callable[[str], bool], on_open: Callable[[int], None] | None = None) -> None:
+        self._is_trusted = is_trusted
+        self._on_open = on_open
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = get_exchange(scope)
+        route, backend = exchange.route, exchange.backend
+        assert route is not None and backend is not None
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        url = backend.ws_base + route.upstream_path.build(exchange.params)
+        query = scope.get("query_string")
+        if query:
+            url += "?" + query.decode("latin-1")
+        headers = upstream_request_headers(
+            scope["headers"],
+            peer=peer,
+            peer_trusted=self._is_trusted(peer),
+            scheme="https" if scope.get("scheme") == "wss" else "http",
+            request_id=exchange.request_id,
+            websocket=True,
+        )
+        subprotocols = [p for p in scope.get("subprotocols", ()) if p]
+        try:
+            upstream = await connect(
+                url,
+                additional_headers=headers,
+                subprotocols=subprotocols or None,  # type: ignore[arg-type]
+                open_timeout=route.connect_timeout,
+                max_size=None,
+                compression=None,
+                user_agent_header=None,
+                ping_interval=20,
+                ping_timeout=20,
+                proxy=None,
+            )
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+            detail = f"backend answered HTTP {status}" if status else f"{type(exc).__name__}: {exc}"
+            logger.warning("websocket upstream %s refused (%s): %s", url, exchange.request_id, detail)
+            await reject(scope, send, "upstream", f"WebSocket upstream error for {backend.key}: {detail}",
+                         exchange.request_id)
+            return
+        try:
+            accept_headers = [(b"x-request-id", exchange.request_id.encode())]
+            if upstream.response is not None:
+                accept_headers += [
+                    (name.lower().encode("latin-1"), value.encode("latin-1"))
+                    for name, value in upstream.response.headers.raw_items()
+                    if name.lower() == "set-cookie"
+                ]
+            await send(
+                {"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": accept_headers}
+            )
+            if self._on_open is not None:
+                self._on_open(1)
+            await _relay(upstream, receive, send)
+        finally:
+            if self._on_open is not None and upstream.state.name != "CONNECTING":
+                self._on_open(-1)
+            await upstream.close()
+
+
+async def _relay(upstream: ClientConnection, receive: Receive, send: Send) -> None:
+    client_to_backend = asyncio.create_task(_client_to_backend(upstream, receive))
+    backend_to_client = asyncio.create_task(_backend_to_client(upstream, send))
+    done, pending = await asyncio.wait({client_to_backend, backend_to_client}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("websocket relay ended with %r", task.exception())
+
+
+async def _client_to_backend(upstream: ClientConnection, receive: Receive) -> None:
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            text = message.get("text")
+            try:
+                await upstream.send(text if text is not None else message.get("bytes") or b"")
+            except ConnectionClosed:
+                return
+        elif kind == "websocket.disconnect":
+            code = message.get("code", CloseCode.NORMAL_CLOSURE)
+            if code in _RESERVED_CLOSE:
+                code = CloseCode.GOING_AWAY
+            await upstream.close(code, message.get("reason") or "")
+            return
+
+
+async def _backend_to_client(upstream: ClientConnection, send: Send) -> None:
+    try:
+        async for frame in upstream:
+            if isinstance(frame, str):
+                await send({"type": "websocket.send", "text": frame})
+            else:
+                await send({"type": "websocket.send", "bytes": frame})
+    except ConnectionClosed:
+        pass
+    close = upstream.close_rcvd
+    code = close.code if close is not None else CloseCode.INTERNAL_ERROR
+    reason = close.reason if close is not None else "upstream connection lost"
+    if code in _RESERVED_CLOSE:
+        code = CloseCode.NORMAL_CLOSURE if code == 1005 else CloseCode.GOING_AWAY
+    with contextlib.suppress(Exception):
+        await send({"type": "websocket.close", "code": code, "reason": reason})

@@ -1,0 +1,157 @@
+"""The one route matcher: every concern (auth, limits, proxying) uses the route it returns.
+
+Precedence, most specific first, independent of config order except as the last tie-breaker:
+
+1. Segment by segment from the left, a literal segment beats a mixed pattern (``{name}.json``,
+   longer literal text first), which beats a whole-segment parameter (``{id}``).
+2. So a longer literal prefix wins (``/users/me/x`` over ``/users/{id}/x``).
+3. Routes of the same shape are tried in config order.
+4. A route whose methods do not include the request's method is skipped, so ``POST /users/me`` can
+   reach ``/users/{id}`` when ``/users/me`` is GET-only. Only when no route takes the method is the
+   answer 405, with ``Allow`` listing what the matching paths accept.
+
+Lookup walks a segment trie (dict lookups per segment), so its cost depends on the path's depth,
+not on the number of routes. Matching uses the raw (percent-encoded) path split on ``/``; each
+segment is then decoded on its own, so an encoded ``%2F`` never creates a segment boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from kairos.routing.route import Route
+from kairos.routing.template import Literal, Param, Pattern
+
+
+@dataclass(slots=True)
+class _Node:
+    literals: dict[str, _Node] = field(default_factory=dict)
+    patterns: list[tuple[Pattern, _Node]] = field(default_factory=list)
+    param: _Node | None = None
+    routes: list[Route] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class NoMatch:
+    """``allow`` is set when the path matched but the method did not (405); otherwise 404.
+    ``bad_path`` is set when the path itself is unacceptable (400)."""
+
+    allow: str | None = None
+    bad_path: str | None = None
+
+
+class RouteTable:
+    """An immutable snapshot of the compiled routes; a reload builds a new one and swaps it in."""
+
+    __slots__ = ("_root", "_static", "routes", "websocket_routes")
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes: tuple[Route, ...] = tuple(sorted(routes, key=lambda route: route.index))
+        self._root = _Node()
+        self._static: dict[str, list[Route]] = {}
+        for route in self.routes:
+            node = self._root
+            static = True
+            for segment in route.template.segments:
+                if isinstance(segment, Literal):
+                    node = node.literals.setdefault(segment.text, _Node())
+                elif isinstance(segment, Param):
+                    static = False
+                    if node.param is None:
+                        node.param = _Node()
+                    node = node.param
+                else:
+                    static = False
+                    node = _pattern_child(node, segment)
+            node.routes.append(route)
+            if static:
+                self._static.setdefault(route.template.source, []).append(route)
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    def match(self, method: str, raw_path: str) -> RouteMatch | NoMatch:
+        static = self._static.get(raw_path)
+        if static is not None:
+            for route in static:
+                if method in route.methods:
+                    return RouteMatch(route, {})
+        raw_segments = raw_path[1:].split("/") if raw_path.startswith("/") else [raw_path]
+        segments: list[str] = []
+        for raw in raw_segments:
+            try:
+                segment = unquote(raw, errors="strict") if "%" in raw else raw
+            except UnicodeDecodeError:
+                return NoMatch(bad_path="path is not valid percent-encoded UTF-8")
+            if segment in (".", ".."):
+                return NoMatch(bad_path="path contains '.' or '..' segments")
+            segments.append(segment)
+        captured: list[str] = []
+        allowed: set[str] = set()
+        found = _walk(self._root, segments, 0, method, captured, allowed)
+        if found is not None:
+            return RouteMatch(found, _params(found, segments))
+        return NoMatch(allow=_allow(allowed) if allowed else None)
+
+
+def _pattern_child(node: _Node, segment: Pattern) -> _Node:
+    for existing, child in node.patterns:
+        if existing.source == segment.source:
+            return child
+    child = _Node()
+    node.patterns.append((segment, child))
+    # More literal text = more specific; sort is stable so first-defined wins ties.
+    node.patterns.sort(key=lambda item: -item[0].literal_length)
+    return child
+
+
+def _walk(
+    node: _Node, segments: list[str], depth: int, method: str, captured: list[str], allowed: set[str]
+) -> Route | None:
+    if depth == len(segments):
+        for route in node.routes:
+            if method in route.methods:
+                return route
+            allowed.update(route.methods)
+        return None
+    segment = segments[depth]
+    child = node.literals.get(segment)
+    if child is not None:
+        found = _walk(child, segments, depth + 1, method, captured, allowed)
+        if found is not None:
+            return found
+    if segment:
+        for pattern, pattern_child in node.patterns:
+            if pattern.regex.fullmatch(segment):
+                found = _walk(pattern_child, segments, depth + 1, method, captured, allowed)
+                if found is not None:
+                    return found
+        if node.param is not None:
+            return _walk(node.param, segments, depth + 1, method, captured, allowed)
+    return None
+
+
+def _params(route: Route, segments: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for template_segment, value in zip(route.template.segments, segments, strict=True):
+        if isinstance(template_segment, Param):
+            params[template_segment.name] = value
+        elif isinstance(template_segment, Pattern):
+            match = template_segment.regex.fullmatch(value)
+            if match is not None:
+                params.update(match.groupdict())
+    return params
+
+
+def _allow(methods: set[str]) -> str:
+    from kairos.routing.route import allow_header
+
+    return allow_header(frozenset(methods))

@@ -1,0 +1,124 @@
+"""Path templates: ``/users/{id}/files/{name}.json``.
+
+A template is split on ``/`` into segments. A segment is a literal, a whole-segment parameter
+(``{id}``, matching one non-empty segment) or a mixed pattern (``{name}.json``). Parameters never
+span a ``/``. Parsed once at config load; the matcher and the upstream-path builder use the parsed
+form, never the string.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A segment mixing literal text and parameters, e.g. ``v{major}.{minor}``."""
+
+    source: str
+    regex: re.Pattern[str]
+    names: tuple[str, ...]
+    literal_length: int
+
+
+Segment = Literal | Param | Pattern
+
+
+@dataclass(frozen=True, slots=True)
+class PathTemplate:
+    source: str
+    segments: tuple[Segment, ...]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for segment in self.segments:
+            if isinstance(segment, Param):
+                names.append(segment.name)
+            elif isinstance(segment, Pattern):
+                names.extend(segment.names)
+        return tuple(names)
+
+    @property
+    def shape(self) -> tuple[str, ...]:
+        """The template with parameter names erased: two routes of one shape match the same paths."""
+        out: list[str] = []
+        for segment in self.segments:
+            if isinstance(segment, Literal):
+                out.append("L:" + segment.text)
+            elif isinstance(segment, Param):
+                out.append("P")
+            else:
+                out.append("R:" + PLACEHOLDER.sub("{}", segment.source))
+        return tuple(out)
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and all(ch.isalnum() or ch == "_" for ch in name)
+
+
+def parse_template(path: str) -> PathTemplate:
+    """Parse and check a template; ValueError messages are written for config.json authors."""
+    if not path.startswith("/"):
+        raise ValueError("must start with '/'")
+    if "?" in path or "#" in path:
+        raise ValueError("must not contain '?' or '#' (the query string is forwarded as sent)")
+    segments: list[Segment] = []
+    seen: set[str] = set()
+    for raw in path[1:].split("/"):
+        if raw in (".", ".."):
+            raise ValueError("path traversal: '.' and '..' segments are not allowed")
+        stripped = PLACEHOLDER.sub("", raw)
+        if "{" in stripped or "}" in stripped:
+            raise ValueError(f"unbalanced '{{' or '}}' in segment {raw!r}")
+        names = PLACEHOLDER.findall(raw)
+        for name in names:
+            if not _valid_name(name):
+                raise ValueError(
+                    f"invalid parameter name {{{name}}}: use letters, digits and '_' only"
+                    if name
+                    else "empty parameter name '{}'"
+                )
+            if name in seen:
+                raise ValueError(f"parameter {{{name}}} appears twice")
+            seen.add(name)
+        if not names:
+            segments.append(Literal(raw))
+        elif raw == "{" + names[0] + "}":
+            segments.append(Param(names[0]))
+        else:
+            if re.search(r"\}\{", raw):
+                raise ValueError(f"adjacent parameters in segment {raw!r} are ambiguous")
+            regex = "".join(
+                f"(?P<{part}>.+?)" if index % 2 else re.escape(part)
+                for index, part in enumerate(PLACEHOLDER.split(raw))
+            )
+            segments.append(Pattern(raw, re.compile(regex), tuple(names), len(stripped)))
+    return PathTemplate(path, tuple(segments))
+
+
+# Characters that may stay literal inside one upstream path segment: RFC 3986 unreserved and
+# sub-delims plus ':' and '@'. Everything else, notably '/', '?', '#' and '%', is percent-encoded,
+# so a parameter value can never add a segment, a query or a fragment upstream.
+_SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
+
+
+def encode_segment_value(value: str) -> str:
+    """Percent-encode a decoded parameter value for use inside one upstream path segment."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe=_SEGMENT_SAFE)

@@ -1,0 +1,23 @@
+"""Process settings from the environment (``KAIROS_*``), via pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAIROS_", extra="ignore", populate_by_name=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(5900, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    config_path: Path = Path("config.json")
+    log_level: str = Field("info", validation_alias=AliasChoices("KAIROS_LOG_LEVEL", "RUST_LOG", "log_level"))
+    log_format: Literal["json", "text"] = "text"
+    admin_token: SecretStr | None = None
+    redis_url: str | None = None
+    upstream_max_connections: int = Field(0, ge=0, description="0 = unlimited")
