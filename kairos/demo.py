@@ -1,6 +1,6 @@
 """A small demo upstream (HTTP + WebSocket echo) for ``make run`` and the embedded default config.
 
-    python -m kairos.demo --port 9101
+python -m kairos.demo --port 9101
 """
 
 from __future__ import annotations

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from kairos import __version__
-from kairos.config import ConfigError, GatewayConfig, LoadedConfig, default_config_text, load_data, load_file, load_text
+from kairos.config import (
+    ConfigError,
+    GatewayConfig,
+    LoadedConfig,
+    default_config_text,
+    load_data,
+    load_file,
+    load_text,
+)
 from kairos.config.loader import client_networks
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.engine import UpstreamEngine
@@ -74,7 +82,9 @@ class Gateway:
         states: dict[str, BackendState] = {}
         for key, state in self.backend_states.items():
             states[key] = state
-        table = RouteTable(compile_route(index, route, states) for index, route in enumerate(loaded.config.routers))
+        table = RouteTable(
+            compile_route(index, route, states) for index, route in enumerate(loaded.config.routers)
+        )
         used = {backend.key for route in table.routes for backend in route.backends}
         self.backend_states = {key: state for key, state in states.items() if key in used}
         self.client_address = ClientAddress(client_networks(loaded.config))
@@ -84,7 +94,9 @@ class Gateway:
         self.generation += 1
         for warning in loaded.warnings:
             logger.warning("config %s: %s", loaded.source, warning)
-        logger.info("config %s loaded: %d route(s), generation %d", loaded.source, len(table), self.generation)
+        logger.info(
+            "config %s loaded: %d route(s), generation %d", loaded.source, len(table), self.generation
+        )
 
     def current_table(self) -> RouteTable:
         return self.table

@@ -27,6 +27,7 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     )
     app = BalancerMiddleware(app)
     app = RouteMiddleware(app, table=gateway.current_table)
-    app = ExchangeMiddleware(app, resolve_client_ip=gateway.resolve_client_ip,
-                             before_first_request=gateway.ensure_started)
+    app = ExchangeMiddleware(
+        app, resolve_client_ip=gateway.resolve_client_ip, before_first_request=gateway.ensure_started
+    )
     return app

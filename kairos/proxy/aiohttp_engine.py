@@ -6,7 +6,6 @@ did not send), no decompression, no redirects, URLs passed through encoded as bu
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -104,11 +103,13 @@ class AiohttpEngine:
                 allow_redirects=False,
             )
         except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamTimeout(f"connecting to the upstream timed out after {request.connect_timeout}s") from exc
+            raise UpstreamTimeout(
+                f"connecting to the upstream timed out after {request.connect_timeout}s"
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamConnectError(f"cannot connect to the upstream: {exc.os_error or exc}") from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamError(f"upstream request failed: {exc!r}") from exc
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise
         return AiohttpResponse(response)

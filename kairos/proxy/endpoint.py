@@ -23,15 +23,30 @@ class ProtocolEndpoint:
                 # An upgrade on an http route is proxied too (as Traefik does): ws:// to its backend.
                 await self._websocket(scope, receive, send)
             else:
-                await reject(scope, send, "bad_request", f"Route {route.name} does not accept WebSocket upgrades",
-                             exchange.request_id)
+                await reject(
+                    scope,
+                    send,
+                    "bad_request",
+                    f"Route {route.name} does not accept WebSocket upgrades",
+                    exchange.request_id,
+                )
             return
         if protocol == "http":
             await self._http(scope, receive, send)
         elif protocol == "websocket":
-            await reject(scope, send, "upgrade_required", f"Route {route.name} is a WebSocket route: send an upgrade",
-                         exchange.request_id, headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade")])
+            await reject(
+                scope,
+                send,
+                "upgrade_required",
+                f"Route {route.name} is a WebSocket route: send an upgrade",
+                exchange.request_id,
+                headers=[(b"upgrade", b"websocket"), (b"connection", b"Upgrade")],
+            )
         else:
-            await reject(scope, send, "not_implemented",
-                         f"{protocol.upper()} routes are not implemented yet in Kairos (route {route.name})",
-                         exchange.request_id)
+            await reject(
+                scope,
+                send,
+                "not_implemented",
+                f"{protocol.upper()} routes are not implemented yet in Kairos (route {route.name})",
+                exchange.request_id,
+            )

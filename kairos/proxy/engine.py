@@ -1,6 +1,6 @@
 """The upstream engine interface: the one seam between the proxy endpoint and an HTTP client.
 
-Measured here (one core, c=50): aiohttp ~6,000 req/s, httpx's own pool ~500–720. So aiohttp is
+Measured here (one core, c=50): aiohttp ~6,000 req/s, httpx's own pool ~500-720. So aiohttp is
 the default engine and httpx serves backends marked ``"http2": true`` (aiohttp speaks HTTP/1.1
 only). Engines translate their client's exceptions into the three below, so the endpoint's error
 handling does not depend on which client ran.

@@ -21,7 +21,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set again by the gateway from its own knowledge, never copied from the client.
-_REPLACED_UPSTREAM = frozenset({b"host", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_REPLACED_UPSTREAM = frozenset(
+    {b"host", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+)
 # The ASGI server writes its own Date (as nginx does by default, the upstream's is dropped), and
 # the gateway writes X-Request-ID.
 _SET_BY_SERVER = frozenset({b"date", b"x-request-id"})
@@ -117,9 +119,7 @@ def upstream_request_headers(
                 forwarded.append(value.decode("latin-1"))
             elif name == b"x-forwarded-proto" and peer_trusted:
                 proto = value.decode("latin-1")
-            elif name == b"x-forwarded-host" and peer_trusted:
-                host = value.decode("latin-1")
-            elif name == b"host" and host is None:
+            elif (name == b"x-forwarded-host" and peer_trusted) or (name == b"host" and host is None):
                 host = value.decode("latin-1")
             continue
         if websocket and name in _WEBSOCKET_HANDSHAKE:
@@ -141,6 +141,8 @@ def downstream_response_headers(
     two), plus X-Request-ID."""
     raw = [(name.lower(), value) for name, value in raw_headers]
     named = connection_tokens(raw)
-    out = [(name, value) for name, value in raw if not _is_hop_by_hop(name, named) and name not in _SET_BY_SERVER]
+    out = [
+        (name, value) for name, value in raw if not _is_hop_by_hop(name, named) and name not in _SET_BY_SERVER
+    ]
     out.append((b"x-request-id", request_id))
     return out

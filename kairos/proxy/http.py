@@ -1,6 +1,6 @@
 """The HTTP proxy endpoint: the innermost ASGI app for ``protocol: http`` routes.
 
-Answers with raw ASGI messages (Starlette's StreamingResponse costs 300–480 µs per request here).
+Answers with raw ASGI messages (Starlette's StreamingResponse costs 300-480 µs per request here).
 Bodies stream both ways; small ones (known length up to SMALL_BODY) are read in one piece, which
 saves several ``send``/``receive`` round trips on the common case. The route's ``timeout_ms`` is
 one deadline for the whole exchange, upload and download included (Envoy's route timeout): before
@@ -26,7 +26,7 @@ from kairos.proxy.engine import (
     UpstreamRequest,
     UpstreamTimeout,
 )
-from kairos.proxy.headers import upstream_request_headers, downstream_response_headers
+from kairos.proxy.headers import downstream_response_headers, upstream_request_headers
 from kairos.routing.route import Backend
 
 logger = logging.getLogger("kairos.proxy")
@@ -44,7 +44,9 @@ class ResponseAborted(Exception):
 
 
 class HttpProxy:
-    def __init__(self, engine_for: Callable[[Backend], UpstreamEngine], is_trusted: Callable[[str], bool]) -> None:
+    def __init__(
+        self, engine_for: Callable[[Backend], UpstreamEngine], is_trusted: Callable[[str], bool]
+    ) -> None:
         self._engine_for = engine_for
         self._is_trusted = is_trusted
 
@@ -85,11 +87,15 @@ class HttpProxy:
                     if length is not None and length <= SMALL_BODY:
                         body = await response.read()
                         started = True
-                        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+                        await send(
+                            {"type": "http.response.start", "status": response.status, "headers": headers}
+                        )
                         await send({"type": "http.response.body", "body": body})
                     else:
                         started = True
-                        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+                        await send(
+                            {"type": "http.response.start", "status": response.status, "headers": headers}
+                        )
                         async for chunk in response.iter_chunks():
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         await send({"type": "http.response.body", "body": b""})
@@ -100,7 +106,11 @@ class HttpProxy:
         except (TimeoutError, UpstreamTimeout) as exc:
             if started:
                 raise ResponseAborted(f"{url}: deadline of {route.timeout}s hit mid-response") from exc
-            what = str(exc) if isinstance(exc, UpstreamTimeout) else f"no complete response within {route.timeout}s"
+            what = (
+                str(exc)
+                if isinstance(exc, UpstreamTimeout)
+                else f"no complete response within {route.timeout}s"
+            )
             await send_error(send, "timeout", f"Upstream timeout for {route.name}: {what}", request_id)
         except UpstreamError as exc:
             if started:

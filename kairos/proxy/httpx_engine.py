@@ -73,7 +73,9 @@ class HttpxEngine:
         try:
             response = await self._client.send(built, stream=True)
         except httpx.ConnectTimeout as exc:
-            raise UpstreamTimeout(f"connecting to the upstream timed out after {request.connect_timeout}s") from exc
+            raise UpstreamTimeout(
+                f"connecting to the upstream timed out after {request.connect_timeout}s"
+            ) from exc
         except httpx.ConnectError as exc:
             raise UpstreamConnectError(f"cannot connect to the upstream: {exc}") from exc
         except httpx.HTTPError as exc:

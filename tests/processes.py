@@ -1,0 +1,172 @@
+"""Start and stop real server processes on 127.0.0.1 for the integration tests.
+
+Every process is started with its own PID recorded and stopped by that PID (terminate, then kill
+after a grace period), whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open within {timeout}s")
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextmanager
+def upstream_server(tmp_path: Path, name: str = "upstream", port: int | None = None) -> Iterator[Server]:
+    port = port or free_port()
+    log = tmp_path / f"upstream-{name}-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.servers.upstream", "--port", str(port), "--name", name],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process)
+        yield Server(process, port, log)
+    finally:
+        stop(process)
+
+
+def backend(server: Server | int, weight: int = 1, scheme: str = "http", **extra: Any) -> dict[str, Any]:
+    port = server.port if isinstance(server, Server) else server
+    return {"host": f"{scheme}://127.0.0.1", "port": port, "weight": weight, **extra}
+
+
+def route(
+    external: str,
+    internal: str,
+    backends: list[dict[str, Any]],
+    methods: tuple[str, ...] = ("GET",),
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "external_path": external,
+        "internal_path": internal,
+        "methods": list(methods),
+        "backends": backends,
+        **extra,
+    }
+
+
+@contextmanager
+def gateway_server(
+    tmp_path: Path,
+    config: dict[str, Any] | None,
+    *,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    wait: bool = True,
+) -> Iterator[Server]:
+    """The real gateway under uvicorn (uvloop + httptools), reading ``config`` from a file."""
+    port = free_port()
+    config_path = tmp_path / f"config-{port}.json"
+    if config is not None:
+        config_path.write_text(json.dumps(config))
+    log = tmp_path / f"gateway-{port}.log"
+    environment = {**os.environ, "KAIROS_CONFIG_PATH": str(config_path), **(env or {})}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "kairos.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--no-proxy-headers",
+                *args,
+            ],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, port, log)
+    try:
+        if wait:
+            wait_for_port(port, process)
+            httpx.get(f"{server.url}/ready", timeout=5).raise_for_status()
+        yield server
+    except Exception:
+        sys.stderr.write(server.output())
+        raise
+    finally:
+        stop(process)
+
+
+def rss_bytes(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS) of a process, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024

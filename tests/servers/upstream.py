@@ -1,0 +1,211 @@
+"""A real upstream HTTP + WebSocket server for the integration tests (aiohttp, own process).
+
+python -m tests.servers.upstream --port 9000 --name a
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+
+def make_app(name: str) -> web.Application:
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "server": name,
+                "method": request.method,
+                "raw_path": request.raw_path,
+                "path": request.path,
+                "query_string": request.query_string,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body_bytes": len(body),
+                "body": body.decode("utf-8", "replace") if len(body) < 4096 else "",
+            }
+        )
+
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"server": name})
+
+    async def cookies(request: web.Request) -> web.Response:
+        response = web.Response(text="cookies")
+        response.headers.add("Set-Cookie", "a=1; Path=/")
+        response.headers.add("Set-Cookie", "b=2; Path=/")
+        response.headers.add("X-Multi", "one")
+        response.headers.add("X-Multi", "two")
+        return response
+
+    async def hop(request: web.Request) -> web.Response:
+        response = web.Response(text="hop")
+        response.headers["Connection"] = "X-Private-Hop"
+        response.headers["X-Private-Hop"] = "secret"
+        response.headers["Keep-Alive"] = "timeout=5"
+        response.headers["Proxy-Authenticate"] = "Basic"
+        response.headers["X-Kept"] = "yes"
+        return response
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "1")))
+        return web.json_response({"server": name, "slow": True})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", "1048576"))
+        chunk = b"x" * 65536
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        sent = 0
+        while sent < size:
+            piece = chunk[: min(len(chunk), size - sent)]
+            await response.write(piece)
+            sent += len(piece)
+        await response.write_eof()
+        return response
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        """Sends a first chunk, then stalls: for mid-response deadline tests."""
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first")
+        await asyncio.sleep(float(request.query.get("delay", "5")))
+        await response.write(b"late")
+        return response
+
+    async def upload(request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        total = 0
+        async for chunk in request.content.iter_chunked(65536):
+            digest.update(chunk)
+            total += len(chunk)
+        return web.json_response({"server": name, "bytes": total, "sha256": digest.hexdigest()})
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"server": name}, status=int(request.match_info["code"]))
+
+    async def drop(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()
+        raise ConnectionResetError
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        protocols = [
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+        ]
+        socket = web.WebSocketResponse(protocols=protocols[:1], autoping=True)
+        await socket.prepare(request)
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                text = message.data
+                if text.startswith("close:"):
+                    _, code, reason = text.split(":", 2)
+                    await socket.close(code=int(code), message=reason.encode())
+                    break
+                if text == "whoami":
+                    await socket.send_json(
+                        {
+                            "server": name,
+                            "path": request.raw_path,
+                            "subprotocol": socket.ws_protocol,
+                            "headers": [[k, v] for k, v in request.headers.items()],
+                        }
+                    )
+                    continue
+                if text == "ping-me":
+                    await socket.ping(b"from-backend")
+                    await socket.send_str("pinged")
+                    continue
+                await socket.send_str(text)
+            elif message.type == WSMsgType.BINARY:
+                await socket.send_bytes(message.data)
+        close_code = socket.close_code
+        request.app["last_close"] = {"code": close_code}
+        return socket
+
+    async def last_close(request: web.Request) -> web.Response:
+        return web.json_response(request.app.get("last_close"))
+
+    async def ws_reject(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="no")
+
+    async def logged_ws(request: web.Request) -> web.WebSocketResponse:
+        """WebSocket echo that records the close code *and reason* it received under ``{key}``
+        (read back from ``/logged-close/{key}``); text "flood" starts a stream of messages to
+        the client that lasts until the connection closes."""
+        key = request.match_info["key"]
+        socket = web.WebSocketResponse(autoping=True)
+        await socket.prepare(request)
+        record: dict[str, object] = {"code": None, "reason": None}
+        flood: asyncio.Task[None] | None = None
+
+        async def flood_client() -> None:
+            count = 0
+            with contextlib.suppress(Exception):
+                while not socket.closed:
+                    await socket.send_str(f"flood-{count}")
+                    count += 1
+                    await asyncio.sleep(0.001)
+
+        while True:
+            message = await socket.receive()
+            if message.type == WSMsgType.TEXT:
+                if message.data == "flood" and flood is None:
+                    flood = asyncio.create_task(flood_client())
+                else:
+                    await socket.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await socket.send_bytes(message.data)
+            else:
+                if message.type == WSMsgType.CLOSE:
+                    record = {"code": message.data, "reason": message.extra or ""}
+                else:
+                    record = {"code": socket.close_code, "reason": None, "type": str(message.type)}
+                break
+        if flood is not None:
+            flood.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flood
+        await socket.close()
+        request.app["logged_close"][key] = record
+        return socket
+
+    async def logged_close(request: web.Request) -> web.Response:
+        return web.json_response(request.app["logged_close"].get(request.match_info["key"]))
+
+    app = web.Application(client_max_size=1024**3)
+    app.router.add_route("*", "/echo{tail:.*}", echo)
+    app.router.add_get("/whoami", whoami)
+    app.router.add_get("/cookies", cookies)
+    app.router.add_get("/hop", hop)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/trickle", trickle)
+    app.router.add_post("/upload", upload)
+    app.router.add_put("/upload", upload)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/drop", drop)
+    app.router.add_get("/ws{tail:.*}", ws)
+    app.router.add_get("/last-close", last_close)
+    app.router.add_get("/ws-reject", ws_reject)
+    app.router.add_get("/logged-ws/{key}", logged_ws)
+    app.router.add_get("/logged-close/{key}", logged_close)
+    app["logged_close"] = {}
+    _ = WSCloseCode
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="upstream")
+    args = parser.parse_args()
+    web.run_app(make_app(args.name), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
