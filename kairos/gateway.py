@@ -27,6 +27,7 @@ from kairos.config import (
     load_text,
 )
 from kairos.config.loader import client_networks
+from kairos.logs import configure_logging
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.engine import UpstreamEngine
 from kairos.proxy.headers import ClientAddress
@@ -121,6 +122,7 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def startup(self) -> None:
+        configure_logging(self.settings.log_level, self.settings.log_format)
         async with self._start_lock:
             if self._started:
                 return

@@ -43,35 +43,46 @@ class HttpxResponse:
 class HttpxEngine:
     name = "httpx"
 
-    def __init__(self, http2: bool = True) -> None:
-        self._http2 = http2
-        self._client: httpx.AsyncClient | None = None
+    def __init__(self) -> None:
+        self._tls: httpx.AsyncClient | None = None
+        self._cleartext: httpx.AsyncClient | None = None
+
+    @staticmethod
+    def _client(http1: bool) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            http1=http1,
+            http2=True,
+            timeout=None,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+        )
 
     async def start(self) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                http2=self._http2,
-                timeout=None,
-                follow_redirects=False,
-                trust_env=False,
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
-            )
+        # https:// negotiates h2 by ALPN; plain http:// speaks h2 with prior knowledge (h2c), since
+        # a backend marked http2 has said it understands it.
+        if self._tls is None:
+            self._tls = self._client(http1=True)
+        if self._cleartext is None:
+            self._cleartext = self._client(http1=False)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._tls, self._cleartext):
+            if client is not None:
+                await client.aclose()
+        self._tls = self._cleartext = None
 
     async def send(self, request: UpstreamRequest) -> HttpxResponse:
-        if self._client is None:
+        if self._tls is None or self._cleartext is None:
             await self.start()
-        assert self._client is not None
+        client = self._tls if request.url.startswith("https:") else self._cleartext
+        assert client is not None
         timeout = httpx.Timeout(None, connect=request.connect_timeout)
-        built = self._client.build_request(
+        built = client.build_request(
             request.method, request.url, headers=request.headers, content=request.body, timeout=timeout
         )
         try:
-            response = await self._client.send(built, stream=True)
+            response = await client.send(built, stream=True)
         except httpx.ConnectTimeout as exc:
             raise UpstreamTimeout(
                 f"connecting to the upstream timed out after {request.connect_timeout}s"
