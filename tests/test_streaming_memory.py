@@ -6,6 +6,7 @@ Peak RSS (VmHWM) of the real gateway process is compared with its RSS after warm
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,27 @@ def test_300mb_upload_streams(gateway: Server) -> None:
     assert result["bytes"] == SIZE
     assert result["sha256"] == digest.hexdigest()
     assert peak - baseline < LIMIT, f"gateway grew by {(peak - baseline) / 2**20:.1f} MiB"
+
+
+def test_client_leaving_mid_download_stops_the_upstream_read(gateway: Server) -> None:
+    """After the client goes, the gateway stops pulling the body (it would otherwise read all of it)."""
+    import socket
+    import time
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{gateway.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(f"GET /stream?size={10 * SIZE} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        received = 0
+        while received < 4 * 1024 * 1024:
+            received += len(sock.recv(1024 * 1024))
+    time.sleep(1.5)  # reading 3 GB would keep the gateway busy for far longer than this
+    spent_after_close = cpu_seconds() - before
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        assert client.get("/stream?size=10").status_code == 200
+    time.sleep(0.5)
+    idle = cpu_seconds() - before - spent_after_close
+    assert idle < 0.3, f"gateway still busy after the client left ({idle:.2f}s CPU in 0.5s)"

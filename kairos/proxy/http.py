@@ -24,6 +24,7 @@ from kairos.proxy.engine import (
     UpstreamEngine,
     UpstreamError,
     UpstreamRequest,
+    UpstreamResponse,
     UpstreamTimeout,
 )
 from kairos.proxy.headers import downstream_response_headers, upstream_request_headers
@@ -96,9 +97,12 @@ class HttpProxy:
                         await send(
                             {"type": "http.response.start", "status": response.status, "headers": headers}
                         )
-                        async for chunk in response.iter_chunks():
-                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        await send({"type": "http.response.body", "body": b""})
+                        await _stream_response(
+                            response,
+                            send,
+                            receive,
+                            watch=upstream.body is None or isinstance(upstream.body, bytes),
+                        )
                 finally:
                     await response.close()
         except ClientDisconnected:
@@ -118,6 +122,28 @@ class HttpProxy:
             kind = "connection refused" if isinstance(exc, UpstreamConnectError) else "error"
             logger.warning("upstream %s for %s (%s): %s", kind, url, request_id, exc)
             await send_error(send, "upstream", f"Upstream error for {backend.key}: {exc}", request_id)
+
+
+async def _stream_response(response: UpstreamResponse, send: Send, receive: Receive, watch: bool) -> None:
+    """Relay a streamed body. A long body is abandoned as soon as the client leaves: uvicorn
+    silently drops sends after a disconnect, so without the watcher the gateway would read the
+    whole upstream body for nobody. The watcher only runs once the request body is fully read, so
+    it never races the upload for ``receive``."""
+    watcher = asyncio.create_task(_wait_for_disconnect(receive)) if watch else None
+    try:
+        async for chunk in response.iter_chunks():
+            if watcher is not None and watcher.done():
+                return
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _request_body(headers: list[tuple[bytes, bytes]], receive: Receive) -> Body:
