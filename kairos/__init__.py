@@ -1,2 +1,3 @@
 """Kairos API gateway."""
+
 __version__ = "0.1.0"

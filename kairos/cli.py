@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -20,6 +19,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{exc.source}: INVALID, {len(exc.problems)} error(s)")
         for problem in exc.problems:
             print(f"  error: {problem}")
+        for warning in exc.warnings:
+            print(f"  warning: {warning}")
         return 1
     for warning in loaded.warnings:
         print(f"  warning: {warning}")
@@ -32,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from kairos.config import ConfigError, load_file
+    from kairos.logs import level_name
     from kairos.settings import Settings
 
     if args.config:
@@ -40,8 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.workers
-    level = settings.log_level.split(",")[0].split("=")[-1].lower()
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = level_name(settings.log_level).lower()
     # Validate up front so an invalid file prints its errors once and exits 1, before any worker.
     if settings.config_path.exists():
         try:
@@ -58,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=workers,
         loop="uvloop",
         http="httptools",
-        log_level=level if level in ("critical", "error", "warning", "info", "debug", "trace") else "info",
+        log_level=level,
         access_log=False,
         proxy_headers=False,
         server_header=False,

@@ -11,8 +11,15 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-_LEVELS = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
-           "error": "ERROR", "critical": "CRITICAL"}
+_LEVELS = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+}
 
 
 def level_name(setting: str) -> str:

@@ -19,7 +19,14 @@ def h2_upstream(module_tmp: Path) -> Iterator[Server]:
     log = module_tmp / "h2.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hypercorn", "tests.servers.h2_upstream:app", "--bind", f"127.0.0.1:{port}"],
+            [
+                sys.executable,
+                "-m",
+                "hypercorn",
+                "tests.servers.h2_upstream:app",
+                "--bind",
+                f"127.0.0.1:{port}",
+            ],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -39,7 +46,10 @@ def test_http2_backend_uses_http2(module_tmp: Path, h2_upstream: Server, upstrea
             route("/h1", "/echo", [backend(upstream)]),
         ],
     }
-    with gateway_server(module_tmp, config) as gateway, httpx.Client(base_url=gateway.url, timeout=10) as client:
+    with (
+        gateway_server(module_tmp, config) as gateway,
+        httpx.Client(base_url=gateway.url, timeout=10) as client,
+    ):
         response = client.post("/h2/7?q=1", content=b"x" * 100_000, headers={"X-Request-ID": "h2-test"})
         assert response.status_code == 200
         data = response.json()

@@ -61,7 +61,7 @@ class AiStrategy(ConfigModel):
         elif isinstance(data, dict) and "kind" not in data:
             if len(data) != 1:
                 raise ValueError('must be a strategy name or one {"name": {options}} object')
-            (kind, options), = data.items()
+            ((kind, options),) = data.items()
             if options is not None and not isinstance(options, dict):
                 raise ValueError(f"options of {kind!r} must be an object")
             options = dict(options or {})

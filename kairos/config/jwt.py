@@ -37,12 +37,17 @@ class JwtConfig(ConfigModel):
             raise ValueError(f"must be at least 32 characters (has {len(secret)})")
         return secret
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
     @model_validator(mode="after")
     def _keys_match_algorithms(self) -> JwtConfig:
         if self.secret is None and self.public_key is None and self.jwks_url is None:
             raise ValueError("one of secret, public_key or jwks_url is required")
-        if self.jwks_url is not None and not self.jwks_url.startswith(("http://", "https://")):
-            raise ValueError(f"jwks_url must be an http:// or https:// URL (got {self.jwks_url!r})")
         for algorithm in self.effective_algorithms:
             if algorithm.startswith("HS") and self.secret is None:
                 raise ValueError(f"algorithm {algorithm} needs `secret`")

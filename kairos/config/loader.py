@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from kairos.config.model import GatewayConfig, RouteConfig
+from kairos.config.model import NO_BACKENDS, GatewayConfig, RouteConfig
 from kairos.config.problems import ConfigError, Problem, format_path, problems_from_validation_error
 from kairos.routing.template import parse_template
 
@@ -45,8 +45,10 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
     try:
         size = os.stat(path).st_size
         if size > MAX_CONFIG_BYTES:
-            raise ConfigError([Problem("(file)", f"too large: {size} bytes (max {MAX_CONFIG_BYTES})")], source)
-        text = Path(path).read_text("utf-8")
+            raise ConfigError(
+                [Problem("(file)", f"too large: {size} bytes (max {MAX_CONFIG_BYTES})")], source
+            )
+        text = Path(path).read_text("utf-8-sig")  # a BOM (Windows editors) is not an error
     except OSError as exc:
         raise ConfigError([Problem("(file)", f"cannot read: {exc.strerror or exc}")], source) from None
     except UnicodeDecodeError as exc:
@@ -70,7 +72,8 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     warnings: list[Problem] = []
     if not isinstance(raw, dict):
         raise ConfigError([Problem("(root)", "must be a JSON object", raw)], source)
-    raw = substitute_env(raw, os.environ if environ is None else environ, errors, ())
+    unset_env: list[Problem] = []
+    raw = substitute_env(raw, os.environ if environ is None else environ, unset_env, ())
 
     routes_raw = raw.get("routers")
     top_raw = {key: value for key, value in raw.items() if key != "routers"}
@@ -78,7 +81,9 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     try:
         top = GatewayConfig.model_validate(top_raw)
     except ValidationError as exc:
-        errors.extend(problems_from_validation_error(exc))
+        errors.extend(_where_written(problems_from_validation_error(exc), raw))
+    if "jwt_secret" in raw and raw.get("jwt") is not None:
+        warnings.append(Problem("jwt_secret", "ignored: the `jwt` section is used instead"))
     if "version" not in raw:
         warnings.append(Problem("version", "missing; kairos-rs requires it (assuming 1)"))
 
@@ -92,7 +97,12 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
             try:
                 route = RouteConfig.model_validate(route_raw)
             except ValidationError as exc:
-                errors.extend(problems_from_validation_error(exc, ("routers", index)))
+                found = problems_from_validation_error(exc, ("routers", index))
+                here = format_path(("routers", index))
+                if _lacks_backends(route_raw) and not any(problem.path == here for problem in found):
+                    # pydantic skips the whole-route rule when a field failed; report it anyway.
+                    found.append(Problem(here, NO_BACKENDS))
+                errors.extend(found)
                 continue
             errors.extend(check_route(route, ("routers", index)))
             routes.append((index, route))
@@ -100,20 +110,41 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
             warnings.append(Problem("routers", "is empty: every request will get 404 route_not_found"))
 
     if top is not None:
-        errors.extend(_cross_checks(top, routes))
         warnings.extend(unknown_keys(top, ()))
+    # Run even when the top level failed (say `version` is wrong): what matters is whether the file
+    # has the sections at all.
+    has_jwt = top.jwt is not None if top is not None else bool(raw.get("jwt") or raw.get("jwt_secret"))
+    has_api_keys = bool(top.api_keys if top is not None else raw.get("api_keys"))
+    errors.extend(_cross_checks(has_jwt, has_api_keys, routes))
     for index, route in routes:
         warnings.extend(unknown_keys(route, ("routers", index)))
     warnings.extend(route_overlaps(routes))
 
+    # A value whose ${VAR} is unset is reported once; what the empty string then failed as (not a
+    # path, not a URL) would only be noise.
+    unset = {problem.path for problem in unset_env}
+    errors = unset_env + [problem for problem in errors if problem.path not in unset]
     if errors:
-        raise ConfigError(errors, source)
+        raise ConfigError(errors, source, warnings)
     assert top is not None
     config = top.model_copy(update={"routers": tuple(route for _, route in routes)})
     return LoadedConfig(config, warnings, source)
 
 
-def substitute_env(value: Any, environ: Mapping[str, str], errors: list[Problem], path: tuple[Any, ...]) -> Any:
+def _lacks_backends(route_raw: Any) -> bool:
+    return isinstance(route_raw, dict) and route_raw.get("backends") is None and route_raw.get("host") is None
+
+
+def _where_written(problems: list[Problem], raw: dict[str, Any]) -> list[Problem]:
+    """Errors about the top-level ``jwt_secret`` alias name the key the file has, not ``jwt.secret``."""
+    if "jwt_secret" not in raw or raw.get("jwt") is not None:
+        return problems
+    return [Problem("jwt_secret", p.message) if p.path == "jwt.secret" else p for p in problems]
+
+
+def substitute_env(
+    value: Any, environ: Mapping[str, str], errors: list[Problem], path: tuple[Any, ...]
+) -> Any:
     if isinstance(value, str):
         if "${" not in value:
             return value
@@ -131,7 +162,11 @@ def substitute_env(value: Any, environ: Mapping[str, str], errors: list[Problem]
 
         return _ENV_REF.sub(replace, value)
     if isinstance(value, dict):
-        return {key: substitute_env(item, environ, errors, (*path, key)) for key, item in value.items()}
+        # `_comment`-style keys are notes for people: never substituted (nor reported).
+        return {
+            key: item if str(key).startswith("_") else substitute_env(item, environ, errors, (*path, key))
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [substitute_env(item, environ, errors, (*path, index)) for index, item in enumerate(value)]
     return value
@@ -159,33 +194,34 @@ def check_route(route: RouteConfig, prefix: tuple[Any, ...]) -> list[Problem]:
                 )
             )
     allowed = _SCHEMES[route.protocol]
+    wanted = " or ".join(f"{s}://" if s else "a bare IP/hostname" for s in allowed)
     legacy = route.host is not None and "backends" not in route.model_fields_set
     for index, backend in enumerate(route.upstreams):
         where = (*prefix, "host") if legacy else (*prefix, "backends", index, "host")
         if backend.scheme not in allowed:
-            wanted = " or ".join(f"{s}://" if s else "a bare IP/hostname" for s in allowed)
-            problems.append(
-                Problem(format_path(where), f"a {route.protocol} route's backend must use {wanted}", backend.host)
-            )
-    policy = route.ai_policy
-    if policy is not None and policy.fallback_backend_index is not None:
-        if policy.fallback_backend_index >= len(route.upstreams):
             problems.append(
                 Problem(
-                    format_path((*prefix, "ai_policy", "fallback_backend_index")),
-                    f"must be less than the number of backends ({len(route.upstreams)})",
-                    policy.fallback_backend_index,
+                    format_path(where), f"must use {wanted} for protocol {route.protocol!r}", backend.host
                 )
             )
+    fallback = route.ai_policy.fallback_backend_index if route.ai_policy is not None else None
+    if fallback is not None and fallback >= len(route.upstreams):
+        problems.append(
+            Problem(
+                format_path((*prefix, "ai_policy", "fallback_backend_index")),
+                f"must be less than the number of backends ({len(route.upstreams)})",
+                fallback,
+            )
+        )
     return problems
 
 
-def _cross_checks(top: GatewayConfig, routes: list[tuple[int, RouteConfig]]) -> list[Problem]:
+def _cross_checks(has_jwt: bool, has_api_keys: bool, routes: list[tuple[int, RouteConfig]]) -> list[Problem]:
     problems: list[Problem] = []
     for index, route in routes:
         if not route.auth_required:
             continue
-        if route.auth in ("any", "jwt") and top.jwt is None and (route.auth == "jwt" or not top.api_keys):
+        if route.auth in ("any", "jwt") and not has_jwt and (route.auth == "jwt" or not has_api_keys):
             problems.append(
                 Problem(
                     format_path(("routers", index, "auth_required")),
@@ -193,8 +229,10 @@ def _cross_checks(top: GatewayConfig, routes: list[tuple[int, RouteConfig]]) -> 
                     + ("" if route.auth == "jwt" else " and no `api_keys`"),
                 )
             )
-        if route.auth == "api_key" and not top.api_keys:
-            problems.append(Problem(format_path(("routers", index, "auth")), "is 'api_key' but `api_keys` is empty"))
+        if route.auth == "api_key" and not has_api_keys:
+            problems.append(
+                Problem(format_path(("routers", index, "auth")), "is 'api_key' but `api_keys` is empty")
+            )
     return problems
 
 
@@ -215,7 +253,11 @@ def route_overlaps(routes: list[tuple[int, RouteConfig]]) -> list[Problem]:
             if not overlap:
                 continue
             claimed |= overlap
-            what = "duplicates" if earlier_route.external_path == route.external_path else "has the same shape as"
+            what = (
+                "duplicates"
+                if earlier_route.external_path == route.external_path
+                else "has the same shape as"
+            )
             warnings.append(
                 Problem(
                     format_path(("routers", index, "external_path")),

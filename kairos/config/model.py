@@ -34,6 +34,7 @@ HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRA
 Protocol = Literal["http", "websocket", "ftp", "dns"]
 Strategy = Literal["round_robin", "least_connections", "random", "weighted", "ip_hash"]
 
+NO_BACKENDS = "needs `backends` (or the legacy `host` + `port`)"
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21, "ftps": 990, "dns": 53}
 
 
@@ -63,13 +64,13 @@ class BackendConfig(ConfigModel):
         if "://" in host:
             parts = urlsplit(host)
             if not parts.hostname:
-                raise ValueError(f"missing a host name after the scheme (got {host!r})")
+                raise ValueError("missing a host name after the scheme")
             if parts.port is not None:
-                raise ValueError(f"put the port in `port`, not in `host` (got {host!r})")
+                raise ValueError("put the port in `port`, not in `host`")
             if parts.path not in ("", "/") or parts.query or parts.fragment:
-                raise ValueError(f"must be scheme://hostname with no path (got {host!r})")
-        elif "/" in host or ":" in host.strip("[]") and not _is_ip(host):
-            raise ValueError(f"must be scheme://hostname, e.g. http://10.0.0.5 (got {host!r})")
+                raise ValueError("must be scheme://hostname with no path, query or fragment")
+        elif "/" in host or (":" in host.strip("[]") and not _is_ip(host)):
+            raise ValueError("must be scheme://hostname, e.g. http://10.0.0.5")
         return host.rstrip("/")
 
     @field_validator("health_check_path")
@@ -96,6 +97,16 @@ def _cidr(text: str) -> str:
     return text
 
 
+def _method(method: str) -> str:
+    upper = method.upper()
+    if upper not in HTTP_METHODS:
+        raise ValueError("not an HTTP method; use one of " + ", ".join(HTTP_METHODS))
+    return upper
+
+
+Method = Annotated[str, Strict(), AfterValidator(_method)]
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text.strip("[]"))
@@ -107,7 +118,7 @@ def _is_ip(text: str) -> bool:
 class RouteConfig(ConfigModel):
     external_path: Str
     internal_path: Str
-    methods: tuple[Str, ...] = Field(min_length=1)
+    methods: tuple[Method, ...]
     auth_required: Bool = False
     protocol: Protocol = "http"
     backends: tuple[BackendConfig, ...] | None = None
@@ -137,14 +148,17 @@ class RouteConfig(ConfigModel):
     @field_validator("methods")
     @classmethod
     def _methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
-        normalised: list[str] = []
-        for method in methods:
-            upper = method.upper()
-            if upper not in HTTP_METHODS:
-                raise ValueError(f"invalid HTTP method {method!r}; use " + ", ".join(HTTP_METHODS))
-            if upper not in normalised:
-                normalised.append(upper)
-        return tuple(normalised)
+        # Checked after the items (a Field min_length would also call ["FOO"] "empty").
+        if not methods:
+            raise ValueError("at least one HTTP method must be specified")
+        return tuple(dict.fromkeys(methods))  # upper-cased per item; duplicates dropped, order kept
+
+    @field_validator("backends")
+    @classmethod
+    def _some_backends(cls, backends: tuple[BackendConfig, ...] | None) -> tuple[BackendConfig, ...] | None:
+        if backends is not None and not backends:
+            raise ValueError("at least one backend must be specified")
+        return backends
 
     @field_validator("port")
     @classmethod
@@ -160,13 +174,11 @@ class RouteConfig(ConfigModel):
     def _resolve_backends(self) -> RouteConfig:
         if self.backends is None:
             if self.host is None:
-                raise ValueError("needs `backends` (or the legacy `host` + `port`)")
+                raise ValueError(NO_BACKENDS)
             scheme = self.host.split("://", 1)[0].lower() if "://" in self.host else ""
             port = self.port if self.port is not None else DEFAULT_PORTS.get(scheme, 80)
             legacy = BackendConfig.model_validate({"host": self.host, "port": port})
             object.__setattr__(self, "backends", (legacy,))
-        elif not self.backends:
-            raise ValueError("backends: at least one backend must be specified")
         return self
 
     @property
@@ -216,4 +228,3 @@ class GatewayConfig(ConfigModel):
             if data.get("jwt") is None:
                 data["jwt"] = {"secret": secret}
         return data
-

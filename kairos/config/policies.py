@@ -1,4 +1,4 @@
-"""Sections that later concerns act on but that must already parse (kairos-rs §11–12 shapes).
+"""Sections that later concerns act on but that must already parse (kairos-rs §11-12 shapes).
 
 Each model is the typed contract for its middleware; keeping them here lets `kairos validate`
 check a full config today and warn about misspelt keys.

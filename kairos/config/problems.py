@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 _MISSING = object()
-SECRET_KEYS = frozenset({"secret", "api_key", "keys", "password", "token", "jwt_secret"})
+SECRET_KEYS = frozenset({"secret", "api_key", "api_keys", "keys", "password", "token", "jwt_secret"})
 
 
 def format_path(loc: Iterable[str | int]) -> str:
@@ -50,10 +50,16 @@ class Problem:
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; ``problems`` lists every error found, not just the first."""
+    """A config that cannot be used; ``problems`` lists every error found, not just the first.
 
-    def __init__(self, problems: Sequence[Problem], source: str = "config") -> None:
+    ``warnings`` carries what was noticed on the way (unknown keys, shadowed routes), so a tool
+    can show an operator everything about the file in one run."""
+
+    def __init__(
+        self, problems: Sequence[Problem], source: str = "config", warnings: Sequence[Problem] = ()
+    ) -> None:
         self.problems = list(problems)
+        self.warnings = list(warnings)
         self.source = source
         lines = "\n".join(f"  {p}" for p in self.problems)
         super().__init__(f"{source}: {len(self.problems)} error(s)\n{lines}")
@@ -72,6 +78,8 @@ _MESSAGES: dict[str, str] = {
     "bool_parsing": "must be true or false",
     "string_type": "must be a string",
     "list_type": "must be an array",
+    "tuple_type": "must be an array",
+    "set_type": "must be an array",
     "dict_type": "must be an object",
     "model_type": "must be an object",
     "model_attributes_type": "must be an object",
@@ -81,14 +89,16 @@ _MESSAGES: dict[str, str] = {
 }
 
 
-def problems_from_validation_error(
-    error: ValidationError, prefix: Sequence[str | int] = ()
-) -> list[Problem]:
+def problems_from_validation_error(error: ValidationError, prefix: Sequence[str | int] = ()) -> list[Problem]:
     problems: list[Problem] = []
-    for item in error.errors(include_url=False):
+    items = _one_branch_per_union(error.errors(include_url=False))
+    parents = {tuple(item["loc"][:cut]) for item in items for cut in range(len(item["loc"]))}
+    for item in items:
         loc = [part for part in item["loc"] if not _is_union_tag(part)]
         path = format_path([*prefix, *loc])
         kind = item["type"]
+        if kind == "too_short" and tuple(item["loc"]) in parents:
+            continue  # pydantic counts only the valid items: ["FOO"] is bad, not empty
         if kind == "missing":
             problems.append(Problem(path, "is required"))
             continue
@@ -101,12 +111,37 @@ def problems_from_validation_error(
         else:
             message = _MESSAGES.get(kind, item["msg"][:1].lower() + item["msg"][1:])
         value = item.get("input")
-        if loc and str(loc[-1]) in SECRET_KEYS or len(loc) > 1 and str(loc[-2]) in SECRET_KEYS:
+        if any(str(part) in SECRET_KEYS for part in loc[-2:]):
             problems.append(Problem(path, message))  # never echo a secret into logs or terminals
             continue
         # An error about a whole object (a cross-field rule) reads better without the object dumped.
         problems.append(Problem(path, message) if isinstance(value, dict) else Problem(path, message, value))
     return problems
+
+
+def _one_branch_per_union(items: list[Any]) -> list[Any]:
+    """A value that fits no member of a union gets one error per member from pydantic (``"PerFoo"``
+    is neither a strategy name nor a ``{"Composite": [...]}`` object). Keep the errors of one
+    member only: the first whose errors are about the value's contents (the value had that
+    member's shape), else the first member's error about the value as a whole."""
+    branches: dict[tuple[Any, ...], dict[str, list[tuple[int, bool]]]] = {}
+    for position, item in enumerate(items):
+        loc = tuple(item["loc"])
+        at = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+        if at is None:
+            continue
+        deeper = any(not _is_union_tag(part) for part in loc[at + 1 :])
+        branches.setdefault(loc[:at], {}).setdefault(str(loc[at]), []).append((position, deeper))
+    dropped: set[int] = set()
+    for members in branches.values():
+        if len(members) < 2:
+            continue
+        names = list(members)
+        chosen = next((name for name in names if any(deep for _, deep in members[name])), names[0])
+        for name in names:
+            if name != chosen:
+                dropped.update(position for position, _ in members[name])
+    return [item for position, item in enumerate(items) if position not in dropped]
 
 
 def _bound_message(kind: str, ctx: dict[str, Any]) -> str:
@@ -122,7 +157,21 @@ def _bound_message(kind: str, ctx: dict[str, Any]) -> str:
 
 def _is_union_tag(part: str | int) -> bool:
     # pydantic adds the union member / function name to the location (e.g. "function-after[...]",
-    # "int", "str"); they mean nothing to someone editing config.json.
+    # "int", "str", "CompositeStrategy"); they mean nothing to someone editing config.json.
     return isinstance(part, str) and (
-        "[" in part or part in ("int", "str", "bool", "float", "list[str]", "dict[str,any]")
+        "[" in part
+        or part in ("int", "str", "bool", "float", "none", "list[str]", "dict[str,any]")
+        or part in _model_names()
     )
+
+
+def _model_names() -> frozenset[str]:
+    from kairos.config.base import ConfigModel
+
+    names: set[str] = set()
+    pending = [ConfigModel]
+    while pending:
+        model = pending.pop()
+        names.add(model.__name__)
+        pending.extend(model.__subclasses__())
+    return frozenset(names)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kairos.config.base import Bool, ConfigModel, NonNegativeInt, PositiveInt, Str
 
@@ -40,7 +40,15 @@ _STRATEGY_NAMES = {
 
 
 class CompositeStrategy(ConfigModel):
-    composite: tuple[RateLimitConfig, ...] = Field(alias="Composite", min_length=1)
+    composite: tuple[RateLimitConfig, ...] = Field(alias="Composite")
+
+    @field_validator("composite")
+    @classmethod
+    def _not_empty(cls, limits: tuple[RateLimitConfig, ...]) -> tuple[RateLimitConfig, ...]:
+        # Checked after the items (a Field min_length would call [{bad}] "empty" as well).
+        if not limits:
+            raise ValueError("must list at least one rate limit")
+        return limits
 
 
 class RateLimitConfig(ConfigModel):
@@ -70,7 +78,11 @@ class RateLimitConfig(ConfigModel):
             data.setdefault("window_type", _WINDOW_NAMES.get(algorithm.lower(), algorithm))
         elif algorithm is not None:
             data.setdefault("window_type", algorithm)
-        for key, seconds in (("requests_per_second", 1), ("requests_per_minute", 60), ("requests_per_hour", 3600)):
+        for key, seconds in (
+            ("requests_per_second", 1),
+            ("requests_per_minute", 60),
+            ("requests_per_hour", 3600),
+        ):
             if key in data and "requests_per_window" not in data:
                 data["requests_per_window"] = data.pop(key)
                 data.setdefault("window_duration", seconds)

@@ -48,7 +48,7 @@ class HeaderRule(_Rule):
     @classmethod
     def _header_name(cls, name: str) -> str:
         if not HEADER_NAME.match(name):
-            raise ValueError(f"not a valid HTTP header name: {name!r}")
+            raise ValueError("not a valid HTTP header name")
         return name
 
 
@@ -76,13 +76,17 @@ class HeaderCondition(ConfigModel):
     present: bool | None = None
     path: Str | None = None
 
+    @field_validator("matches", "path")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            compile_regex(pattern)
+        return pattern
+
     @model_validator(mode="after")
     def _one_subject(self) -> HeaderCondition:
         if (self.header is None) == (self.path is None):
             raise ValueError("a condition needs exactly one of `header` or `path`")
-        for pattern in (self.matches, self.path):
-            if pattern is not None:
-                compile_regex(pattern)
         return self
 
 

@@ -9,6 +9,7 @@ so ``/gw/cats/1`` matches ``/cats/{id}``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import quote, quote_from_bytes, unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,16 +17,37 @@ from kairos.errors import reject
 from kairos.exchange import get_exchange
 from kairos.routing.matcher import NoMatch, RouteTable
 
+# Printable ASCII except '%' is kept; raw non-ASCII bytes (a client sending UTF-8 unencoded) become
+# %XX so the matcher sees one spelling. Used for the fallback too, with '%' encoded there.
+_RAW_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in "%?#")
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+
 
 def route_path(scope: Scope) -> str:
-    """The raw (still percent-encoded) path below any mount prefix."""
+    """The raw (still percent-encoded, ASCII) path below any mount prefix."""
     raw = scope.get("raw_path")
-    path = raw.decode("latin-1") if raw else scope["path"]
-    if "?" in path:  # some servers include the query in raw_path
-        path = path.split("?", 1)[0]
+    if raw:
+        if b"?" in raw:  # some servers include the query in raw_path
+            raw = raw.split(b"?", 1)[0]
+        path = raw.decode("ascii") if raw.isascii() else quote_from_bytes(raw, safe=_RAW_SAFE + "%")
+    else:  # no raw_path: the decoded path is all there is
+        path = quote(scope["path"], safe=_PATH_SAFE)
     root = scope.get("root_path")
-    if root and path.startswith(root):
-        path = path[len(root):] or "/"
+    if root:
+        path = _strip_root(path, root)
+    return path
+
+
+def _strip_root(path: str, root: str) -> str:
+    """Remove the mount prefix. ``root_path`` is decoded (``/café``) while ``path`` is raw
+    (``/caf%C3%A9``), so when the plain prefix test fails, compare the decoded leading segments."""
+    if path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/" or root.endswith("/")):
+        return path[len(root) :] or "/"
+    depth = root.rstrip("/").count("/")
+    parts = path.split("/", depth + 1)
+    if len(parts) > depth and unquote("/".join(parts[: depth + 1])) == root.rstrip("/"):
+        rest = parts[depth + 1] if len(parts) > depth + 1 else ""
+        return "/" + rest
     return path
 
 
@@ -45,13 +67,26 @@ class RouteMiddleware:
         result = self._table().match(method, path)
         if isinstance(result, NoMatch):
             if result.bad_path is not None:
-                await reject(scope, send, "bad_request", f"Bad request path {path}: {result.bad_path}",
-                             exchange.request_id)
+                await reject(
+                    scope,
+                    send,
+                    "bad_request",
+                    f"Bad request path {path}: {result.bad_path}",
+                    exchange.request_id,
+                )
             elif result.allow is not None:
-                await reject(scope, send, "method_not_allowed", f"Method {method} not allowed for path: {path}",
-                             exchange.request_id, headers=[(b"allow", result.allow.encode())])
+                await reject(
+                    scope,
+                    send,
+                    "method_not_allowed",
+                    f"Method {method} not allowed for path: {path}",
+                    exchange.request_id,
+                    headers=[(b"allow", result.allow.encode())],
+                )
             else:
-                await reject(scope, send, "route_not_found", f"No route found for path: {path}", exchange.request_id)
+                await reject(
+                    scope, send, "route_not_found", f"No route found for path: {path}", exchange.request_id
+                )
             return
         exchange.route = result.route
         exchange.params = result.params

@@ -28,12 +28,30 @@ from kairos.proxy.headers import upstream_request_headers
 
 logger = logging.getLogger("kairos.websocket")
 
-# Codes that may not be sent in a close frame (RFC 6455 §7.4.1); relay them as "going away".
+# Codes that may not be sent in a close frame (RFC 6455 §7.4.1).
 _RESERVED_CLOSE = {1004, 1005, 1006, 1015}
 
 
+def _to_client(code: int) -> int:
+    """The code to relay to the client for a backend close seen with ``code``: a close frame
+    without a status (1005) is a normal closure (ASGI cannot send a status-less close); the other
+    reserved codes (connection lost, TLS failure) become "going away"."""
+    if code == CloseCode.NO_STATUS_RCVD:
+        return CloseCode.NORMAL_CLOSURE
+    return CloseCode.GOING_AWAY if code in _RESERVED_CLOSE else code
+
+
+def _to_backend(code: int) -> int:
+    """The code to relay to the backend for a client disconnect seen with ``code``. Every reserved
+    code, 1005 included, becomes "going away": uvicorn reports both a status-less close frame and
+    a lost TCP connection as 1005, and a vanished client must not look like a normal closure."""
+    return CloseCode.GOING_AWAY if code in _RESERVED_CLOSE else code
+
+
 class WebSocketProxy:
-    def __init__(self, is_trusted: Callable[[str], bool], on_open: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, is_trusted: Callable[[str], bool], on_open: Callable[[int], None] | None = None
+    ) -> None:
         self._is_trusted = is_trusted
         self._on_open = on_open
 
@@ -63,7 +81,7 @@ class WebSocketProxy:
             upstream = await connect(
                 url,
                 additional_headers=headers,
-                subprotocols=subprotocols or None,  # type: ignore[arg-type]
+                subprotocols=subprotocols or None,
                 open_timeout=route.connect_timeout,
                 max_size=None,
                 compression=None,
@@ -76,8 +94,13 @@ class WebSocketProxy:
             status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
             detail = f"backend answered HTTP {status}" if status else f"{type(exc).__name__}: {exc}"
             logger.warning("websocket upstream %s refused (%s): %s", url, exchange.request_id, detail)
-            await reject(scope, send, "upstream", f"WebSocket upstream error for {backend.key}: {detail}",
-                         exchange.request_id)
+            await reject(
+                scope,
+                send,
+                "upstream",
+                f"WebSocket upstream error for {backend.key}: {detail}",
+                exchange.request_id,
+            )
             return
         try:
             accept_headers = [(b"x-request-id", exchange.request_id.encode())]
@@ -102,7 +125,9 @@ class WebSocketProxy:
 async def _relay(upstream: ClientConnection, receive: Receive, send: Send) -> None:
     client_to_backend = asyncio.create_task(_client_to_backend(upstream, receive))
     backend_to_client = asyncio.create_task(_backend_to_client(upstream, send))
-    done, pending = await asyncio.wait({client_to_backend, backend_to_client}, return_when=asyncio.FIRST_COMPLETED)
+    done, pending = await asyncio.wait(
+        {client_to_backend, backend_to_client}, return_when=asyncio.FIRST_COMPLETED
+    )
     for task in pending:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -123,9 +148,7 @@ async def _client_to_backend(upstream: ClientConnection, receive: Receive) -> No
             except ConnectionClosed:
                 return
         elif kind == "websocket.disconnect":
-            code = message.get("code", CloseCode.NORMAL_CLOSURE)
-            if code in _RESERVED_CLOSE:
-                code = CloseCode.GOING_AWAY
+            code = _to_backend(message.get("code", CloseCode.NORMAL_CLOSURE))
             await upstream.close(code, message.get("reason") or "")
             return
 
@@ -139,10 +162,8 @@ async def _backend_to_client(upstream: ClientConnection, send: Send) -> None:
                 await send({"type": "websocket.send", "bytes": frame})
     except ConnectionClosed:
         pass
-    close = upstream.close_rcvd
+    close = upstream.protocol.close_rcvd
     code = close.code if close is not None else CloseCode.INTERNAL_ERROR
     reason = close.reason if close is not None else "upstream connection lost"
-    if code in _RESERVED_CLOSE:
-        code = CloseCode.NORMAL_CLOSURE if code == 1005 else CloseCode.GOING_AWAY
     with contextlib.suppress(Exception):
-        await send({"type": "websocket.close", "code": code, "reason": reason})
+        await send({"type": "websocket.close", "code": _to_client(code), "reason": reason})

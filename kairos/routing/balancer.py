@@ -58,8 +58,10 @@ class SmoothWeighted:
 
 
 class LeastConnections:
-    """Fewest in-flight requests (counted by the balancer middleware); ties go round robin so equal
-    backends share load instead of the first one taking everything."""
+    """Fewest in-flight requests (counted by the balancer middleware); ties go round robin among the
+    tied backends, so equal backends share load evenly instead of the first one taking everything
+    (rotating a start index over *all* backends would give one of two tied backends twice the share
+    of the other when a third is busy)."""
 
     __slots__ = ("_next",)
 
@@ -67,15 +69,13 @@ class LeastConnections:
         self._next = 0
 
     def pick(self, candidates: Sequence[Backend], client_ip: str) -> Backend:
-        count = len(candidates)
-        start = self._next % count
+        if len(candidates) == 1:
+            return candidates[0]
+        least = min(backend.state.in_flight for backend in candidates)
+        tied = [backend for backend in candidates if backend.state.in_flight == least]
+        chosen = tied[self._next % len(tied)]
         self._next += 1
-        best = candidates[start]
-        for offset in range(1, count):
-            backend = candidates[(start + offset) % count]
-            if backend.state.in_flight < best.state.in_flight:
-                best = backend
-        return best
+        return chosen
 
 
 class WeightedRandom:
@@ -114,7 +114,9 @@ class ConsistentIpHash:
         return best
 
 
-_STRATEGIES: dict[str, type[RoundRobin | SmoothWeighted | LeastConnections | WeightedRandom | ConsistentIpHash]] = {
+_STRATEGIES: dict[
+    str, type[RoundRobin | SmoothWeighted | LeastConnections | WeightedRandom | ConsistentIpHash]
+] = {
     "round_robin": RoundRobin,
     "weighted": SmoothWeighted,
     "least_connections": LeastConnections,

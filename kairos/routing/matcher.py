@@ -2,10 +2,13 @@
 
 Precedence, most specific first, independent of config order except as the last tie-breaker:
 
-1. Segment by segment from the left, a literal segment beats a mixed pattern (``{name}.json``,
-   longer literal text first), which beats a whole-segment parameter (``{id}``).
+1. Segment by segment from the left, a literal segment beats a mixed pattern (``{name}.json``),
+   which beats a whole-segment parameter (``{id}``). Among mixed patterns that both match one
+   segment: more literal text first, then a longer literal prefix, then the literal text itself
+   in code-point order (so the answer never depends on config order).
 2. So a longer literal prefix wins (``/users/me/x`` over ``/users/{id}/x``).
-3. Routes of the same shape are tried in config order.
+3. Routes of the same shape (same template with parameter names erased) are tried in config order;
+   this is the only place config order matters.
 4. A route whose methods do not include the request's method is skipped, so ``POST /users/me`` can
    reach ``/users/{id}`` when ``/users/me`` is GET-only. Only when no route takes the method is the
    answer 405, with ``Allow`` listing what the matching paths accept.
@@ -13,6 +16,12 @@ Precedence, most specific first, independent of config order except as the last 
 Lookup walks a segment trie (dict lookups per segment), so its cost depends on the path's depth,
 not on the number of routes. Matching uses the raw (percent-encoded) path split on ``/``; each
 segment is then decoded on its own, so an encoded ``%2F`` never creates a segment boundary.
+Template literals are decoded too, so ``/caf%C3%A9`` and ``/café`` (and ``%c3%a9``) are one path.
+A ``.`` or ``..`` segment, or a parameter value that is exactly ``.`` or ``..``, is a 400.
+
+``match()`` takes the raw path as ASCII with non-ASCII bytes percent-encoded (what
+``kairos.middleware.routing.route_path`` returns); non-ASCII characters in the string are taken
+as text (encoded as UTF-8), as ``urllib.parse.unquote`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from kairos.routing.route import Route
-from kairos.routing.template import Literal, Param, Pattern
+from kairos.routing.template import Literal, Param, Pattern, encode_segment_value
 
 
 @dataclass(slots=True)
@@ -60,9 +69,11 @@ class RouteTable:
         for route in self.routes:
             node = self._root
             static = True
+            canonical: list[str] = []
             for segment in route.template.segments:
                 if isinstance(segment, Literal):
                     node = node.literals.setdefault(segment.text, _Node())
+                    canonical.append(encode_segment_value(segment.text))
                 elif isinstance(segment, Param):
                     static = False
                     if node.param is None:
@@ -73,7 +84,9 @@ class RouteTable:
                     node = _pattern_child(node, segment)
             node.routes.append(route)
             if static:
-                self._static.setdefault(route.template.source, []).append(route)
+                # Keyed by the canonical encoded form: a raw path equal to it decodes, segment by
+                # segment, to exactly the route's literals, so the fast path agrees with the trie.
+                self._static.setdefault("/" + "/".join(canonical), []).append(route)
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -98,19 +111,29 @@ class RouteTable:
         allowed: set[str] = set()
         found = _walk(self._root, segments, 0, method, captured, allowed)
         if found is not None:
-            return RouteMatch(found, _params(found, segments))
+            params = _params(found, segments)
+            for value in params.values():
+                if value in (".", ".."):
+                    return NoMatch(bad_path="a path parameter is '.' or '..'")
+            return RouteMatch(found, params)
         return NoMatch(allow=_allow(allowed) if allowed else None)
 
 
 def _pattern_child(node: _Node, segment: Pattern) -> _Node:
+    # One child per pattern shape ({a}.json and {b}.json share it), so same-shape routes meet in
+    # one node and are tried in config order like any other same-shape routes.
     for existing, child in node.patterns:
-        if existing.source == segment.source:
+        if existing.key == segment.key:
             return child
     child = _Node()
     node.patterns.append((segment, child))
-    # More literal text = more specific; sort is stable so first-defined wins ties.
-    node.patterns.sort(key=lambda item: -item[0].literal_length)
+    node.patterns.sort(key=_pattern_precedence)
     return child
+
+
+def _pattern_precedence(item: tuple[Pattern, _Node]) -> tuple[int, int, tuple[str, ...]]:
+    pattern = item[0]
+    return (-pattern.literal_length, -len(pattern.literals[0]), pattern.key)
 
 
 def _walk(

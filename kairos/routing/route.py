@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from kairos.config.model import HTTP_METHODS, RouteConfig
-from kairos.routing.template import PLACEHOLDER, Literal, Param, PathTemplate, Pattern, encode_segment_value
+from kairos.routing.template import SEGMENT_SAFE, Literal, Param, PathTemplate, encode_segment_value
 
 if TYPE_CHECKING:
     from kairos.routing.balancer import Balancer
@@ -97,12 +98,11 @@ class UpstreamPath:
                 parts += [literal, segment.name]
                 literal = ""
             else:
-                for index, piece in enumerate(_split_pattern(segment)):
-                    if index % 2:
-                        parts += [literal, piece]
+                for index, piece in enumerate(segment.literals):
+                    if index:
+                        parts += [literal, segment.names[index - 1]]
                         literal = ""
-                    else:
-                        literal += encode_segment_value(piece) if piece else ""
+                    literal += quote(piece, safe=SEGMENT_SAFE)
         parts.append(literal)
         return cls(tuple(parts), literal if len(parts) == 1 else None)
 
@@ -115,10 +115,6 @@ class UpstreamPath:
             out.append(encode_segment_value(params[parts[index]]))
             out.append(parts[index + 1])
         return "".join(out)
-
-
-def _split_pattern(segment: Pattern) -> list[str]:
-    return PLACEHOLDER.split(segment.source)
 
 
 def allowed_methods(config: RouteConfig) -> frozenset[str]:

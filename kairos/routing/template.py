@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
 class Literal:
-    text: str
+    text: str  # percent-decoded: ``/caf%C3%A9`` and ``/café`` are the same literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +30,15 @@ class Pattern:
     """A segment mixing literal text and parameters, e.g. ``v{major}.{minor}``."""
 
     source: str
-    regex: re.Pattern[str]
+    regex: re.Pattern[str]  # matches the percent-decoded segment
     names: tuple[str, ...]
     literal_length: int
+    literals: tuple[str, ...] = ()  # the decoded literal pieces around the names (len(names) + 1)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """Identity with the parameter names erased: patterns with equal keys match the same text."""
+        return self.literals
 
 
 Segment = Literal | Param | Pattern
@@ -63,7 +69,7 @@ class PathTemplate:
             elif isinstance(segment, Param):
                 out.append("P")
             else:
-                out.append("R:" + PLACEHOLDER.sub("{}", segment.source))
+                out.append("R:" + "{}".join(segment.literals))
         return tuple(out)
 
 
@@ -80,7 +86,7 @@ def parse_template(path: str) -> PathTemplate:
     segments: list[Segment] = []
     seen: set[str] = set()
     for raw in path[1:].split("/"):
-        if raw in (".", ".."):
+        if unquote(raw) in (".", ".."):
             raise ValueError("path traversal: '.' and '..' segments are not allowed")
         stripped = PLACEHOLDER.sub("", raw)
         if "{" in stripped or "}" in stripped:
@@ -97,28 +103,29 @@ def parse_template(path: str) -> PathTemplate:
                 raise ValueError(f"parameter {{{name}}} appears twice")
             seen.add(name)
         if not names:
-            segments.append(Literal(raw))
+            segments.append(Literal(unquote(raw)))
         elif raw == "{" + names[0] + "}":
             segments.append(Param(names[0]))
         else:
             if re.search(r"\}\{", raw):
                 raise ValueError(f"adjacent parameters in segment {raw!r} are ambiguous")
+            literals = tuple(unquote(part) for part in PLACEHOLDER.split(raw)[::2])
             regex = "".join(
-                f"(?P<{part}>.+?)" if index % 2 else re.escape(part)
-                for index, part in enumerate(PLACEHOLDER.split(raw))
+                re.escape(literals[index]) + (f"(?P<{name}>.+?)" if index < len(names) else "")
+                for index, name in enumerate((*names, ""))
             )
-            segments.append(Pattern(raw, re.compile(regex), tuple(names), len(stripped)))
+            segments.append(Pattern(raw, re.compile(regex), tuple(names), sum(map(len, literals)), literals))
     return PathTemplate(path, tuple(segments))
 
 
 # Characters that may stay literal inside one upstream path segment: RFC 3986 unreserved and
 # sub-delims plus ':' and '@'. Everything else, notably '/', '?', '#' and '%', is percent-encoded,
 # so a parameter value can never add a segment, a query or a fragment upstream.
-_SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
+SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 
 
 def encode_segment_value(value: str) -> str:
     """Percent-encode a decoded parameter value for use inside one upstream path segment."""
     if value in (".", ".."):
         return value.replace(".", "%2E")
-    return quote(value, safe=_SEGMENT_SAFE)
+    return quote(value, safe=SEGMENT_SAFE)

@@ -25,5 +25,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             "x_request_id": dict(scope["headers"]).get(b"x-request-id", b"").decode(),
         }
     ).encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": payload})

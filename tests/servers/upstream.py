@@ -12,6 +12,9 @@ import hashlib
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+# Close code + reason seen by /logged-ws/{key}, by key.
+LOGGED_CLOSE = web.AppKey("logged_close", dict)
+
 
 def make_app(name: str) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
@@ -135,7 +138,7 @@ def make_app(name: str) -> web.Application:
     async def logged_ws(request: web.Request) -> web.WebSocketResponse:
         """WebSocket echo that records the close code *and reason* it received under ``{key}``
         (read back from ``/logged-close/{key}``); text "flood" starts a stream of messages to
-        the client that lasts until the connection closes."""
+        the client that lasts until the connection closes; text "drop" aborts the TCP connection."""
         key = request.match_info["key"]
         socket = web.WebSocketResponse(autoping=True)
         await socket.prepare(request)
@@ -155,6 +158,10 @@ def make_app(name: str) -> web.Application:
             if message.type == WSMsgType.TEXT:
                 if message.data == "flood" and flood is None:
                     flood = asyncio.create_task(flood_client())
+                elif message.data == "drop":  # vanish without a close frame
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return socket
                 else:
                     await socket.send_str(message.data)
             elif message.type == WSMsgType.BINARY:
@@ -170,11 +177,11 @@ def make_app(name: str) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await flood
         await socket.close()
-        request.app["logged_close"][key] = record
+        request.app[LOGGED_CLOSE][key] = record
         return socket
 
     async def logged_close(request: web.Request) -> web.Response:
-        return web.json_response(request.app["logged_close"].get(request.match_info["key"]))
+        return web.json_response(request.app[LOGGED_CLOSE].get(request.match_info["key"]))
 
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/echo{tail:.*}", echo)
@@ -193,7 +200,7 @@ def make_app(name: str) -> web.Application:
     app.router.add_get("/ws-reject", ws_reject)
     app.router.add_get("/logged-ws/{key}", logged_ws)
     app.router.add_get("/logged-close/{key}", logged_close)
-    app["logged_close"] = {}
+    app[LOGGED_CLOSE] = {}
     _ = WSCloseCode
     return app
 
