@@ -42,6 +42,7 @@ def gateway(module_tmp: Path, upstream: Server) -> Iterator[Server]:
                 "port": upstream.port,
             },
             route("/ftp", "/", [{"host": "ftp://127.0.0.1", "port": 21}], protocol="ftp"),
+            route("/prefix/{*rest}", "/echo/under/{*rest}", [backend(upstream)], ALL),
         ],
     }
     with gateway_server(module_tmp, config) as server:
@@ -253,3 +254,10 @@ def test_download_streams(client: httpx.Client) -> None:
         assert int(response.headers["content-length"]) == 5_000_000
         total = sum(len(chunk) for chunk in response.iter_raw())
     assert total == 5_000_000
+
+
+def test_catch_all_prefix_route(client: httpx.Client) -> None:
+    response = client.post("/prefix/a/b%2Fc/d?x=1", content=b"body")
+    assert response.json()["raw_path"] == "/echo/under/a/b%2Fc/d?x=1"
+    assert client.get("/prefix/").json()["raw_path"] == "/echo/under/"
+    assert_error(client.get("/prefix"), 404, "route_not_found")

@@ -64,7 +64,7 @@ class RouteMiddleware:
         exchange = get_exchange(scope)
         method = scope["method"] if kind == "http" else "GET"
         path = route_path(scope)
-        result = self._table().match(method, path)
+        result = self._table().match(method, path, websocket=kind == "websocket")
         if isinstance(result, NoMatch):
             if result.bad_path is not None:
                 await reject(

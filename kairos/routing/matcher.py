@@ -12,6 +12,10 @@ Precedence, most specific first, independent of config order except as the last 
 4. A route whose methods do not include the request's method is skipped, so ``POST /users/me`` can
    reach ``/users/{id}`` when ``/users/me`` is GET-only. Only when no route takes the method is the
    answer 405, with ``Allow`` listing what the matching paths accept.
+5. A trailing catch-all ``{*rest}`` comes last at its position: ``/api/{*rest}`` takes what no more
+   specific route takes, at any depth (``/api/`` included, ``/api`` not).
+6. At one template, a WebSocket upgrade prefers a ``protocol: websocket`` route and a plain request
+   a non-WebSocket one, so ``/chat`` can serve both; with only one kind, it takes both.
 
 Lookup walks a segment trie (dict lookups per segment), so its cost depends on the path's depth,
 not on the number of routes. Matching uses the raw (percent-encoded) path split on ``/``; each
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from kairos.routing.route import Route
-from kairos.routing.template import Literal, Param, Pattern, encode_segment_value
+from kairos.routing.template import CatchAll, Literal, Param, Pattern, encode_segment_value
 
 
 @dataclass(slots=True)
@@ -40,6 +44,7 @@ class _Node:
     patterns: list[tuple[Pattern, _Node]] = field(default_factory=list)
     param: _Node | None = None
     routes: list[Route] = field(default_factory=list)
+    catch_all: list[Route] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,7 @@ class NoMatch:
 class RouteTable:
     """An immutable snapshot of the compiled routes; a reload builds a new one and swaps it in."""
 
-    __slots__ = ("_root", "_static", "routes", "websocket_routes")
+    __slots__ = ("_root", "_static", "routes")
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(sorted(routes, key=lambda route: route.index))
@@ -79,10 +84,13 @@ class RouteTable:
                     if node.param is None:
                         node.param = _Node()
                     node = node.param
+                elif isinstance(segment, CatchAll):
+                    static = False
+                    break
                 else:
                     static = False
                     node = _pattern_child(node, segment)
-            node.routes.append(route)
+            (node.catch_all if route.template.catch_all is not None else node.routes).append(route)
             if static:
                 # Keyed by the canonical encoded form: a raw path equal to it decodes, segment by
                 # segment, to exactly the route's literals, so the fast path agrees with the trie.
@@ -91,12 +99,12 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self.routes)
 
-    def match(self, method: str, raw_path: str) -> RouteMatch | NoMatch:
+    def match(self, method: str, raw_path: str, websocket: bool = False) -> RouteMatch | NoMatch:
         static = self._static.get(raw_path)
         if static is not None:
-            for route in static:
-                if method in route.methods:
-                    return RouteMatch(route, {})
+            route = _pick(static, method, websocket, set())
+            if route is not None:
+                return RouteMatch(route, {})
         raw_segments = raw_path[1:].split("/") if raw_path.startswith("/") else [raw_path]
         segments: list[str] = []
         for raw in raw_segments:
@@ -107,9 +115,8 @@ class RouteTable:
             if segment in (".", ".."):
                 return NoMatch(bad_path="path contains '.' or '..' segments")
             segments.append(segment)
-        captured: list[str] = []
         allowed: set[str] = set()
-        found = _walk(self._root, segments, 0, method, captured, allowed)
+        found = _walk(self._root, segments, 0, method, websocket, allowed)
         if found is not None:
             params = _params(found, segments)
             for value in params.values():
@@ -136,35 +143,53 @@ def _pattern_precedence(item: tuple[Pattern, _Node]) -> tuple[int, int, tuple[st
     return (-pattern.literal_length, -len(pattern.literals[0]), pattern.key)
 
 
+def _pick(routes: list[Route], method: str, websocket: bool, allowed: set[str]) -> Route | None:
+    """First route (config order) taking the method, preferring the request's kind (rule 6)."""
+    other_kind = None
+    for route in routes:
+        if method in route.methods:
+            if route.websocket == websocket:
+                return route
+            if other_kind is None:
+                other_kind = route
+        else:
+            allowed.update(route.methods)
+    return other_kind
+
+
 def _walk(
-    node: _Node, segments: list[str], depth: int, method: str, captured: list[str], allowed: set[str]
+    node: _Node, segments: list[str], depth: int, method: str, websocket: bool, allowed: set[str]
 ) -> Route | None:
     if depth == len(segments):
-        for route in node.routes:
-            if method in route.methods:
-                return route
-            allowed.update(route.methods)
-        return None
+        return _pick(node.routes, method, websocket, allowed) if node.routes else None
     segment = segments[depth]
     child = node.literals.get(segment)
     if child is not None:
-        found = _walk(child, segments, depth + 1, method, captured, allowed)
+        found = _walk(child, segments, depth + 1, method, websocket, allowed)
         if found is not None:
             return found
     if segment:
         for pattern, pattern_child in node.patterns:
             if pattern.regex.fullmatch(segment):
-                found = _walk(pattern_child, segments, depth + 1, method, captured, allowed)
+                found = _walk(pattern_child, segments, depth + 1, method, websocket, allowed)
                 if found is not None:
                     return found
         if node.param is not None:
-            return _walk(node.param, segments, depth + 1, method, captured, allowed)
+            found = _walk(node.param, segments, depth + 1, method, websocket, allowed)
+            if found is not None:
+                return found
+    if node.catch_all:
+        return _pick(node.catch_all, method, websocket, allowed)
     return None
 
 
 def _params(route: Route, segments: list[str]) -> dict[str, str]:
     params: dict[str, str] = {}
-    for template_segment, value in zip(route.template.segments, segments, strict=True):
+    for position, template_segment in enumerate(route.template.segments):
+        if isinstance(template_segment, CatchAll):
+            params[template_segment.name] = "/".join(map(encode_segment_value, segments[position:]))
+            break
+        value = segments[position]
         if isinstance(template_segment, Param):
             params[template_segment.name] = value
         elif isinstance(template_segment, Pattern):

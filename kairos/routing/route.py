@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from kairos.config.model import HTTP_METHODS, RouteConfig
-from kairos.routing.template import SEGMENT_SAFE, Literal, Param, PathTemplate, encode_segment_value
+from kairos.routing.template import (
+    SEGMENT_SAFE,
+    CatchAll,
+    Literal,
+    Param,
+    PathTemplate,
+    encode_segment_value,
+)
 
 if TYPE_CHECKING:
     from kairos.routing.balancer import Balancer
@@ -64,6 +71,7 @@ class Route:
     upstream_path: UpstreamPath
     timeout: float | None  # seconds; None = no total deadline
     connect_timeout: float
+    websocket: bool  # protocol "websocket": preferred for upgrades, skipped for plain requests
 
     @property
     def name(self) -> str:
@@ -86,15 +94,17 @@ class UpstreamPath:
     parts: tuple[str, ...]  # literal text and parameter names, alternating (literal first)
     constant: str | None = field(default=None)
 
+    raw_names: frozenset[str] = frozenset()  # catch-all values: already encoded, inserted as they are
+
     @classmethod
-    def compile(cls, template: PathTemplate) -> UpstreamPath:
+    def compile(cls, template: PathTemplate, raw_names: frozenset[str] = frozenset()) -> UpstreamPath:
         parts: list[str] = []
         literal = ""
         for segment in template.segments:
             literal += "/"
             if isinstance(segment, Literal):
                 literal += encode_segment_value(segment.text) if segment.text else ""
-            elif isinstance(segment, Param):
+            elif isinstance(segment, Param | CatchAll):
                 parts += [literal, segment.name]
                 literal = ""
             else:
@@ -104,15 +114,17 @@ class UpstreamPath:
                         literal = ""
                     literal += quote(piece, safe=SEGMENT_SAFE)
         parts.append(literal)
-        return cls(tuple(parts), literal if len(parts) == 1 else None)
+        return cls(tuple(parts), literal if len(parts) == 1 else None, raw_names)
 
     def build(self, params: Mapping[str, str]) -> str:
         if self.constant is not None:
             return self.constant
         parts = self.parts
         out = [parts[0]]
+        raw_names = self.raw_names
         for index in range(1, len(parts), 2):
-            out.append(encode_segment_value(params[parts[index]]))
+            name = parts[index]
+            out.append(params[name] if name in raw_names else encode_segment_value(params[name]))
             out.append(parts[index + 1])
         return "".join(out)
 
@@ -157,6 +169,8 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
             )
         )
     methods = allowed_methods(config)
+    tail = config.external_template.catch_all
+    catch_all_names = frozenset({tail}) if tail is not None else frozenset[str]()
     return Route(
         index=index,
         config=config,
@@ -165,7 +179,8 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         allow=allow_header(methods),
         backends=tuple(backends),
         balancer=make_balancer(config.load_balancing_strategy),
-        upstream_path=UpstreamPath.compile(config.internal_template),
+        upstream_path=UpstreamPath.compile(config.internal_template, catch_all_names),
         timeout=config.timeout_ms / 1000 if config.timeout_ms else None,
         connect_timeout=config.connect_timeout_ms / 1000,
+        websocket=config.protocol == "websocket",
     )

@@ -41,7 +41,17 @@ class Pattern:
         return self.literals
 
 
-Segment = Literal | Param | Pattern
+@dataclass(frozen=True, slots=True)
+class CatchAll:
+    """``{*rest}``, the last segment only: the rest of the path (one or more segments, the last
+    possibly empty). Its value is the remaining path re-encoded segment by segment (an encoded
+    ``%2F`` stays encoded), so it can extend the upstream path but never climb out of it:
+    ``.``/``..`` segments are refused before matching."""
+
+    name: str
+
+
+Segment = Literal | Param | Pattern | CatchAll
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +67,14 @@ class PathTemplate:
                 names.append(segment.name)
             elif isinstance(segment, Pattern):
                 names.extend(segment.names)
+            elif isinstance(segment, CatchAll):
+                names.append(segment.name)
         return tuple(names)
+
+    @property
+    def catch_all(self) -> str | None:
+        last = self.segments[-1] if self.segments else None
+        return last.name if isinstance(last, CatchAll) else None
 
     @property
     def shape(self) -> tuple[str, ...]:
@@ -68,9 +85,14 @@ class PathTemplate:
                 out.append("L:" + segment.text)
             elif isinstance(segment, Param):
                 out.append("P")
+            elif isinstance(segment, CatchAll):
+                out.append("C")
             else:
                 out.append("R:" + "{}".join(segment.literals))
         return tuple(out)
+
+
+_CATCH_ALL = re.compile(r"\{\*([^{}]*)\}")
 
 
 def _valid_name(name: str) -> bool:
@@ -85,7 +107,20 @@ def parse_template(path: str) -> PathTemplate:
         raise ValueError("must not contain '?' or '#' (the query string is forwarded as sent)")
     segments: list[Segment] = []
     seen: set[str] = set()
-    for raw in path[1:].split("/"):
+    raw_segments = path[1:].split("/")
+    for position, raw in enumerate(raw_segments):
+        catch_all = _CATCH_ALL.fullmatch(raw)
+        if catch_all is not None:
+            name = catch_all.group(1)
+            if not _valid_name(name):
+                raise ValueError(f"invalid catch-all name {{*{name}}}: use letters, digits and '_' only")
+            if position != len(raw_segments) - 1:
+                raise ValueError(f"the catch-all {{*{name}}} must be the last segment")
+            if name in seen:
+                raise ValueError(f"parameter {{{name}}} appears twice")
+            seen.add(name)
+            segments.append(CatchAll(name))
+            continue
         if unquote(raw) in (".", ".."):
             raise ValueError("path traversal: '.' and '..' segments are not allowed")
         stripped = PLACEHOLDER.sub("", raw)
