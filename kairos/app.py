@@ -16,26 +16,57 @@ from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.gateway import ConfigInput, Gateway
 from kairos.health import HealthEndpoints
 from kairos.pipeline import build_pipeline
 from kairos.settings import Settings
 
+BUILTIN_PATHS = ("/health", "/ready", "/live")
 
-def create_app(config: ConfigInput = None, settings: Settings | None = None) -> Starlette:
+
+class GatewayApp(Starlette):
+    """A Starlette app whose proxied traffic skips Starlette's own layers.
+
+    Starlette serves the built-in endpoints and the lifespan. Every other request goes straight to
+    the gateway pipeline, sparing it Starlette's error middlewares, regex routing and the Mount
+    scope copy — measurable on the hot path. When a user adds Starlette middleware
+    (``app.add_middleware``), everything goes through Starlette again so that middleware sees all
+    traffic. The pipeline renders its own errors, including unexpected ones (a JSON 500).
+    """
+
+    def __init__(self, pipeline: ASGIApp, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.pipeline = pipeline
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and not self.user_middleware:
+            path = scope["path"]
+            root = scope.get("root_path")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            if path not in BUILTIN_PATHS:
+                await self.pipeline(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(config: ConfigInput = None, settings: Settings | None = None) -> GatewayApp:
     """``config``: a GatewayConfig, a parsed dict, or a file path; None reads ``KAIROS_CONFIG_PATH``
     (falling back to the embedded default) at startup. An explicit config is validated now and
     raises ConfigError listing every problem."""
     settings = settings or Settings()
     gateway = Gateway(settings, config)
     health = HealthEndpoints(gateway)
-    app = Starlette(
+    pipeline = build_pipeline(gateway)
+    app = GatewayApp(
+        pipeline,
         routes=[
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             Route("/live", health.live, methods=["GET"]),
-            Mount("", app=build_pipeline(gateway)),
+            Mount("", app=pipeline),
         ],
         lifespan=gateway.lifespan,
     )

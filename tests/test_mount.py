@@ -8,11 +8,12 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.processes import ROOT, Server, free_port, stop, wait_for_port
+from tests.processes import ROOT, Server, backend, free_port, route, stop, wait_for_port
 
 PARENT_APP = '''
 """A parent app mounting Kairos at /gw (and at /café), as a user would write it."""
@@ -186,3 +187,35 @@ def test_without_the_parent_lifespan_the_gateway_starts_on_the_first_request(laz
         assert response.json()["raw_path"] == "/echo/cats-internal/1"
         assert client.get("/gateway-state").json() == {"started": True}
         assert client.get("/gw/cats/2").json()["raw_path"] == "/echo/cats-internal/2"
+
+
+def test_user_middleware_added_to_the_gateway_sees_proxied_traffic(tmp_path: Path, upstream: Server) -> None:
+    """The fast path that skips Starlette's layers steps aside once a user adds middleware."""
+    import asyncio
+
+    from kairos.app import create_app
+
+    seen: list[str] = []
+
+    class Recorder:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                seen.append(scope["path"])
+            await self.app(scope, receive, send)
+
+    config = {"version": 1, "routers": [route("/who", "/whoami", [backend(upstream)])]}
+    gateway = create_app(config)
+    gateway.add_middleware(Recorder)
+
+    async def exercise() -> None:
+        transport = httpx.ASGITransport(app=gateway, client=("127.0.0.1", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            assert (await client.get("/who")).json()["server"] == "a"
+            assert (await client.get("/health")).status_code == 200
+        await gateway.state.gateway.shutdown()
+
+    asyncio.run(exercise())
+    assert seen == ["/who", "/health"]
