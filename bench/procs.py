@@ -6,6 +6,7 @@ whose ``finally`` blocks then stop each child by the PID recorded here, never by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -40,7 +41,9 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
     return [taskset, "-c", str(cpu), *command] if taskset else command
 
 
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child in its own session with stdout/stderr going to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -49,20 +52,21 @@ def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> s
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=cwd or Path(__file__).resolve().parent.parent,
             start_new_session=True,
         )
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (nginx workers), found by scanning /proc for their parent id."""
-    found: list[int] = []
+def children(pid: int) -> list[tuple[int, int]]:
+    """Direct children of ``pid`` (nginx workers) as (pid, start time), found by scanning /proc for
+    their parent id; the start time later tells a recycled PID apart from the child itself."""
+    found: list[tuple[int, int]] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         fields = _stat_fields(int(entry))
         if fields is not None and int(fields[1]) == pid:
-            found.append(int(entry))
+            found.append((int(entry), int(fields[19])))
     return found
 
 
@@ -109,12 +113,12 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
-def stop(process: subprocess.Popen[bytes], extra_pids: list[int] | None = None, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace``; then kill any recorded extra PIDs (nginx workers) left.
-
-    Extra PIDs are only signalled while they are still children of ``process`` or orphans of it, so a
-    recycled PID of an unrelated process is never hit.
-    """
+def stop(
+    process: subprocess.Popen[bytes], extra: list[tuple[int, int]] | None = None, grace: float = 5.0
+) -> None:
+    """SIGTERM, then SIGKILL after ``grace``; then SIGKILL any recorded child (pid, start time) still
+    alive, e.g. an nginx worker orphaned by a killed master. The start time must match, so a recycled
+    PID of an unrelated process is never signalled."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -122,10 +126,8 @@ def stop(process: subprocess.Popen[bytes], extra_pids: list[int] | None = None, 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(grace)
-    for pid in extra_pids or []:
+    for pid, started in extra or []:
         fields = _stat_fields(pid)
-        if fields is not None and int(fields[1]) in (process.pid, 1) and fields[0] != "Z":
-            try:
+        if fields is not None and int(fields[19]) == started and fields[0] != "Z":
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,57 +33,55 @@ _WEBSOCKET_HANDSHAKE = frozenset(
 )
 
 
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Header names listed in ``Connection`` are hop-by-hop too."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(tokens)
-
-
-def _is_hop_by_hop(name: bytes, named: frozenset[bytes]) -> bool:
-    return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in named
+_UNSEEN = object()
 
 
 class ClientAddress:
     """Resolves the client IP: the socket peer, unless the peer is a trusted proxy, in which case
-    ``X-Forwarded-For`` is read right to left and the first untrusted address is the client."""
+    ``X-Forwarded-For`` is read right to left and the first untrusted address is the client. A hop
+    that is not an IP address ends the walk: the last address vouched for is used instead, so a
+    malformed header can never become a rate-limit or ip_hash key."""
 
     __slots__ = ("_cache", "_networks")
 
     def __init__(self, trusted: Sequence[IpNetwork]) -> None:
         self._networks = tuple(trusted)
-        self._cache: dict[str, bool] = {}
+        self._cache: dict[str, bool | None] = {}
 
     @property
     def enabled(self) -> bool:
         return bool(self._networks)
 
-    def is_trusted(self, ip: str) -> bool:
-        if not self._networks:
-            return False
-        cached = self._cache.get(ip)
-        if cached is None:
+    def _classify(self, ip: str) -> bool | None:
+        """True/False: a trusted/untrusted address; None: not an IP address at all."""
+        cached = self._cache.get(ip, _UNSEEN)
+        if cached is _UNSEEN:
             try:
                 address = ipaddress.ip_address(ip)
             except ValueError:
-                cached = False
+                cached = None
             else:
                 cached = any(address in network for network in self._networks)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[ip] = cached
-        return cached
+        return cached  # type: ignore[return-value]
+
+    def is_trusted(self, ip: str) -> bool:
+        return bool(self._networks) and self._classify(ip) is True
 
     def resolve(self, peer: str, headers: Sequence[tuple[bytes, bytes]]) -> str:
         if not self.is_trusted(peer):
             return peer
-        chain = forwarded_for(headers)
-        for hop in reversed(chain):
-            if not self.is_trusted(hop):
+        client = peer
+        for hop in reversed(forwarded_for(headers)):
+            trusted = self._classify(hop)
+            if trusted is None:
+                return client
+            client = hop
+            if not trusted:
                 return hop
-        return chain[0] if chain else peer
+        return client
 
 
 def forwarded_for(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
@@ -93,6 +92,24 @@ def forwarded_for(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
     return hops
 
 
+@dataclass(slots=True)
+class UpstreamHeaders:
+    """What one pass over the client's headers yields: the headers to send upstream, and what the
+    proxy needs to know about the request body."""
+
+    headers: list[tuple[str, str]]
+    content_length: int | None
+    chunked: bool
+
+
+# Headers skipped on the way up, so the common case (a header we forward) costs one set lookup.
+_SKIP_UP = HOP_BY_HOP | _REPLACED_UPSTREAM
+_SKIP_UP_WEBSOCKET = _SKIP_UP | _WEBSOCKET_HANDSHAKE
+_SKIP_DOWN = HOP_BY_HOP | _SET_BY_SERVER
+# Connection tokens that name no extra header (the common values): nothing more to strip.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade", b""})
+
+
 def upstream_request_headers(
     headers: Sequence[tuple[bytes, bytes]],
     *,
@@ -101,48 +118,78 @@ def upstream_request_headers(
     scheme: str,
     request_id: str,
     websocket: bool = False,
-) -> list[tuple[str, str]]:
-    """Client headers minus hop-by-hop ones, plus X-Forwarded-* and X-Request-ID.
+) -> UpstreamHeaders:
+    """Client headers minus hop-by-hop ones, plus X-Forwarded-* and X-Request-ID, in one pass.
 
     From a trusted proxy the incoming ``X-Forwarded-For`` chain is extended; from anyone else it is
     replaced by the peer address, so an upstream that trusts the header is not lied to.
     """
-    named = connection_tokens(headers)
+    skip = _SKIP_UP_WEBSOCKET if websocket else _SKIP_UP
     out: list[tuple[str, str]] = []
     forwarded: list[str] = []
-    proto = host = None
+    proto = forwarded_host = host = None
+    connection: list[bytes] = []
+    content_length: int | None = None
+    chunked = False
     for name, value in headers:
-        if _is_hop_by_hop(name, named):
-            continue
-        if name in _REPLACED_UPSTREAM:
-            if name == b"x-forwarded-for" and peer_trusted:
-                forwarded.append(value.decode("latin-1"))
-            elif name == b"x-forwarded-proto" and peer_trusted:
-                proto = value.decode("latin-1")
-            elif (name == b"x-forwarded-host" and peer_trusted) or (name == b"host" and host is None):
+        if name in skip or name.startswith(b"proxy-"):
+            if name == b"connection":
+                connection.append(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"host":
                 host = value.decode("latin-1")
+            elif peer_trusted:
+                if name == b"x-forwarded-for":
+                    forwarded.append(value.decode("latin-1"))
+                elif name == b"x-forwarded-proto":
+                    proto = value.decode("latin-1")
+                elif name == b"x-forwarded-host":
+                    forwarded_host = value.decode("latin-1")
             continue
-        if websocket and name in _WEBSOCKET_HANDSHAKE:
-            continue
+        if name == b"content-length":
+            content_length = int(value) if value.isdigit() else None
         out.append((name.decode("latin-1"), value.decode("latin-1")))
+    if connection:
+        named = _named_by_connection(connection)
+        if named:
+            out = [(name, value) for name, value in out if name.encode("latin-1") not in named]
+    if chunked and content_length is not None:
+        # Both framings sent (a request-smuggling shape): Transfer-Encoding wins and Content-Length
+        # must not be forwarded (RFC 9112 §6.3).
+        out = [(name, value) for name, value in out if name != "content-length"]
+        content_length = None
     forwarded.append(peer)
     out.append(("x-forwarded-for", ", ".join(forwarded)))
     out.append(("x-forwarded-proto", proto or scheme))
-    if host is not None:
-        out.append(("x-forwarded-host", host))
+    if forwarded_host or host:
+        out.append(("x-forwarded-host", forwarded_host or host or ""))
     out.append(("x-request-id", request_id))
-    return out
+    return UpstreamHeaders(out, content_length, chunked)
 
 
 def downstream_response_headers(
     raw_headers: Iterable[tuple[bytes, bytes]], request_id: bytes
 ) -> list[tuple[bytes, bytes]]:
     """Upstream response headers minus hop-by-hop ones, repeated headers kept (two Set-Cookie stay
-    two), plus X-Request-ID."""
-    raw = [(name.lower(), value) for name, value in raw_headers]
-    named = connection_tokens(raw)
-    out = [
-        (name, value) for name, value in raw if not _is_hop_by_hop(name, named) and name not in _SET_BY_SERVER
-    ]
+    two), plus X-Request-ID. One pass; a second only when ``Connection`` names extra headers."""
+    out: list[tuple[bytes, bytes]] = []
+    connection: list[bytes] = []
+    for raw_name, value in raw_headers:
+        name = raw_name.lower()
+        if name in _SKIP_DOWN or name.startswith(b"proxy-"):
+            if name == b"connection":
+                connection.append(value)
+            continue
+        out.append((name, value))
+    if connection:
+        named = _named_by_connection(connection)
+        if named:
+            out = [(name, value) for name, value in out if name not in named]
     out.append((b"x-request-id", request_id))
     return out
+
+
+def _named_by_connection(values: list[bytes]) -> frozenset[bytes]:
+    tokens = {token.strip().lower() for value in values for token in value.split(b",")}
+    return frozenset(tokens - _PLAIN_CONNECTION)

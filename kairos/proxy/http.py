@@ -59,28 +59,28 @@ class HttpProxy:
         request_id = exchange.request_id
         client = scope.get("client")
         peer = client[0] if client else "unknown"
-        request_headers = scope["headers"]
         url = backend.http_base + route.upstream_path.build(exchange.params)
         query = scope.get("query_string")
         if query:
             url += "?" + query.decode("latin-1")
+        prepared = upstream_request_headers(
+            scope["headers"],
+            peer=peer,
+            peer_trusted=self._is_trusted(peer),
+            scheme=scope.get("scheme", "http"),
+            request_id=request_id,
+        )
         upstream = UpstreamRequest(
             method=scope["method"],
             url=url,
-            headers=upstream_request_headers(
-                request_headers,
-                peer=peer,
-                peer_trusted=self._is_trusted(peer),
-                scheme=scope.get("scheme", "http"),
-                request_id=request_id,
-            ),
+            headers=prepared.headers,
             body=None,
             connect_timeout=route.connect_timeout,
         )
         started = False
         try:
             async with asyncio.timeout(route.timeout):
-                upstream.body = await _request_body(request_headers, receive)
+                upstream.body = await _request_body(prepared.content_length, prepared.chunked, receive)
                 response = await self._engine_for(backend).send(upstream)
                 try:
                     headers = downstream_response_headers(response.headers, request_id.encode())
@@ -146,15 +146,8 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _request_body(headers: list[tuple[bytes, bytes]], receive: Receive) -> Body:
+async def _request_body(length: int | None, chunked: bool, receive: Receive) -> Body:
     """None when the request has no body; bytes when it is small and sized; else a stream."""
-    length: int | None = None
-    chunked = False
-    for name, value in headers:
-        if name == b"content-length":
-            length = int(value) if value.isdigit() else None
-        elif name == b"transfer-encoding":
-            chunked = True
     if not chunked and not length:
         return None
     if length is not None and length <= SMALL_BODY:

@@ -75,7 +75,7 @@ class WebSocketProxy:
             scheme="https" if scope.get("scheme") == "wss" else "http",
             request_id=exchange.request_id,
             websocket=True,
-        )
+        ).headers
         subprotocols = [p for p in scope.get("subprotocols", ()) if p]
         try:
             upstream = await connect(

@@ -1,0 +1,315 @@
+"""``make bench``: Kairos against a bare aiohttp proxy, asgiproxy and nginx, plus route matching.
+
+Why it is built this way (a 2-core, noisy machine):
+
+- every SUT runs on CPU 0 alone; wrk, the upstream nginx and this script share CPU 1, so a SUT
+  never competes with its own load generator;
+- the SUTs are interleaved: each round starts, warms up, measures and stops every SUT in turn
+  (order rotated per round), so slow drift of the machine hits all SUTs alike;
+- goals are ratios computed within a round and reported as the median across rounds;
+- SUT CPU time per request (from /proc) is reported next to throughput: it is the number that
+  does not depend on how busy the neighbours were.
+
+Usage: ``bench/run.py [--quick] [--rounds N] [--duration S]`` (``make bench BENCH_ARGS=--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+from load import run_wrk
+from procs import cpus, pinned
+from report import CASES, Measurement, render
+from route_match import TableResult
+from suts import SUTS, Context, Running, Sut, snapshot_kairos, start_upstream, verify
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+TOOLS = (("wrk", "wrk"), ("nginx", "nginx"))  # (command, Debian package)
+SBIN_PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    rounds: int
+    duration: float
+    warmup: float
+    sut_cpu: int
+    load_cpu: int
+    raw_dir: Path
+    code: Path  # the kairos snapshot every Python process imports
+    route_iterations: int
+    route_repeats: int
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Kairos benchmark harness")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s measurements")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 5; 2 with --quick)")
+    args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (2.0 if args.quick else 5.0)
+    if not (1 <= args.rounds <= 20 and 0.5 <= args.duration <= 120):
+        parser.error("--rounds must be 1..20 and --duration 0.5..120 (every load loop stays bounded)")
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- tools -----------------------------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    """Install wrk and nginx from Debian if missing. Package postinst scripts must not start the
+    system nginx (it would take port 80 and outlive us), hence a temporary policy-rc.d."""
+    missing = [package for command, package in TOOLS if shutil.which(command, path=SBIN_PATH) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit(f"bench needs {' and '.join(missing)}: install them (apt-get install {' '.join(missing)})")
+    log(f"installing {', '.join(missing)} with apt-get")
+    policy = Path("/usr/sbin/policy-rc.d")
+    created = not policy.exists()
+    if created:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        # apt's chatter goes to stderr: stdout carries only the report.
+        for command in (["update", "-qq"], ["install", "-y", "-qq", "--no-install-recommends", *missing]):
+            subprocess.run(["apt-get", *command], check=True, env=env, timeout=600, stdout=sys.stderr)
+    finally:
+        if created:
+            policy.unlink()
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+def measure_case(running: Running, round_no: int, body: str, conns: int, settings: Settings) -> Measurement:
+    """One wrk run with the SUT's CPU time read just before and after it."""
+    cell = Measurement(round_no, running.name, body, conns)
+    if not running.alive():
+        return replace(cell, error="SUT process exited")
+    raw = settings.raw_dir / f"r{round_no}-{running.name}.txt"
+    try:
+        before = running.cpu()
+        result = run_wrk(f"{running.base_url}/{body}", conns, settings.duration, settings.load_cpu, raw)
+        after = running.cpu()
+    except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+        return replace(cell, error=str(exc))
+    cpu_us = None
+    if before is not None and after is not None and result.requests:
+        cpu_us = (after - before) * 1e6 / result.requests
+    return replace(cell, result=result, cpu_us=cpu_us)
+
+
+def measure_sut(sut: Sut, round_no: int, upstream: str, settings: Settings) -> list[Measurement]:
+    """Start, verify, warm up (discarded), measure every case, stop; a failure fails this SUT's round."""
+    running: Running | None = None
+    try:
+        try:
+            running = sut.start(Context(upstream, settings.sut_cpu, settings.raw_dir, settings.code))
+            verify(running)
+            run_wrk(f"{running.base_url}/small", 50, settings.warmup, settings.load_cpu)
+        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+            log(f"  {sut.name}: FAILED to start: {exc}")
+            return [Measurement(round_no, sut.name, body, conns, error=str(exc)) for body, conns in CASES]
+        cells = []
+        for body, conns in CASES:
+            cell = measure_case(running, round_no, body, conns, settings)
+            log(f"  {describe(cell)}")
+            cells.append(cell)
+        return cells
+    finally:
+        if running is not None:
+            running.stop()
+
+
+def describe(cell: Measurement) -> str:
+    where = f"{cell.sut} {cell.body} c={cell.connections}:"
+    if cell.result is None:
+        return f"{where} FAILED: {cell.error}"
+    r = cell.result
+    cpu = f", {cell.cpu_us:.0f} µs CPU/req" if cell.cpu_us is not None else ""
+    errors = f", {r.errors} ERRORS" if r.errors else ""
+    return f"{where} {r.rps:,.0f} req/s, p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms{cpu}{errors}"
+
+
+def run_rounds(settings: Settings) -> list[Measurement]:
+    upstream = start_upstream(settings.load_cpu)
+    measurements: list[Measurement] = []
+    try:
+        for round_no in range(1, settings.rounds + 1):
+            shift = (round_no - 1) % len(SUTS)
+            order = SUTS[shift:] + SUTS[:shift]
+            log(f"round {round_no}/{settings.rounds}: {', '.join(sut.name for sut in order)}")
+            for sut in order:
+                measurements += measure_sut(sut, round_no, upstream.base_url, settings)
+    finally:
+        upstream.stop()
+    return measurements
+
+
+def run_route_bench(settings: Settings) -> tuple[list[TableResult] | None, str | None]:
+    """In a child pinned to the (now idle) SUT CPU, so the timing is not shared with this script."""
+    command = [sys.executable, str(BENCH / "route_match.py"), "--json"]
+    command += ["--iterations", str(settings.route_iterations), "--repeats", str(settings.route_repeats)]
+    env = {**os.environ, "PYTHONPATH": str(settings.code)}
+    try:
+        done = subprocess.run(
+            pinned(settings.sut_cpu, command),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+            cwd=settings.code,
+            env=env,
+        )
+        return [TableResult(**item) for item in json.loads(done.stdout)], None
+    except subprocess.CalledProcessError as exc:
+        return None, exc.stderr.strip()[-300:]
+    except (subprocess.TimeoutExpired, ValueError, TypeError) as exc:
+        return None, str(exc)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def machine_info() -> list[str]:
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    versions = []
+    for command in (["wrk", "--version"], ["nginx", "-v"]):
+        path = shutil.which(command[0], path=SBIN_PATH)
+        if path:
+            out = subprocess.run(
+                [path, *command[1:]], capture_output=True, text=True, timeout=10, check=False
+            )
+            versions.append((out.stdout + out.stderr).strip().splitlines()[0])
+    revision = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent,
+        check=False,
+    ).stdout.strip()
+    return [
+        f"nproc: {os.cpu_count()}; CPU: {model}",
+        f"Python {platform.python_version()} ({sys.executable}); {platform.platform()}",
+        f"load average at start: {Path('/proc/loadavg').read_text().split()[:3]}",
+        f"tools: {'; '.join(versions)}",
+        f"kairos revision: {revision or 'unknown'}",
+    ]
+
+
+def method_notes(settings: Settings) -> list[str]:
+    return [
+        f"SUTs pinned to CPU {settings.sut_cpu} (one process, one worker); wrk (-t1), the upstream nginx "
+        f"and this script pinned to CPU {settings.load_cpu}.",
+        "Upstream: nginx, worker_processes 1, keep-alive, static bodies /small (100 B) and /16k (16 KiB).",
+        "Python SUTs: `uvicorn APP --loop uvloop --http httptools --no-access-log --log-level warning`.",
+        f"Per SUT per round: start, verify both bodies (200 + exact length), {settings.warmup:g} s warm-up "
+        f"at c=50 (discarded), then {settings.duration:g} s of `wrk -t1 -cC --latency` per case "
+        f"{', '.join(f'{b} c={c}' for b, c in CASES)}; then stop.",
+        f"{settings.rounds} round(s), SUT order rotated each round; goal ratios computed within a round, "
+        "then the median across rounds. Runs with any socket error or non-2xx answer are left out.",
+        "SUT CPU µs/req: utime+stime from /proc/PID/stat (nginx: master + worker) over the wrk run / "
+        "requests completed.",
+        f"Route matching: RouteTables built via load_data → compile_route → RouteTable; "
+        f"{settings.route_iterations:,} match() calls x {settings.route_repeats} repeats per path kind, "
+        "median ns/match; pinned to the SUT CPU with nothing else on it.",
+    ]
+
+
+def write_report(text: str, stamp: datetime) -> list[Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    paths = [RESULTS / "latest.md", RESULTS / f"{stamp:%Y-%m-%d-%H%M}.md"]
+    for path in paths:
+        path.write_text(text)
+    return paths
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM/SIGHUP become SystemExit so every ``finally`` stops its servers."""
+    raise SystemExit(128 + signum)
+
+
+def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
+    """All HTTP rounds, then the route-matching benchmark; returns the markdown report."""
+    estimate = settings.rounds * len(SUTS) * (settings.warmup + len(CASES) * settings.duration + 2) + 40
+    log(f"benchmark: {settings.rounds} round(s) x {len(SUTS)} SUTs, about {estimate / 60:.0f} min")
+    measurements = run_rounds(settings)
+    machine.append(f"load average at end of the HTTP rounds: {Path('/proc/loadavg').read_text().split()[:3]}")
+    log("route matching micro-benchmark")
+    route_results, route_error = run_route_bench(settings)
+    return render(
+        title=f"Kairos benchmark, {stamp:%Y-%m-%d %H:%M}",
+        machine=machine,
+        method=method_notes(settings),
+        suts=[(sut.name, sut.description) for sut in SUTS],
+        measurements=measurements,
+        rounds=settings.rounds,
+        route_results=route_results,
+        route_error=route_error,
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    ensure_tools()
+    stamp = datetime.now()
+    started = time.monotonic()
+    sut_cpu, load_cpu = cpus()
+    os.sched_setaffinity(0, {load_cpu})  # keep this orchestrator off the SUT's CPU
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-code-") as code:
+        settings = Settings(
+            rounds=args.rounds,
+            duration=args.duration,
+            warmup=min(2.0, args.duration),
+            sut_cpu=sut_cpu,
+            load_cpu=load_cpu,
+            raw_dir=RESULTS / "raw" / f"{stamp:%Y-%m-%d-%H%M%S}",
+            code=Path(code),
+            route_iterations=50_000 if args.quick else 100_000,
+            route_repeats=3 if args.quick else 5,
+        )
+        settings.raw_dir.mkdir(parents=True, exist_ok=True)
+        machine = machine_info()
+        snapshot = snapshot_kairos(settings.code)
+        machine.append(f"kairos code measured: {snapshot}")
+        log(f"kairos code: {snapshot}")
+        text = benchmark(settings, stamp, machine)
+    print(text)
+    paths = write_report(text, stamp)
+    wrote = ", ".join(str(path) for path in paths)
+    log(f"done in {time.monotonic() - started:.0f} s; wrote {wrote}; raw wrk output in {settings.raw_dir}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # the servers were already stopped by the finally blocks on the way up
+        log("interrupted")
+        sys.exit(130)
