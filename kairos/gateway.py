@@ -29,6 +29,7 @@ from kairos.config import (
 from kairos.config.loader import client_networks
 from kairos.logs import configure_logging
 from kairos.proxy.aiohttp_engine import AiohttpEngine
+from kairos.proxy.deadline import DeadlineWatch
 from kairos.proxy.engine import UpstreamEngine
 from kairos.proxy.headers import ClientAddress
 from kairos.proxy.httpx_engine import HttpxEngine
@@ -54,6 +55,7 @@ class Gateway:
         self.client_address = ClientAddress(())
         self.default_engine: UpstreamEngine = AiohttpEngine(settings.upstream_max_connections)
         self.http2_engine: UpstreamEngine = HttpxEngine()
+        self.deadlines = DeadlineWatch()
         self.websocket_connections = 0
         self._explicit_config = config
         self._started = False
@@ -145,6 +147,7 @@ class Gateway:
             await self.startup()
 
     async def shutdown(self) -> None:
+        await self.deadlines.stop()
         await self.default_engine.close()
         await self.http2_engine.close()
         self._started = False

@@ -22,7 +22,7 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
         gateway.websocket_connections += delta
 
     app: ASGIApp = ProtocolEndpoint(
-        http=HttpProxy(gateway.engine_for, gateway.is_trusted_proxy),
+        http=HttpProxy(gateway.engine_for, gateway.is_trusted_proxy, gateway.deadlines),
         websocket=WebSocketProxy(gateway.is_trusted_proxy, on_open=count_websockets),
     )
     app = BalancerMiddleware(app)

@@ -18,6 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from kairos.errors import send_error
 from kairos.exchange import get_exchange
+from kairos.proxy.deadline import DeadlineWatch
 from kairos.proxy.engine import (
     Body,
     UpstreamConnectError,
@@ -46,10 +47,14 @@ class ResponseAborted(Exception):
 
 class HttpProxy:
     def __init__(
-        self, engine_for: Callable[[Backend], UpstreamEngine], is_trusted: Callable[[str], bool]
+        self,
+        engine_for: Callable[[Backend], UpstreamEngine],
+        is_trusted: Callable[[str], bool],
+        deadlines: DeadlineWatch | None = None,
     ) -> None:
         self._engine_for = engine_for
         self._is_trusted = is_trusted
+        self._deadlines = deadlines or DeadlineWatch()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
@@ -79,7 +84,7 @@ class HttpProxy:
         )
         started = False
         try:
-            async with asyncio.timeout(route.timeout):
+            async with self._deadlines.within(route.timeout):
                 upstream.body = await _request_body(prepared.content_length, prepared.chunked, receive)
                 response = await self._engine_for(backend).send(upstream)
                 try:
