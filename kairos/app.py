@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kairos.gateway import ConfigInput, Gateway
 from kairos.health import HealthEndpoints
 from kairos.pipeline import build_pipeline
-from kairos.settings import Settings
+from kairos.settings import Settings, load_settings
 
 BUILTIN_PATHS = ("/health", "/ready", "/live")
 
@@ -56,7 +56,7 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
     """``config``: a GatewayConfig, a parsed dict, or a file path; None reads ``KAIROS_CONFIG_PATH``
     (falling back to the embedded default) at startup. An explicit config is validated now and
     raises ConfigError listing every problem."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     gateway = Gateway(settings, config)
     health = HealthEndpoints(gateway)
     pipeline = build_pipeline(gateway)

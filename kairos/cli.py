@@ -34,11 +34,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from kairos.config import ConfigError, load_file
     from kairos.logs import level_name
-    from kairos.settings import Settings
+    from kairos.settings import SettingsError, load_settings
 
     if args.config:
         os.environ["KAIROS_CONFIG_PATH"] = str(args.config)
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.workers

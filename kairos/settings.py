@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,3 +21,21 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     redis_url: str | None = None
     upstream_max_connections: int = Field(0, ge=0, description="0 = unlimited")
+
+
+class SettingsError(ValueError):
+    """Bad ``KAIROS_*`` environment: one line per variable, named as the operator set it."""
+
+
+def load_settings() -> Settings:
+    """``Settings()`` with errors named by environment variable instead of a pydantic traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        from kairos.config.problems import problems_from_validation_error
+
+        lines = []
+        for problem in problems_from_validation_error(exc):
+            field = problem.path.split(".")[0].split("[")[0]
+            lines.append(str(problem).replace(problem.path, "KAIROS_" + field.upper(), 1))
+        raise SettingsError("invalid environment:\n  " + "\n  ".join(lines)) from None

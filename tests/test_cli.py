@@ -263,3 +263,18 @@ def test_kairos_run_serves_a_valid_config(tmp_path: Path) -> None:
     finally:
         stop(process)
     assert f"config {path} loaded: 2 route(s)" in log.read_text()
+
+
+def test_bad_environment_is_named_by_variable_and_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kairos", "run"],
+        cwd=tmp_path,
+        env=_env(KAIROS_PORT="abc", KAIROS_WORKERS="0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert 'KAIROS_PORT: must be an integer (got "abc")' in result.stderr
+    assert 'KAIROS_WORKERS: must be at least 1 (got "0")' in result.stderr
+    assert "Traceback" not in result.stderr
