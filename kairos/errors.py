@@ -49,11 +49,13 @@ async def send_error(
     request_id: str,
     headers: Iterable[tuple[bytes, bytes]] = (),
     status: int | None = None,
+    message_prefix: str = "http.response",
 ) -> None:
+    """``message_prefix`` is ``websocket.http.response`` to refuse an upgrade with a real response."""
     body = error_body(kind, message, request_id)
     await send(
         {
-            "type": "http.response.start",
+            "type": f"{message_prefix}.start",
             "status": status or STATUS_BY_TYPE[kind],
             "headers": [
                 (b"content-type", b"application/json"),
@@ -63,7 +65,7 @@ async def send_error(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{message_prefix}.body", "body": body})
 
 
 async def reject(
@@ -82,19 +84,6 @@ async def reject(
         await send_error(send, kind, message, request_id, headers, status)
         return
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = error_body(kind, message, request_id)
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status or STATUS_BY_TYPE[kind],
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-request-id", request_id.encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
+        await send_error(send, kind, message, request_id, headers, status, "websocket.http.response")
     else:
         await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})

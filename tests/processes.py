@@ -72,21 +72,33 @@ class Server:
 
 
 @contextmanager
-def upstream_server(tmp_path: Path, name: str = "upstream", port: int | None = None) -> Iterator[Server]:
-    port = port or free_port()
-    log = tmp_path / f"upstream-{name}-{port}.log"
+def server_process(
+    args: list[str], port: int, log: Path, env: dict[str, str] | None = None, wait: bool = True
+) -> Iterator[Server]:
+    """Run ``python <args>`` as a server on ``port``; its output goes to ``log`` (shown when the
+    test fails). Stopped by PID whatever happens."""
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.servers.upstream", "--port", str(port), "--name", name],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
+    server = Server(process, port, log)
     try:
-        wait_for_port(port, process)
-        yield Server(process, port, log)
+        if wait:
+            wait_for_port(port, process)
+        yield server
+    except Exception:
+        sys.stderr.write(server.output())
+        raise
     finally:
         stop(process)
+
+
+@contextmanager
+def upstream_server(tmp_path: Path, name: str = "upstream", port: int | None = None) -> Iterator[Server]:
+    port = port or free_port()
+    args = ["-m", "tests.servers.upstream", "--port", str(port), "--name", name]
+    with server_process(args, port, tmp_path / f"upstream-{name}-{port}.log") as server:
+        yield server
 
 
 def backend(server: Server | int, weight: int = 1, scheme: str = "http", **extra: Any) -> dict[str, Any]:
@@ -124,43 +136,27 @@ def gateway_server(
     config_path = tmp_path / f"config-{port}.json"
     if config is not None:
         config_path.write_text(json.dumps(config))
-    log = tmp_path / f"gateway-{port}.log"
     environment = {**os.environ, "KAIROS_CONFIG_PATH": str(config_path), **(env or {})}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "kairos.app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--no-proxy-headers",
-                *args,
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log)
-    try:
+    command = [
+        "-m",
+        "uvicorn",
+        "kairos.app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--no-proxy-headers",
+        *args,
+    ]
+    with server_process(command, port, tmp_path / f"gateway-{port}.log", environment, wait) as server:
         if wait:
-            wait_for_port(port, process)
             httpx.get(f"{server.url}/ready", timeout=5).raise_for_status()
         yield server
-    except Exception:
-        sys.stderr.write(server.output())
-        raise
-    finally:
-        stop(process)
 
 
 def rss_bytes(pid: int) -> tuple[int, int]:

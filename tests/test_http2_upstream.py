@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.processes import ROOT, Server, backend, free_port, gateway_server, route, stop, wait_for_port
+from tests.processes import Server, backend, free_port, gateway_server, route, server_process
 
 
 @pytest.fixture(scope="module")
 def h2_upstream(module_tmp: Path) -> Iterator[Server]:
     port = free_port()
-    log = module_tmp / "h2.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hypercorn",
-                "tests.servers.h2_upstream:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-            ],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port, process)
-        yield Server(process, port, log)
-    finally:
-        stop(process)
+    args = ["-m", "hypercorn", "tests.servers.h2_upstream:app", "--bind", f"127.0.0.1:{port}"]
+    with server_process(args, port, module_tmp / "h2.log") as server:
+        yield server
 
 
 def test_http2_backend_uses_http2(module_tmp: Path, h2_upstream: Server, upstream: Server) -> None:

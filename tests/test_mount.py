@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import ROOT, Server, backend, free_port, route, stop, wait_for_port
+from tests.processes import ROOT, Server, backend, free_port, route, server_process
 
 PARENT_APP = '''
 """A parent app mounting Kairos at /gw (and at /café), as a user would write it."""
@@ -81,35 +79,20 @@ def parent_server(tmp_path: Path, upstream: Server, drive_lifespan: bool) -> Ite
         "DRIVE_LIFESPAN": "1" if drive_lifespan else "0",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "parent_app:app",
-                "--app-dir",
-                str(module_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, port, log)
-    try:
-        wait_for_port(port, process)
+    args = [
+        "-m",
+        "uvicorn",
+        "parent_app:app",
+        "--app-dir",
+        str(module_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    with server_process(args, port, log, env) as server:
         yield server
-    except Exception:
-        sys.stderr.write(server.output())
-        raise
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")

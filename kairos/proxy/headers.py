@@ -5,6 +5,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.types import Scope
+
+    from kairos.exchange import Exchange
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -193,3 +201,32 @@ def downstream_response_headers(
 def _named_by_connection(values: list[bytes]) -> frozenset[bytes]:
     tokens = {token.strip().lower() for value in values for token in value.split(b",")}
     return frozenset(tokens - _PLAIN_CONNECTION)
+
+
+_HTTP_SCHEME = {"ws": "http", "wss": "https"}  # X-Forwarded-Proto speaks of http(s), also for upgrades
+
+
+def prepare_upstream(
+    scope: Scope, exchange: Exchange, is_trusted: Callable[[str], bool], websocket: bool = False
+) -> tuple[str, UpstreamHeaders]:
+    """The upstream URL (backend + built internal path + the query as sent) and the headers to send,
+    for the route and backend already chosen for this request."""
+    route, backend = exchange.route, exchange.backend
+    assert route is not None and backend is not None
+    base = backend.ws_base if websocket else backend.http_base
+    url = base + route.upstream_path.build(exchange.params)
+    query = scope.get("query_string")
+    if query:
+        url += "?" + query.decode("latin-1")
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
+    scheme: str = scope.get("scheme") or "http"
+    prepared = upstream_request_headers(
+        scope["headers"],
+        peer=peer,
+        peer_trusted=is_trusted(peer),
+        scheme=_HTTP_SCHEME.get(scheme, scheme),
+        request_id=exchange.request_id,
+        websocket=websocket,
+    )
+    return url, prepared

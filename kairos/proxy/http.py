@@ -28,7 +28,7 @@ from kairos.proxy.engine import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from kairos.proxy.headers import downstream_response_headers, upstream_request_headers
+from kairos.proxy.headers import downstream_response_headers, prepare_upstream
 from kairos.routing.route import Backend
 
 logger = logging.getLogger("kairos.proxy")
@@ -62,19 +62,7 @@ class HttpProxy:
         backend = exchange.backend
         assert route is not None and backend is not None
         request_id = exchange.request_id
-        client = scope.get("client")
-        peer = client[0] if client else "unknown"
-        url = backend.http_base + route.upstream_path.build(exchange.params)
-        query = scope.get("query_string")
-        if query:
-            url += "?" + query.decode("latin-1")
-        prepared = upstream_request_headers(
-            scope["headers"],
-            peer=peer,
-            peer_trusted=self._is_trusted(peer),
-            scheme=scope.get("scheme", "http"),
-            request_id=request_id,
-        )
+        url, prepared = prepare_upstream(scope, exchange, self._is_trusted)
         upstream = UpstreamRequest(
             method=scope["method"],
             url=url,

@@ -24,7 +24,7 @@ from websockets.frames import CloseCode
 
 from kairos.errors import reject
 from kairos.exchange import get_exchange
-from kairos.proxy.headers import upstream_request_headers
+from kairos.proxy.headers import prepare_upstream
 
 logger = logging.getLogger("kairos.websocket")
 
@@ -62,20 +62,8 @@ class WebSocketProxy:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        client = scope.get("client")
-        peer = client[0] if client else "unknown"
-        url = backend.ws_base + route.upstream_path.build(exchange.params)
-        query = scope.get("query_string")
-        if query:
-            url += "?" + query.decode("latin-1")
-        headers = upstream_request_headers(
-            scope["headers"],
-            peer=peer,
-            peer_trusted=self._is_trusted(peer),
-            scheme="https" if scope.get("scheme") == "wss" else "http",
-            request_id=exchange.request_id,
-            websocket=True,
-        ).headers
+        url, prepared = prepare_upstream(scope, exchange, self._is_trusted, websocket=True)
+        headers = prepared.headers
         subprotocols = [p for p in scope.get("subprotocols", ()) if p]
         try:
             upstream = await connect(
