@@ -52,6 +52,19 @@ class BackendConfig(ConfigModel):
     http2: Bool = False
     description: Str | None = None
     examples: tuple[Str, ...] = ()
+    tls_ca_file: Str | None = None  # PEM bundle to verify an https/wss backend (an internal CA)
+    tls_verify: Bool = True  # false: no certificate verification (test setups only)
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _readable_ca(cls, path: str | None) -> str | None:
+        if path is not None:
+            try:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+            except OSError as exc:
+                raise ValueError(f"cannot read the CA file: {exc.strerror or exc}") from None
+        return path
 
     @field_validator("port")
     @classmethod

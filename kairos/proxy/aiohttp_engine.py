@@ -101,6 +101,7 @@ class AiohttpEngine:
                 data=request.body,
                 timeout=self._timeout(request.connect_timeout),
                 allow_redirects=False,
+                ssl=request.ssl if request.ssl is not None else True,
             )
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(

@@ -8,6 +8,7 @@ handling does not depend on which client ran.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +36,7 @@ class UpstreamRequest:
     headers: list[tuple[str, str]]
     body: Body
     connect_timeout: float
+    ssl: ssl.SSLContext | None = None  # None: verify with the system trust store
 
 
 class UpstreamResponse(Protocol):

@@ -69,6 +69,7 @@ class HttpProxy:
             headers=prepared.headers,
             body=None,
             connect_timeout=route.connect_timeout,
+            ssl=backend.ssl,
         )
         started = False
         try:

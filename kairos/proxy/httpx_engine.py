@@ -6,6 +6,7 @@ httpx's pool costs ~10x aiohttp's per request here, so it is used only where HTT
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 
 import httpx
@@ -44,14 +45,16 @@ class HttpxEngine:
     name = "httpx"
 
     def __init__(self) -> None:
-        self._tls: httpx.AsyncClient | None = None
         self._cleartext: httpx.AsyncClient | None = None
+        # httpx sets TLS per client, so one client per TLS context (None = system trust store).
+        self._tls: dict[ssl.SSLContext | None, httpx.AsyncClient] = {}
 
     @staticmethod
-    def _client(http1: bool) -> httpx.AsyncClient:
+    def _client(http1: bool, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             http1=http1,
             http2=True,
+            verify=verify,
             timeout=None,
             follow_redirects=False,
             trust_env=False,
@@ -61,22 +64,29 @@ class HttpxEngine:
     async def start(self) -> None:
         # https:// negotiates h2 by ALPN; plain http:// speaks h2 with prior knowledge (h2c), since
         # a backend marked http2 has said it understands it.
-        if self._tls is None:
-            self._tls = self._client(http1=True)
         if self._cleartext is None:
             self._cleartext = self._client(http1=False)
 
     async def close(self) -> None:
-        for client in (self._tls, self._cleartext):
-            if client is not None:
-                await client.aclose()
-        self._tls = self._cleartext = None
+        clients = [*self._tls.values(), *([self._cleartext] if self._cleartext else [])]
+        for client in clients:
+            await client.aclose()
+        self._tls = {}
+        self._cleartext = None
+
+    def _client_for(self, request: UpstreamRequest) -> httpx.AsyncClient:
+        if not request.url.startswith("https:"):
+            assert self._cleartext is not None
+            return self._cleartext
+        client = self._tls.get(request.ssl)
+        if client is None:
+            client = self._tls[request.ssl] = self._client(http1=True, verify=request.ssl or True)
+        return client
 
     async def send(self, request: UpstreamRequest) -> HttpxResponse:
-        if self._tls is None or self._cleartext is None:
+        if self._cleartext is None:
             await self.start()
-        client = self._tls if request.url.startswith("https:") else self._cleartext
-        assert client is not None
+        client = self._client_for(request)
         timeout = httpx.Timeout(None, connect=request.connect_timeout)
         built = client.build_request(
             request.method, request.url, headers=request.headers, content=request.body, timeout=timeout

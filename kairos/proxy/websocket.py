@@ -71,6 +71,7 @@ class WebSocketProxy:
                 additional_headers=headers,
                 subprotocols=subprotocols or None,
                 open_timeout=route.connect_timeout,
+                ssl=backend.ssl if url.startswith("wss:") else None,
                 max_size=None,
                 compression=None,
                 user_agent_header=None,

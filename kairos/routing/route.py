@@ -9,12 +9,14 @@ and carried across reloads by the gateway's registry.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from kairos.config.model import HTTP_METHODS, RouteConfig
+from kairos.proxy.tls import client_context
 from kairos.routing.template import (
     SEGMENT_SAFE,
     CatchAll,
@@ -53,6 +55,7 @@ class Backend:
     http_base: str  # e.g. http://10.0.0.5:8080 (ws backends mapped to http for plain requests)
     ws_base: str  # e.g. ws://10.0.0.5:8080
     state: BackendState
+    ssl: ssl.SSLContext | None = None  # custom upstream TLS (tls_ca_file / tls_verify), else default
 
 
 def backend_key(scheme: str, host: str, port: int) -> str:
@@ -166,6 +169,9 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
                 http_base=f"{_HTTP_SCHEMES.get(scheme, scheme)}://{host_in_url}:{backend.port}",
                 ws_base=f"{_WS_SCHEMES.get(scheme, scheme)}://{host_in_url}:{backend.port}",
                 state=state,
+                ssl=client_context(backend.tls_ca_file, backend.tls_verify)
+                if scheme in ("https", "wss")
+                else None,
             )
         )
     methods = allowed_methods(config)
