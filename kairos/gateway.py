@@ -53,7 +53,9 @@ class Gateway:
         self.generation = 0
         self.backend_states: dict[str, BackendState] = {}
         self.client_address = ClientAddress(())
-        self.default_engine: UpstreamEngine = AiohttpEngine(settings.upstream_max_connections)
+        self.default_engine: UpstreamEngine = AiohttpEngine(
+            settings.upstream_max_connections, settings.upstream_keepalive_seconds
+        )
         self.http2_engine: UpstreamEngine = HttpxEngine()
         self.deadlines = DeadlineWatch()
         self.websocket_connections = 0

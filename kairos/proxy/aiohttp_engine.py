@@ -54,7 +54,7 @@ class AiohttpResponse:
 class AiohttpEngine:
     name = "aiohttp"
 
-    def __init__(self, max_connections: int = 0, keepalive_timeout: float = 30.0) -> None:
+    def __init__(self, max_connections: int = 0, keepalive_timeout: float = 4.0) -> None:
         self._max_connections = max_connections
         self._keepalive_timeout = keepalive_timeout
         self._session: aiohttp.ClientSession | None = None

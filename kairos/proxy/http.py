@@ -34,6 +34,11 @@ from kairos.routing.route import Backend
 logger = logging.getLogger("kairos.proxy")
 
 SMALL_BODY = 64 * 1024
+# Statuses whose responses never have a body (RFC 9110 §15.3.5, §15.4.5; 1xx never reach here).
+# Their Content-Length is dropped: 204 must not carry one (§8.6), and a 304's (which may state the
+# size of the 200 it stands for) makes uvicorn raise "Response content shorter than Content-Length"
+# after the headers went out, i.e. an error logged and the client's keep-alive connection reset.
+NO_BODY_STATUS = frozenset({204, 304})
 
 
 class ClientDisconnected(Exception):
@@ -79,6 +84,9 @@ class HttpProxy:
                 try:
                     headers = downstream_response_headers(response.headers, request_id.encode())
                     length = response.content_length
+                    if response.status in NO_BODY_STATUS:
+                        headers = [header for header in headers if header[0] != b"content-length"]
+                        length = 0
                     if length is not None and length <= SMALL_BODY:
                         body = await response.read()
                         started = True
@@ -111,6 +119,8 @@ class HttpProxy:
             )
             await send_error(send, "timeout", f"Upstream timeout for {route.name}: {what}", request_id)
         except UpstreamError as exc:
+            if _client_left(exc):
+                return
             if started:
                 raise ResponseAborted(f"{url}: {exc}") from exc
             kind = "connection refused" if isinstance(exc, UpstreamConnectError) else "error"
@@ -164,6 +174,20 @@ async def _stream_body(receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def _client_left(exc: BaseException) -> bool:
+    """Whether an engine error was caused by the client leaving mid-upload: the engine's body
+    writer met our ClientDisconnected and wrapped it (aiohttp: ClientConnectionError). That is no
+    upstream failure, so it must not be logged or answered as one."""
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(8):  # chains are short; bounded in case of a cycle
+        if cause is None:
+            return False
+        if isinstance(cause, ClientDisconnected):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _check_disconnect(message: Message) -> None:

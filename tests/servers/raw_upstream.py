@@ -13,8 +13,9 @@ Each request's path picks a behaviour (the query string tunes it):
 - ``/early-413``: answers ``413`` with ``Connection: close`` before reading the request body, then
   drains (and discards) the body for a bounded time before closing, as a polite server does.
 - ``/huge-header?mode=one|many&kib=N``: N KiB of response headers, in one header or in 1 KiB ones.
-- ``/status/204``, ``/status/304``: no body (the 304 carries ``Content-Length`` as RFC 9110 allows).
-- ``/head``: ``Content-Length: 5000`` and, unless the request is a HEAD, that many bytes.
+- ``/status/204``, ``/status/304?length=N``: no body (the 304 carries ``Content-Length: N``, as
+  RFC 9110 §8.6 allows).
+- ``/head?size=N``: ``Content-Length: N`` and, unless the request is a HEAD, that many bytes.
 - ``/informational``: ``100 Continue`` and ``103 Early Hints`` before the final ``200``.
 - anything else: ``200`` with a small body naming the method, path and request body size.
 """
@@ -157,12 +158,14 @@ async def respond(request: Request, reader: asyncio.StreamReader, writer: asynci
         return True
     if path == "/status/304":
         await read_body(reader, request)
-        writer.write(response("304 Not Modified", [("ETag", '"v1"'), ("Content-Length", "1234")]))
+        length = query.get("length", "1234")
+        writer.write(response("304 Not Modified", [("ETag", '"v1"'), ("Content-Length", length)]))
         return True
     if path == "/head":
         await read_body(reader, request)
-        body = b"" if request.method == "HEAD" else b"h" * 5000
-        writer.write(response("200 OK", [("Content-Length", "5000")], body))
+        size = int(query.get("size", "5000"))
+        body = b"" if request.method == "HEAD" else b"h" * size
+        writer.write(response("200 OK", [("Content-Length", str(size))], body))
         return True
     if path == "/informational":
         await read_body(reader, request)
