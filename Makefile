@@ -24,8 +24,14 @@ run: install
 	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
 	KAIROS_DEMO_UPSTREAM=http://127.0.0.1:$(DEMO_PORT) $(PY) -m kairos run
 
+# The whole suite on the default (raw) upstream engine, then the proxy suites again on the aiohttp
+# fallback engine so both stay correct.
+ENGINE_SUITES := tests/test_http_proxy.py tests/test_faults.py tests/test_streaming_memory.py \
+	tests/test_tls_upstream.py tests/test_load_balancing.py tests/routing/test_upstream_path.py
+
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	KAIROS_UPSTREAM_ENGINE=aiohttp $(PY) -m pytest -q $(ENGINE_SUITES)
 
 lint: install
 	$(VENV)/bin/ruff check kairos tests bench

@@ -163,10 +163,16 @@ class UvicornApp(Sut):
     app_dir: str | None = None
     ready_path: str = "/small"
     kairos_config: bool = False
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     def start(self, ctx: Context) -> Running:
         tmpdir = Path(tempfile.mkdtemp(prefix=f"kairos-bench-{self.name}-"))
-        env = {**os.environ, "BENCH_UPSTREAM": ctx.upstream, "KAIROS_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "BENCH_UPSTREAM": ctx.upstream,
+            "KAIROS_LOG_LEVEL": "warning",
+            **dict(self.extra_env),
+        }
         env["PYTHONPATH"] = str(ctx.code)
         if self.kairos_config:
             config = tmpdir / "config.json"
@@ -251,7 +257,19 @@ def verify(running: Running) -> None:
 SUTS: tuple[Sut, ...] = (
     Direct("direct", "wrk straight at the upstream nginx (no proxy)"),
     UvicornApp(
-        "kairos", "Kairos gateway (kairos.app:app)", "kairos.app:app", ready_path="/ready", kairos_config=True
+        "kairos",
+        "Kairos gateway (kairos.app:app), default engine",
+        "kairos.app:app",
+        ready_path="/ready",
+        kairos_config=True,
+    ),
+    UvicornApp(
+        "kairos-aiohttp",
+        "Kairos gateway with KAIROS_UPSTREAM_ENGINE=aiohttp",
+        "kairos.app:app",
+        ready_path="/ready",
+        kairos_config=True,
+        extra_env=(("KAIROS_UPSTREAM_ENGINE", "aiohttp"),),
     ),
     UvicornApp(
         "bare-aiohttp", "bench/bare_proxy.py: minimal ASGI + aiohttp proxy", "bare_proxy:app", "bench"

@@ -42,6 +42,14 @@ logger = logging.getLogger("kairos")
 ConfigInput = GatewayConfig | LoadedConfig | dict[str, Any] | str | Path | None
 
 
+def _http1_engine(settings: Settings) -> UpstreamEngine:
+    if settings.upstream_engine == "raw":
+        from kairos.proxy.raw_engine import RawEngine
+
+        return RawEngine(settings.upstream_max_connections, settings.upstream_keepalive_seconds)
+    return AiohttpEngine(settings.upstream_max_connections, settings.upstream_keepalive_seconds)
+
+
 class Gateway:
     def __init__(self, settings: Settings, config: ConfigInput = None) -> None:
         self.settings = settings
@@ -53,9 +61,7 @@ class Gateway:
         self.generation = 0
         self.backend_states: dict[str, BackendState] = {}
         self.client_address = ClientAddress(())
-        self.default_engine: UpstreamEngine = AiohttpEngine(
-            settings.upstream_max_connections, settings.upstream_keepalive_seconds
-        )
+        self.default_engine: UpstreamEngine = _http1_engine(settings)
         self.http2_engine: UpstreamEngine = HttpxEngine()
         self.deadlines = DeadlineWatch()
         self.websocket_connections = 0

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     redis_url: str | None = None
     upstream_max_connections: int = Field(0, ge=0, description="0 = unlimited")
+    # HTTP/1.1 engine for backends without "http2": the lean httptools-based engine
+    # (kairos/proxy/raw_engine.py, ~2x aiohttp's throughput here, see the README's Performance
+    # section) or aiohttp, kept as a tested fallback.
+    upstream_engine: Literal["raw", "aiohttp"] = "raw"
     # Idle pooled upstream connections are closed after this long. Below the 5 s that uvicorn and
     # Node close idle keep-alive connections at, so the gateway closes first and rarely reuses a
     # connection the upstream is closing (a POST on such a connection cannot be retried safely).

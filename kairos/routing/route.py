@@ -169,7 +169,7 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
                 http_base=f"{_HTTP_SCHEMES.get(scheme, scheme)}://{host_in_url}:{backend.port}",
                 ws_base=f"{_WS_SCHEMES.get(scheme, scheme)}://{host_in_url}:{backend.port}",
                 state=state,
-                ssl=client_context(backend.tls_ca_file, backend.tls_verify)
+                ssl=client_context(backend.tls_ca_file, backend.tls_verify, backend.http2)
                 if scheme in ("https", "wss")
                 else None,
             )
