@@ -3,9 +3,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.processes import Server, upstream_server
+from tests.processes import Server, free_port, server_process, upstream_server
 
 SHARED_CONFIGS = Path(__file__).resolve().parent.parent.parent / "shared" / "kairos-rs-configs"
 
@@ -25,3 +26,19 @@ def upstream(module_tmp: Path) -> Iterator[Server]:
 def upstream_b(module_tmp: Path) -> Iterator[Server]:
     with upstream_server(module_tmp, "b") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def raw(module_tmp: Path) -> Iterator[Server]:
+    """tests/servers/raw_upstream.py: a deliberately misbehaving HTTP server (garbage, cut bodies, ...)."""
+    port = free_port()
+    args = ["-m", "tests.servers.raw_upstream", "--port", str(port)]
+    with server_process(args, port, module_tmp / f"raw-upstream-{port}.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Server) -> Iterator[httpx.Client]:
+    """An HTTP client for the module's own ``gateway`` fixture."""
+    with httpx.Client(base_url=gateway.url, timeout=10) as http:
+        yield http

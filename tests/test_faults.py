@@ -19,19 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import Server, backend, free_port, gateway_server, route, rss_bytes, server_process
+from tests.processes import Server, backend, gateway_server, route, rss_bytes
 
 ALL = ("GET", "POST", "PUT", "HEAD")
 HANG_TIMEOUT_MS = 800
 CONNECT_TIMEOUT_MS = 300
-
-
-@pytest.fixture(scope="module")
-def raw(module_tmp: Path) -> Iterator[Server]:
-    port = free_port()
-    args = ["-m", "tests.servers.raw_upstream", "--port", str(port)]
-    with server_process(args, port, module_tmp / f"raw-upstream-{port}.log") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +86,6 @@ def gateway(
     }
     with gateway_server(module_tmp, config) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def client(gateway: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=10) as http:
-        yield http
 
 
 def assert_error(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:

@@ -49,12 +49,6 @@ def gateway(module_tmp: Path, upstream: Server) -> Iterator[Server]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def client(gateway: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=10) as http:
-        yield http
-
-
 def echoed_headers(response: httpx.Response) -> dict[str, list[str]]:
     headers: dict[str, list[str]] = {}
     for name, value in response.json()["headers"]:

@@ -56,14 +56,6 @@ async def settle() -> None:
 
 
 @pytest.fixture(scope="module")
-def raw(module_tmp: Path) -> Iterator[Server]:
-    port = free_port()
-    args = ["-m", "tests.servers.raw_upstream", "--port", str(port)]
-    with server_process(args, port, module_tmp / f"raw-{port}.log") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
 
