@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kairos import __version__
+from kairos.auth.authenticator import Authenticator
 from kairos.config import (
     ConfigError,
     GatewayConfig,
@@ -61,6 +62,7 @@ class Gateway:
         self.generation = 0
         self.backend_states: dict[str, BackendState] = {}
         self.client_address = ClientAddress(())
+        self.authenticator: Authenticator | None = None
         self.default_engine: UpstreamEngine = _http1_engine(settings)
         self.http2_engine: UpstreamEngine = HttpxEngine()
         self.deadlines = DeadlineWatch()
@@ -99,6 +101,8 @@ class Gateway:
         used = {backend.key for route in table.routes for backend in route.backends}
         self.backend_states = {key: state for key, state in states.items() if key in used}
         self.client_address = ClientAddress(client_networks(loaded.config))
+        config = loaded.config
+        self.authenticator = Authenticator(config.jwt, config.api_keys, config.api_key_header)
         self.config = loaded.config
         self.config_source = loaded.source
         self.table = table
@@ -111,6 +115,9 @@ class Gateway:
 
     def current_table(self) -> RouteTable:
         return self.table
+
+    def current_authenticator(self) -> Authenticator | None:
+        return self.authenticator
 
     def resolve_client_ip(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
         return self.client_address.resolve(peer, headers)

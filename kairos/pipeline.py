@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp
 
 from kairos.gateway import Gateway
+from kairos.middleware.auth import AuthMiddleware
 from kairos.middleware.balancer import BalancerMiddleware
 from kairos.middleware.context import ExchangeMiddleware
 from kairos.middleware.routing import RouteMiddleware
@@ -26,6 +27,7 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
         websocket=WebSocketProxy(gateway.is_trusted_proxy, on_open=count_websockets),
     )
     app = BalancerMiddleware(app)
+    app = AuthMiddleware(app, gateway.current_authenticator)
     app = RouteMiddleware(app, table=gateway.current_table)
     app = ExchangeMiddleware(
         app, resolve_client_ip=gateway.resolve_client_ip, before_first_request=gateway.ensure_started

@@ -1,0 +1,1 @@
+"""Authentication: JWT verification and API keys, as pure logic the AuthMiddleware calls."""

@@ -1,0 +1,166 @@
+"""Who is calling: verifies a JWT (python-jose) or an API key and returns an Identity.
+
+Rules that kairos-rs got wrong and this gets right (reference §3.4, §10.12):
+- the token's ``alg`` must be in the configured allow-list (never ``none``), and the key is chosen by
+  algorithm family, so an HS256 token "signed" with an RSA public key cannot pass (no key confusion);
+- ``exp``/``nbf`` are checked with a small leeway, ``iat`` is not required, ``iss`` and ``aud``
+  (string or list, on either side) are enforced when configured, ``required_claims`` too;
+- ``Bearer`` is matched case-insensitively;
+- API keys are kept as SHA-256 digests only and looked up by digest.
+Verified tokens are cached until they expire (at most ``CACHE_SECONDS``), so a client reusing its
+token costs a dict lookup instead of a signature check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jose import jwt
+from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
+
+from kairos.config.jwt import JwtConfig
+from kairos.config.model import ApiKeyConsumer
+
+CACHE_SECONDS = 300.0
+CACHE_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    kind: str  # "jwt" | "api_key"
+    subject: str  # the token's sub, or the API-key consumer's name
+    roles: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+class AuthFailure(Exception):
+    """401: no usable credentials. ``error`` is the RFC 6750 error code for WWW-Authenticate (None
+    when no credentials were sent at all)."""
+
+    def __init__(self, message: str, error: str | None = "invalid_token") -> None:
+        super().__init__(message)
+        self.message = message
+        self.error = error
+
+
+class JwtVerifier:
+    def __init__(self, config: JwtConfig) -> None:
+        self.algorithms = frozenset(config.effective_algorithms)
+        self._secret = config.secret
+        self._public_key = config.public_key
+        self._issuer = config.issuer
+        audience = config.audience
+        self._audiences = (
+            None if audience is None else frozenset([audience] if isinstance(audience, str) else audience)
+        )
+        self._required = tuple(config.required_claims)
+        self._options = {
+            "verify_aud": False,
+            "verify_iat": False,
+            "verify_sub": False,
+            "leeway": config.leeway_secs,
+        }
+        self._cache: dict[str, tuple[Identity, float]] = {}
+
+    def verify(self, token: str) -> Identity:
+        now = time.time()
+        cached = self._cache.get(token)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        try:
+            header = jwt.get_unverified_header(token)
+        except JWTError:
+            raise AuthFailure("malformed token") from None
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self.algorithms:
+            raise AuthFailure(f"token algorithm {algorithm!r} is not allowed")
+        key = self._secret if algorithm.startswith("HS") else self._public_key
+        if key is None:
+            raise AuthFailure(f"no key configured for algorithm {algorithm}")
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], issuer=self._issuer, options=self._options
+            )
+        except ExpiredSignatureError:
+            raise AuthFailure("token expired") from None
+        except JWTClaimsError as exc:
+            raise AuthFailure(f"invalid claims: {exc}") from None
+        except JWTError:
+            raise AuthFailure("invalid token signature or format") from None
+        self._check_audience(claims)
+        for name in self._required:
+            if name not in claims:
+                raise AuthFailure(f"token lacks required claim {name!r}")
+        identity = Identity("jwt", str(claims.get("sub", "")), _roles(claims.get("roles")), claims)
+        self._remember(token, identity, claims, now)
+        return identity
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+        if self._audiences is None:
+            return
+        presented = claims.get("aud")
+        values = {presented} if isinstance(presented, str) else set(presented or ())
+        if not values & self._audiences:
+            raise AuthFailure("token audience is not accepted")
+
+    def _remember(self, token: str, identity: Identity, claims: Mapping[str, Any], now: float) -> None:
+        until = now + CACHE_SECONDS
+        exp = claims.get("exp")
+        if isinstance(exp, int | float):
+            until = min(until, float(exp))
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[token] = (identity, until)
+
+
+def _roles(value: object) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, Iterable):
+        return frozenset(str(role) for role in value)
+    return frozenset()
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class Authenticator:
+    """The gateway's credentials: built from config on every (re)load, shared by all routes."""
+
+    def __init__(
+        self,
+        jwt_config: JwtConfig | None,
+        api_keys: Sequence[ApiKeyConsumer] = (),
+        api_key_header: str = "X-API-Key",
+    ) -> None:
+        self.jwt = JwtVerifier(jwt_config) if jwt_config is not None else None
+        self.api_key_header = api_key_header.lower().encode("latin-1")
+        self._consumers = {key_digest(key): consumer.name for consumer in api_keys for key in consumer.keys}
+
+    def authenticate(self, headers: Iterable[tuple[bytes, bytes]], accept: str = "any") -> Identity:
+        """``accept``: "any" (a valid JWT or API key), "jwt" or "api_key"."""
+        authorization = api_key = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == self.api_key_header:
+                api_key = value.decode("latin-1")
+        failure: AuthFailure | None = None
+        if api_key is not None and accept in ("any", "api_key") and self._consumers:
+            consumer = self._consumers.get(key_digest(api_key))
+            if consumer is not None:
+                return Identity("api_key", consumer)
+            failure = AuthFailure("invalid API key")
+        if authorization is not None and accept in ("any", "jwt") and self.jwt is not None:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthFailure("Authorization header must be 'Bearer <token>'", "invalid_request")
+            return self.jwt.verify(token.strip())
+        if failure is not None:
+            raise failure
+        raise AuthFailure("missing credentials", None)
