@@ -18,6 +18,7 @@ STATUS_BY_TYPE = {
     "bad_request": 400,
     "authentication_error": 401,
     "authorization_error": 403,
+    "forbidden": 403,
     "route_not_found": 404,
     "method_not_allowed": 405,
     "payload_too_large": 413,

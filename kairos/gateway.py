@@ -28,6 +28,7 @@ from kairos.config import (
     load_text,
 )
 from kairos.config.loader import client_networks
+from kairos.config.model import IpFilterConfig
 from kairos.logs import configure_logging
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.deadline import DeadlineWatch
@@ -118,6 +119,9 @@ class Gateway:
 
     def current_authenticator(self) -> Authenticator | None:
         return self.authenticator
+
+    def current_ip_filter(self) -> IpFilterConfig | None:
+        return self.config.ip_filter if self.config is not None else None
 
     def resolve_client_ip(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
         return self.client_address.resolve(peer, headers)

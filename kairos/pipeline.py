@@ -12,6 +12,7 @@ from kairos.gateway import Gateway
 from kairos.middleware.auth import AuthMiddleware
 from kairos.middleware.balancer import BalancerMiddleware
 from kairos.middleware.context import ExchangeMiddleware
+from kairos.middleware.ipfilter import IpFilterMiddleware
 from kairos.middleware.routing import RouteMiddleware
 from kairos.proxy.endpoint import ProtocolEndpoint
 from kairos.proxy.http import HttpProxy
@@ -28,6 +29,7 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     )
     app = BalancerMiddleware(app)
     app = AuthMiddleware(app, gateway.current_authenticator)
+    app = IpFilterMiddleware(app, gateway.current_ip_filter)
     app = RouteMiddleware(app, table=gateway.current_table)
     app = ExchangeMiddleware(
         app, resolve_client_ip=gateway.resolve_client_ip, before_first_request=gateway.ensure_started

@@ -110,6 +110,16 @@ def _cidr(text: str) -> str:
     return text
 
 
+Cidr = Annotated[str, Strict(), AfterValidator(_cidr)]
+
+
+class IpFilterConfig(ConfigModel):
+    """``{"allow": [...], "deny": [...]}``: deny wins; a non-empty allow list admits only its CIDRs."""
+
+    allow: tuple[Cidr, ...] = ()
+    deny: tuple[Cidr, ...] = ()
+
+
 def _method(method: str) -> str:
     upper = method.upper()
     if upper not in HTTP_METHODS:
@@ -147,6 +157,7 @@ class RouteConfig(ConfigModel):
     cors: CorsConfig | None = None
     circuit_breaker: CircuitBreakerConfig | None = None
     health_check: HealthCheckConfig | None = None
+    ip_filter: IpFilterConfig | None = None
     required_roles: tuple[Str, ...] = ()
     auth: Literal["any", "jwt", "api_key"] = "any"
     timeout_ms: NonNegativeInt = 30000
@@ -231,6 +242,7 @@ class GatewayConfig(ConfigModel):
     compression: CompressionConfig | None = None
     circuit_breaker: CircuitBreakerConfig | None = None
     health_check: HealthCheckConfig | None = None
+    ip_filter: IpFilterConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
