@@ -93,9 +93,7 @@ class Gateway:
 
     def apply(self, loaded: LoadedConfig) -> None:
         """Build a new snapshot and swap it in; the old one stays valid for requests using it."""
-        states: dict[str, BackendState] = {}
-        for key, state in self.backend_states.items():
-            states[key] = state
+        states = dict(self.backend_states)
         table = RouteTable(
             compile_route(index, route, states) for index, route in enumerate(loaded.config.routers)
         )

@@ -181,19 +181,21 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection now: it is in an unknown state (cancelled, failed, half-used)."""
-        self.reusable = False
-        if self.writer is not None and not self.writer.done():
-            self.writer.cancel()
-        if not self.closed and self.transport is not None:
-            self.transport.abort()
+        self._shut(abruptly=True)
 
     def close(self) -> None:
         """Close politely (pending writes flushed): the exchange ended but the connection can't be kept."""
+        self._shut(abruptly=False)
+
+    def _shut(self, abruptly: bool) -> None:
         self.reusable = False
         if self.writer is not None and not self.writer.done():
             self.writer.cancel()
         if not self.closed and self.transport is not None:
-            self.transport.close()
+            if abruptly:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def fail(self, error: UpstreamError) -> None:
         if self.error is None and not self.complete:

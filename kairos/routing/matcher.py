@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from kairos.routing.route import Route
+from kairos.routing.route import Route, allow_header
 from kairos.routing.template import CatchAll, Literal, Param, Pattern, encode_segment_value
 
 
@@ -200,6 +200,4 @@ def _params(route: Route, segments: list[str]) -> dict[str, str]:
 
 
 def _allow(methods: set[str]) -> str:
-    from kairos.routing.route import allow_header
-
     return allow_header(frozenset(methods))

@@ -175,12 +175,13 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
             )
         )
     methods = allowed_methods(config)
-    tail = config.external_template.catch_all
+    template = config.external_template
+    tail = template.catch_all
     catch_all_names = frozenset({tail}) if tail is not None else frozenset[str]()
     return Route(
         index=index,
         config=config,
-        template=config.external_template,
+        template=template,
         methods=methods,
         allow=allow_header(methods),
         backends=tuple(backends),
