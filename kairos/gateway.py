@@ -118,6 +118,9 @@ class Gateway:
     def current_authenticator(self) -> Authenticator | None:
         return self.authenticator
 
+    def current_config(self) -> GatewayConfig | None:
+        return self.config
+
     def current_ip_filter(self) -> IpFilterConfig | None:
         return self.config.ip_filter if self.config is not None else None
 

@@ -23,6 +23,7 @@ from kairos.config.policies import (
     CorsConfig,
     HealthCheckConfig,
     MetricsConfig,
+    SecurityHeadersConfig,
     ServerConfig,
 )
 from kairos.config.ratelimit import RateLimitConfig
@@ -158,6 +159,8 @@ class RouteConfig(ConfigModel):
     circuit_breaker: CircuitBreakerConfig | None = None
     health_check: HealthCheckConfig | None = None
     ip_filter: IpFilterConfig | None = None
+    max_body_size: NonNegativeInt | None = None
+    security_headers: SecurityHeadersConfig | None = None
     required_roles: tuple[Str, ...] = ()
     auth: Literal["any", "jwt", "api_key"] = "any"
     timeout_ms: NonNegativeInt = 30000
@@ -243,6 +246,8 @@ class GatewayConfig(ConfigModel):
     circuit_breaker: CircuitBreakerConfig | None = None
     health_check: HealthCheckConfig | None = None
     ip_filter: IpFilterConfig | None = None
+    max_body_size: NonNegativeInt | None = None
+    security_headers: SecurityHeadersConfig = Field(default_factory=SecurityHeadersConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -6,11 +6,20 @@ check a full config today and warn about misspelt keys.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from kairos.config.base import Bool, ConfigModel, Float, NonNegativeInt, PositiveInt, StatusCode, Str
+from kairos.config.base import (
+    HEADER_NAME,
+    Bool,
+    ConfigModel,
+    Float,
+    NonNegativeInt,
+    PositiveInt,
+    StatusCode,
+    Str,
+)
 
 
 class CacheConfig(ConfigModel):
@@ -43,13 +52,66 @@ class CompressionConfig(ConfigModel):
 
 
 class CorsConfig(ConfigModel):
+    """``cors``, top level and per route (a route's block replaces the global one).
+
+    ``allowed_origins`` may hold ``"*"``; with ``allow_credentials`` the actual origin is echoed
+    instead (browsers refuse ``*`` with credentials). ``enabled: false`` on a route turns CORS off there.
+    """
+
     enabled: Bool = True
     allowed_origins: tuple[Str, ...] = ()
     allowed_methods: tuple[Str, ...] = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
     allowed_headers: tuple[Str, ...] = ()
-    exposed_headers: tuple[Str, ...] = ()
+    exposed_headers: tuple[Str, ...] = Field(
+        (), validation_alias=AliasChoices("exposed_headers", "expose_headers")
+    )
     allow_credentials: Bool = False
     max_age: NonNegativeInt = 600
+
+
+# kairos-rs's DefaultHeaders set (reference §3.1), added only where a response lacks the header.
+DEFAULT_SECURITY_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "X-XSS-Protection": "1; mode=block",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "Content-Security-Policy": "default-src 'self'",
+}
+
+
+class SecurityHeadersConfig(ConfigModel):
+    """``security_headers``, top level and per route; ``true``/``false`` is shorthand for ``enabled``.
+
+    On by default for responses the gateway generates itself (errors, preflights); ``proxied``
+    opts in for upstream responses (kairos-rs forced its CSP onto every proxied page). ``headers``
+    adds to or overrides the default set; an empty value drops that header.
+    """
+
+    enabled: Bool = True
+    proxied: Bool = False
+    headers: dict[Str, Str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"not a valid header name: {name!r}")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} value must not contain CR or LF")
+        return headers
+
+    def effective_headers(self) -> dict[str, str]:
+        merged = {name.lower(): (name, value) for name, value in DEFAULT_SECURITY_HEADERS.items()}
+        for name, value in self.headers.items():
+            merged[name.lower()] = (name, value)
+        return {name: value for name, value in merged.values() if value}
 
 
 class CircuitBreakerConfig(ConfigModel):

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -69,6 +70,29 @@ class ExchangeMiddleware:
             await self.app(scope, receive, send)
         except Exception as exc:
             await _internal_error(scope, send, exc, exchange.request_id)
+
+
+def route_policy(scope: Scope, attribute: str, fallback: Any) -> Any:
+    """The matched route's ``attribute`` when the route sets it, else the middleware's global policy.
+
+    ``fallback`` is a value or a zero-argument callable (the gateway passes an accessor so a config
+    reload is seen at once). Standalone, with no Exchange, only the fallback applies.
+    """
+    exchange = scope.get(SCOPE_KEY)
+    route = exchange.route if exchange is not None else None
+    value = getattr(route.config, attribute) if route is not None else None
+    if value is None:
+        value = fallback() if callable(fallback) else fallback
+    return value
+
+
+def request_id_and_ip(scope: Scope) -> tuple[str, str]:
+    """The Exchange's request id and resolved client IP; standalone, a fresh id and the peer."""
+    exchange = scope.get(SCOPE_KEY)
+    if exchange is not None:
+        return exchange.request_id, exchange.client_ip
+    client = scope.get("client")
+    return new_request_id(), (client[0] if client else "")
 
 
 async def _internal_error(scope: Scope, send: Send, exc: Exception, request_id: str) -> None:

@@ -15,8 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.config.model import IpFilterConfig
 from kairos.errors import reject
-from kairos.exchange import SCOPE_KEY
-from kairos.middleware.context import new_request_id
+from kairos.middleware.context import request_id_and_ip, route_policy
 
 _CACHE_LIMIT = 10_000
 
@@ -60,11 +59,7 @@ class IpFilterMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        exchange = scope.get(SCOPE_KEY)
-        route = exchange.route if exchange is not None else None
-        config = route.config.ip_filter if route is not None else None
-        if config is None:
-            config = self._global() if callable(self._global) else self._global
+        config: IpFilterConfig | None = route_policy(scope, "ip_filter", self._global)
         if config is None:
             await self.app(scope, receive, send)
             return
@@ -73,11 +68,7 @@ class IpFilterMiddleware:
             if len(self._compiled) > 1000:
                 self._compiled.clear()
             compiled = self._compiled[config] = IpFilter(config)
-        if exchange is not None:
-            ip, request_id = exchange.client_ip, exchange.request_id
-        else:
-            client = scope.get("client")
-            ip, request_id = (client[0] if client else ""), new_request_id()
+        request_id, ip = request_id_and_ip(scope)
         if not compiled.admits(ip):
             await reject(scope, send, "forbidden", f"Client address {ip} is not allowed", request_id)
             return
