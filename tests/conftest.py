@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import Server, free_port, server_process, upstream_server
+from tests.processes import Server, free_port, redis_server, server_process, upstream_server
 
 SHARED_CONFIGS = Path(__file__).resolve().parent.parent.parent / "shared" / "kairos-rs-configs"
 
@@ -42,3 +42,10 @@ def client(gateway: Server) -> Iterator[httpx.Client]:
     """An HTTP client for the module's own ``gateway`` fixture."""
     with httpx.Client(base_url=gateway.url, timeout=10) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def redis(module_tmp: Path) -> Iterator[str]:
+    """A real redis-server for the module; yields its URL."""
+    with redis_server(module_tmp) as server:
+        yield f"redis://127.0.0.1:{server.port}/0"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,14 +74,17 @@ class Server:
 
 @contextmanager
 def server_process(
-    args: list[str], port: int, log: Path, env: dict[str, str] | None = None, wait: bool = True
+    args: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    program: str = sys.executable,
 ) -> Iterator[Server]:
-    """Run ``python <args>`` as a server on ``port``; its output goes to ``log`` (shown when the
-    test fails). Stopped by PID whatever happens."""
+    """Run ``<program> <args>`` (Python by default) as a server on ``port``; its output goes to
+    ``log`` (shown when the test fails). Stopped by PID whatever happens."""
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen([program, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(process, port, log)
     try:
         if wait:
@@ -98,6 +102,18 @@ def upstream_server(tmp_path: Path, name: str = "upstream", port: int | None = N
     port = port or free_port()
     args = ["-m", "tests.servers.upstream", "--port", str(port), "--name", name]
     with server_process(args, port, tmp_path / f"upstream-{name}-{port}.log") as server:
+        yield server
+
+
+@contextmanager
+def redis_server(tmp_path: Path) -> Iterator[Server]:
+    """A real redis-server on 127.0.0.1 (no persistence); installed by `make test` / `.ci/run`."""
+    program = shutil.which("redis-server")
+    if program is None:
+        raise RuntimeError("redis-server is not installed: run `make test` (it installs it with apt-get)")
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with server_process(args, port, tmp_path / f"redis-{port}.log", program=program) as server:
         yield server
 
 

@@ -48,17 +48,53 @@ class CompositeStrategy(ConfigModel):
         # Checked after the items (a Field min_length would call [{bad}] "empty" as well).
         if not limits:
             raise ValueError("must list at least one rate limit")
+        if any(isinstance(limit.strategy, CompositeStrategy) for limit in limits):
+            raise ValueError("a Composite limit cannot contain another Composite")
         return limits
 
 
 class RateLimitConfig(ConfigModel):
+    """One policy. Kairos adds ``enabled`` (``false`` on a route exempts it from the global policy),
+    ``storage_uri`` (``memory://`` or ``redis://…``; wins over ``enable_redis`` and
+    ``KAIROS_REDIS_URL``) and ``fail_closed`` (reject instead of admit while the store is down).
+
+    With a ``Composite`` strategy every listed limit applies with its own numbers; the outer
+    ``requests_per_window``/``window_duration`` are then optional and unused.
+    """
+
+    enabled: Bool = True
     strategy: SimpleStrategy | CompositeStrategy = "PerIP"
-    requests_per_window: PositiveInt
-    window_duration: PositiveInt = Field(description="seconds")
+    # Required (a missing key is reported at its own path) but None when unused: see _unused_numbers.
+    requests_per_window: PositiveInt | None
+    window_duration: PositiveInt | None = Field(description="seconds")
     burst_allowance: NonNegativeInt = 0
     window_type: WindowType = "SlidingWindow"
     enable_redis: Bool = False
-    redis_key_prefix: Str = "kairos_rl"
+    redis_key_prefix: Str = Field("kairos_rl", min_length=1)
+    storage_uri: Str | None = None
+    fail_closed: Bool = False
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage_scheme(cls, uri: str | None) -> str | None:
+        if uri is not None and not uri.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("must start with memory://, redis://, rediss:// or unix://")
+        return uri
+
+    @model_validator(mode="after")
+    def _numbers_present(self) -> RateLimitConfig:
+        if not self.enabled or isinstance(self.strategy, CompositeStrategy):
+            return self
+        if self.requests_per_window is None or self.window_duration is None:
+            raise ValueError("requests_per_window and window_duration must be numbers")
+        return self
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether this policy asks for Redis itself (the process's KAIROS_REDIS_URL may too)."""
+        if self.storage_uri is not None:
+            return not self.storage_uri.startswith("memory://")
+        return self.enable_redis
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +122,9 @@ class RateLimitConfig(ConfigModel):
             if key in data and "requests_per_window" not in data:
                 data["requests_per_window"] = data.pop(key)
                 data.setdefault("window_duration", seconds)
+        if data.get("enabled") is False or (isinstance(strategy, dict) and "Composite" in strategy):
+            data.setdefault("requests_per_window", None)
+            data.setdefault("window_duration", None)
         if "burst_size" in data and "burst_allowance" not in data:
             data["burst_allowance"] = data.pop("burst_size")
         window_type = data.get("window_type")

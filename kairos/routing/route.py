@@ -75,6 +75,7 @@ class Route:
     timeout: float | None  # seconds; None = no total deadline
     connect_timeout: float
     websocket: bool  # protocol "websocket": preferred for upgrades, skipped for plain requests
+    key: str  # stable identity across reloads (protocol, methods, template): scopes per-route state
 
     @property
     def name(self) -> str:
@@ -190,4 +191,5 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         timeout=config.timeout_ms / 1000 if config.timeout_ms else None,
         connect_timeout=config.connect_timeout_ms / 1000,
         websocket=config.protocol == "websocket",
+        key=f"{config.protocol} {','.join(sorted(config.methods))} {config.external_path}",
     )

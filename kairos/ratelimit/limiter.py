@@ -1,0 +1,125 @@
+"""The RateLimiter: picks the store for a policy, asks it, and turns the verdicts into headers.
+
+Owned by the Gateway (one per process, closed in the lifespan) or created by a standalone
+``RateLimitMiddleware``. Policies compile once per distinct config. A policy uses Redis when its
+``storage_uri`` says so, when it sets ``enable_redis``, or when the process has
+``KAIROS_REDIS_URL``; ``storage_uri: "memory://"`` keeps one policy in process regardless.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from kairos.config.ratelimit import RateLimitConfig
+from kairos.ratelimit.memory import MemoryStore
+from kairos.ratelimit.policy import Limit, Policy, compile_policy
+from kairos.ratelimit.redis_store import RedisStore, StoreUnavailable
+from kairos.ratelimit.verdict import Verdict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_POLICY_CACHE_LIMIT = 1000
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    headers: Headers  # X-RateLimit-*, RateLimit-Policy, RateLimit (and Retry-After when refused)
+    message: str = ""  # why a request was refused
+    unavailable: bool = False  # refused because the store is down and the policy fails closed
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str | None = None, memory: MemoryStore | None = None) -> None:
+        self.redis_url = redis_url
+        self.memory = memory if memory is not None else MemoryStore()
+        self._redis: dict[str, RedisStore] = {}
+        self._policies: dict[RateLimitConfig, Policy] = {}
+        self.rejected: Counter[str] = Counter()  # per policy scope (route key or "global")
+        self.admitted_without_store = 0  # fail-open decisions while a store was down
+
+    def compile(self, config: RateLimitConfig) -> Policy:
+        policy = self._policies.get(config)
+        if policy is None:
+            if len(self._policies) >= _POLICY_CACHE_LIMIT:
+                self._policies.clear()
+            policy = self._policies[config] = compile_policy(config)
+        return policy
+
+    def store_for(self, policy: Policy) -> MemoryStore | RedisStore:
+        uri = policy.storage_uri
+        if uri is None and (policy.wants_redis or self.redis_url):
+            uri = self.redis_url or DEFAULT_REDIS_URL
+        if uri is None or uri.startswith("memory://"):
+            return self.memory
+        store = self._redis.get(uri)
+        if store is None:
+            store = self._redis[uri] = RedisStore(uri)
+        return store
+
+    @property
+    def store_failures(self) -> int:
+        return sum(store.failures for store in self._redis.values())
+
+    async def check(
+        self, config: RateLimitConfig, scope_key: str, client_ip: str, user: str | None, route_key: str
+    ) -> Decision:
+        policy = self.compile(config)
+        keys = policy.keys(scope_key, client_ip, user, route_key)
+        store = self.store_for(policy)
+        try:
+            if store is self.memory:
+                verdicts = self.memory.acquire_now(keys, policy.limits)
+            else:
+                verdicts = await store.acquire(keys, policy.limits)
+        except StoreUnavailable:
+            if policy.fail_closed:
+                self.rejected[scope_key] += 1
+                return Decision(False, [(b"retry-after", b"1")], "rate limit store is unavailable", True)
+            self.admitted_without_store += 1
+            return Decision(True, [])
+        allowed = all(verdict.allowed for verdict in verdicts)
+        if not allowed:
+            self.rejected[scope_key] += 1
+        return _decision(policy, verdicts, allowed)
+
+    async def close(self) -> None:
+        for store in self._redis.values():
+            await store.close()
+        self._redis.clear()
+
+
+def _decision(policy: Policy, verdicts: list[Verdict], allowed: bool) -> Decision:
+    # Report the limit that binds: the one refusing for longest, else the one with least room left.
+    pairs = list(zip(policy.limits, verdicts, strict=True))
+    if allowed:
+        limit, verdict = min(pairs, key=lambda pair: pair[1].remaining)
+    else:
+        limit, verdict = max(
+            (pair for pair in pairs if not pair[1].allowed), key=lambda pair: pair[1].retry_after
+        )
+    reset = str(math.ceil(verdict.reset)).encode()
+    remaining = str(verdict.remaining).encode()
+    headers: Headers = [
+        (b"x-ratelimit-limit", str(limit.capacity).encode()),
+        (b"x-ratelimit-remaining", remaining),
+        (b"x-ratelimit-reset", reset),
+        (b"ratelimit-policy", policy.policy_header),
+        (b"ratelimit", b'"' + limit.name.encode() + b'";r=' + remaining + b";t=" + reset),
+    ]
+    if allowed:
+        return Decision(True, headers)
+    retry_after = max(1, math.ceil(verdict.retry_after))
+    headers.append((b"retry-after", str(retry_after).encode()))
+    return Decision(False, headers, _refusal(limit, retry_after))
+
+
+def _refusal(limit: Limit, retry_after: int) -> str:
+    if limit.algorithm == "bucket":
+        rule = f"bucket of {limit.capacity}, refilled at {limit.refill_per_second:g}/s"
+    else:
+        rule = f"{limit.capacity} requests per {limit.window:g}s"
+    return f"Rate limit exceeded ({limit.strategy}: {rule}); retry in {retry_after}s"

@@ -1,0 +1,158 @@
+"""Rate-limit state in Redis, shared by every gateway replica.
+
+One Lua script makes each decision atomically in ONE round trip, for all of a policy's limits at
+once (a Composite admits only if every limit admits, and counts only then), and returns what the
+response headers need. ``limits``' Redis strategies would take a second round trip for the header
+figures and have no token bucket. The clock is Redis's own (``TIME``), so replicas with skewed
+clocks still share one window. The script mirrors ``memory.decide`` (milliseconds here, seconds
+there) so both stores give the same answers.
+
+While Redis is unreachable the store raises ``StoreUnavailable`` at once for ``_RETRY_SECONDS``
+instead of making every request wait on a dead socket; the limiter then fails open (or closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from kairos.ratelimit.policy import Limit
+from kairos.ratelimit.verdict import Verdict
+
+logger = logging.getLogger("kairos")
+
+_RETRY_SECONDS = 1.0
+_SOCKET_TIMEOUT = 0.5
+_ALGORITHM_CODES = {"fixed": "F", "sliding": "S", "bucket": "B"}
+
+ACQUIRE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, commits, all = {}, {}, true
+for i = 1, #KEYS do
+  local base = (i - 1) * 4
+  local algo, cap = ARGV[base + 1], tonumber(ARGV[base + 2])
+  local window, rate = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
+  local f = redis.call('HMGET', KEYS[i], 'a', 'b', 'c')
+  local a, b, c = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
+  local allowed, remaining, reset, retry, commit = 0, 0, 0, 0, nil
+  if algo == 'F' then
+    local start = now - (now % window)
+    local count = 0
+    if a == start then count = b end
+    reset = start + window - now
+    if count + 1 > cap then
+      retry = reset
+    else
+      count = count + 1
+      allowed, remaining = 1, cap - count
+      commit = {start, count, 0, start + window}
+    end
+  elseif algo == 'S' then
+    local start = now - (now % window)
+    local current, previous = 0, 0
+    if a == start then current, previous = b, c elseif a == start - window then previous = b end
+    local elapsed = now - start
+    local used = previous * (window - elapsed) / window + current
+    reset = window - elapsed
+    if used + 1 > cap + 1e-6 then
+      if current + 1 <= cap and previous > 0 then
+        retry = math.min(window - elapsed, (used + 1 - cap) * window / previous)
+      else
+        retry = window - elapsed
+        if current > 0 then retry = retry + math.max(0, window * (1 - (cap - 1) / current)) end
+      end
+    else
+      current, used = current + 1, used + 1
+      allowed, remaining = 1, math.max(0, math.floor(cap - used + 1e-6))
+      commit = {start, current, previous, start + 2 * window}
+    end
+  else
+    local tokens = cap
+    if a then tokens = math.min(cap, a + (now - b) * rate) end
+    if tokens < 1 - 1e-6 then
+      retry, reset = (1 - tokens) / rate, (cap - tokens) / rate
+    else
+      tokens = tokens - 1
+      allowed, remaining, reset = 1, math.floor(tokens), (cap - tokens) / rate
+      commit = {tokens, now, 0, now + math.ceil(reset) + 1}
+    end
+  end
+  if allowed == 0 then all = false end
+  commits[i] = commit
+  out[#out + 1] = allowed
+  out[#out + 1] = remaining
+  out[#out + 1] = math.ceil(reset)
+  out[#out + 1] = math.ceil(retry)
+end
+if all then
+  for i = 1, #KEYS do
+    local cm = commits[i]
+    redis.call('HSET', KEYS[i], 'a', tostring(cm[1]), 'b', tostring(cm[2]), 'c', tostring(cm[3]))
+    redis.call('PEXPIREAT', KEYS[i], cm[4])
+  end
+end
+return out
+"""
+
+
+class StoreUnavailable(Exception):
+    """The shared store cannot answer; the limiter decides whether to admit."""
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Redis = Redis.from_url(
+            url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
+        )
+        self._script: Any = self._client.register_script(ACQUIRE_SCRIPT)
+        self._down_until = 0.0
+        self.failures = 0  # decisions that could not reach Redis (exported as a metric)
+
+    async def acquire(self, keys: Sequence[str], limits: Sequence[Limit]) -> list[Verdict]:
+        if self._down_until and time.monotonic() < self._down_until:
+            self.failures += 1
+            raise StoreUnavailable(f"redis at {_safe(self.url)} is unreachable")
+        args: list[str | int | float] = []
+        for limit in limits:
+            window_ms = round(limit.window * 1000)
+            args += (
+                _ALGORITHM_CODES[limit.algorithm],
+                limit.capacity,
+                window_ms,
+                limit.refill_per_second / 1000,
+            )
+        try:
+            flat = await self._script(keys=list(keys), args=args)
+        except (RedisError, OSError) as exc:
+            self.failures += 1
+            if not self._down_until:
+                logger.warning("rate limit store redis at %s is unreachable: %s", _safe(self.url), exc)
+            self._down_until = time.monotonic() + _RETRY_SECONDS
+            raise StoreUnavailable(str(exc)) from exc
+        if self._down_until:
+            logger.warning("rate limit store redis at %s is reachable again", _safe(self.url))
+            self._down_until = 0.0
+        return [
+            Verdict(bool(flat[i]), int(flat[i + 1]), flat[i + 2] / 1000, flat[i + 3] / 1000)
+            for i in range(0, len(flat), 4)
+        ]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _safe(url: str) -> str:
+    """The URL without a password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
