@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 DEMO_PORT ?= 9101
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install system-deps run test test-all lint bench clean
 
 # The venv marker is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# Servers the tests drive for real (redis-server for shared rate limits), from Debian when missing.
+system-deps:
+	@.ci/apt-install redis-server:redis-server
 
 # Starts the demo upstream (HTTP + WebSocket echo on 127.0.0.1:$(DEMO_PORT)) and the gateway on
 # 0.0.0.0:5900 with the embedded default config; Ctrl-C stops both.
@@ -29,7 +33,7 @@ run: install
 ENGINE_SUITES := tests/test_http_proxy.py tests/test_faults.py tests/test_streaming_memory.py \
 	tests/test_tls_upstream.py tests/test_load_balancing.py tests/routing/test_upstream_path.py
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	KAIROS_UPSTREAM_ENGINE=aiohttp $(PY) -m pytest -q $(ENGINE_SUITES)
 
@@ -38,7 +42,7 @@ lint: install
 	$(VENV)/bin/ruff format --check kairos tests bench
 	$(VENV)/bin/mypy
 
-bench: install
+bench: install system-deps
 	@$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -59,12 +59,20 @@ def parse_wrk(text: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, connections: int, duration: float, cpu: int, raw_log: Path | None = None) -> WrkResult:
+def run_wrk(
+    url: str,
+    connections: int,
+    duration: float,
+    cpu: int,
+    raw_log: Path | None = None,
+    headers: list[str] | None = None,
+) -> WrkResult:
     """One bounded wrk run (one thread, pinned to the load CPU); the subprocess timeout is a backstop
-    in case wrk hangs on a dead server."""
+    in case wrk hangs on a dead server. ``headers`` are ``Name: value`` lines sent on every request."""
+    extra = [option for header in headers or [] for option in ("-H", header)]
     command = pinned(
         cpu,
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s", "--latency", *extra, url],
     )
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 30, check=False)
     output = done.stdout + done.stderr

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from load import WrkResult
+from policies import PolicyResults, report_lines
 from route_match import TableResult
 
 CASES: tuple[tuple[str, int], ...] = (("small", 1), ("small", 50), ("16k", 1), ("16k", 50))
@@ -217,6 +218,7 @@ def render(
     rounds: int,
     route_results: list[TableResult] | None,
     route_error: str | None,
+    policies: PolicyResults | None = None,
 ) -> str:
     lines = [f"# {title}", "", "## Headline", ""]
     lines += [headline.line() for headline in headlines(measurements, rounds)]
@@ -225,6 +227,9 @@ def render(
     lines += ["", "Systems under test:", "", *(f"- `{name}`: {description}" for name, description in suts)]
     lines += ["", f"## HTTP results (median of {rounds} round(s))", ""]
     lines += summary_table(measurements, [name for name, _ in suts], rounds)
+    if policies is not None:
+        lines += ["", "## Policy cost (JWT, rate limits; c=50, 100-byte body)", ""]
+        lines += report_lines(policies)
     lines += ["", "## Route matching (RouteTable.match, median of repeats)", ""]
     lines += route_lines(route_results, route_error)
     lines += [

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from load import run_wrk
+from policies import PolicyResults, run_policy_bench, scenarios
 from procs import cpus, pinned
 from report import CASES, Measurement, render
 from route_match import TableResult
@@ -152,7 +153,7 @@ def describe(cell: Measurement) -> str:
     return f"{where} {r.rps:,.0f} req/s, p50 {r.p50_ms:.3f} ms, p99 {r.p99_ms:.3f} ms{cpu}{errors}"
 
 
-def run_rounds(settings: Settings) -> list[Measurement]:
+def run_rounds(settings: Settings) -> tuple[list[Measurement], PolicyResults]:
     upstream = start_upstream(settings.load_cpu)
     measurements: list[Measurement] = []
     try:
@@ -162,9 +163,19 @@ def run_rounds(settings: Settings) -> list[Measurement]:
             log(f"round {round_no}/{settings.rounds}: {', '.join(sut.name for sut in order)}")
             for sut in order:
                 measurements += measure_sut(sut, round_no, upstream.base_url, settings)
+        log(f"policy cost: {settings.rounds} round(s) x {len(scenarios(''))} routes in one Kairos process")
+        policies = run_policy_bench(
+            upstream.base_url,
+            settings.sut_cpu,
+            settings.load_cpu,
+            settings.code,
+            settings.raw_dir,
+            settings.rounds,
+            settings.duration,
+        )
     finally:
         upstream.stop()
-    return measurements
+    return measurements, policies
 
 
 def run_route_bench(settings: Settings) -> tuple[list[TableResult] | None, str | None]:
@@ -235,6 +246,10 @@ def method_notes(settings: Settings) -> list[str]:
         "then the median across rounds. Runs with any socket error or non-2xx answer are left out.",
         "SUT CPU µs/req: utime+stime from /proc/PID/stat (nginx: master + worker) over the wrk run / "
         "requests completed.",
+        "Policy cost: one Kairos process with one route per policy (same upstream body), "
+        f"`wrk -t1 -c50` for {settings.duration:g} s per route per round, route order rotated each round; "
+        "JWT routes get a valid token on every request, rate limits are set far above the load so every "
+        "request is counted and admitted; redis-server on the load CPU.",
         f"Route matching: RouteTables built via load_data → compile_route → RouteTable; "
         f"{settings.route_iterations:,} match() calls x {settings.route_repeats} repeats per path kind, "
         "median ns/match; pinned to the SUT CPU with nothing else on it.",
@@ -256,9 +271,11 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
     """All HTTP rounds, then the route-matching benchmark; returns the markdown report."""
-    estimate = settings.rounds * len(SUTS) * (settings.warmup + len(CASES) * settings.duration + 2) + 40
+    per_round = len(SUTS) * (settings.warmup + len(CASES) * settings.duration + 2)
+    per_round += len(scenarios("")) * settings.duration
+    estimate = settings.rounds * per_round + 60
     log(f"benchmark: {settings.rounds} round(s) x {len(SUTS)} SUTs, about {estimate / 60:.0f} min")
-    measurements = run_rounds(settings)
+    measurements, policies = run_rounds(settings)
     machine.append(f"load average at end of the HTTP rounds: {Path('/proc/loadavg').read_text().split()[:3]}")
     log("route matching micro-benchmark")
     route_results, route_error = run_route_bench(settings)
@@ -271,6 +288,7 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
         rounds=settings.rounds,
         route_results=route_results,
         route_error=route_error,
+        policies=policies,
     )
 
 

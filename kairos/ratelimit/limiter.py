@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.ratelimit.memory import MemoryStore
@@ -24,8 +24,7 @@ _POLICY_CACHE_LIMIT = 1000
 Headers = list[tuple[bytes, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     headers: Headers  # X-RateLimit-*, RateLimit-Policy, RateLimit (and Retry-After when refused)
     message: str = ""  # why a request was refused
@@ -37,16 +36,20 @@ class RateLimiter:
         self.redis_url = redis_url
         self.memory = memory if memory is not None else MemoryStore()
         self._redis: dict[str, RedisStore] = {}
-        self._policies: dict[RateLimitConfig, Policy] = {}
+        # Keyed by id(): hashing a pydantic model per request costs a microsecond. The config is
+        # kept beside its policy, so a recycled id is detected by the identity check.
+        self._policies: dict[int, tuple[RateLimitConfig, Policy]] = {}
         self.rejected: Counter[str] = Counter()  # per policy scope (route key or "global")
         self.admitted_without_store = 0  # fail-open decisions while a store was down
 
     def compile(self, config: RateLimitConfig) -> Policy:
-        policy = self._policies.get(config)
-        if policy is None:
-            if len(self._policies) >= _POLICY_CACHE_LIMIT:
-                self._policies.clear()
-            policy = self._policies[config] = compile_policy(config)
+        cached = self._policies.get(id(config))
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        if len(self._policies) >= _POLICY_CACHE_LIMIT:
+            self._policies.clear()
+        policy = compile_policy(config)
+        self._policies[id(config)] = (config, policy)
         return policy
 
     def store_for(self, policy: Policy) -> MemoryStore | RedisStore:
@@ -81,7 +84,7 @@ class RateLimiter:
                 return Decision(False, [(b"retry-after", b"1")], "rate limit store is unavailable", True)
             self.admitted_without_store += 1
             return Decision(True, [])
-        allowed = all(verdict.allowed for verdict in verdicts)
+        allowed = verdicts[0].allowed if len(verdicts) == 1 else all(verdict.allowed for verdict in verdicts)
         if not allowed:
             self.rejected[scope_key] += 1
         return _decision(policy, verdicts, allowed)
@@ -94,26 +97,26 @@ class RateLimiter:
 
 def _decision(policy: Policy, verdicts: list[Verdict], allowed: bool) -> Decision:
     # Report the limit that binds: the one refusing for longest, else the one with least room left.
-    pairs = list(zip(policy.limits, verdicts, strict=True))
-    if allowed:
-        limit, verdict = min(pairs, key=lambda pair: pair[1].remaining)
+    if len(verdicts) == 1:
+        limit, verdict = policy.limits[0], verdicts[0]
+    elif allowed:
+        limit, verdict = min(zip(policy.limits, verdicts, strict=True), key=lambda pair: pair[1].remaining)
     else:
-        limit, verdict = max(
-            (pair for pair in pairs if not pair[1].allowed), key=lambda pair: pair[1].retry_after
-        )
-    reset = str(math.ceil(verdict.reset)).encode()
-    remaining = str(verdict.remaining).encode()
+        refusing = [pair for pair in zip(policy.limits, verdicts, strict=True) if not pair[1].allowed]
+        limit, verdict = max(refusing, key=lambda pair: pair[1].retry_after)
+    reset = b"%d" % math.ceil(verdict.reset)
+    remaining = b"%d" % verdict.remaining
     headers: Headers = [
-        (b"x-ratelimit-limit", str(limit.capacity).encode()),
+        (b"x-ratelimit-limit", limit.capacity_header),
         (b"x-ratelimit-remaining", remaining),
         (b"x-ratelimit-reset", reset),
         (b"ratelimit-policy", policy.policy_header),
-        (b"ratelimit", b'"' + limit.name.encode() + b'";r=' + remaining + b";t=" + reset),
+        (b"ratelimit", limit.name_header + remaining + b";t=" + reset),
     ]
     if allowed:
         return Decision(True, headers)
     retry_after = max(1, math.ceil(verdict.retry_after))
-    headers.append((b"retry-after", str(retry_after).encode()))
+    headers.append((b"retry-after", b"%d" % retry_after))
     return Decision(False, headers, _refusal(limit, retry_after))
 
 

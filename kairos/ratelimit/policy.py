@@ -39,6 +39,8 @@ class Limit:
     window: float  # seconds
     refill_per_second: float
     fingerprint: str
+    capacity_header: bytes = b""  # precomputed header pieces
+    name_header: bytes = b""  # '"name";r=' of the RateLimit field
 
     @property
     def lifetime(self) -> float:
@@ -58,14 +60,14 @@ class Policy:
     storage_uri: str | None
     fail_closed: bool
     policy_header: bytes  # RateLimit-Policy, precomputed
+    key_heads: tuple[str, ...]  # "prefix:fingerprint" per limit, precomputed
 
     def keys(self, scope_key: str, client_ip: str, user: str | None, route_key: str) -> list[str]:
         """One storage key per limit: ``prefix:fingerprint:scope:subject``."""
-        head = f"{self.prefix}:"
-        tail = f":{scope_key}:"
+        tail = ":" + scope_key + ":"
         return [
-            head + limit.fingerprint + tail + _subject(limit.strategy, client_ip, user, route_key)
-            for limit in self.limits
+            head + tail + _subject(limit.strategy, client_ip, user, route_key)
+            for head, limit in zip(self.key_heads, self.limits, strict=True)
         ]
 
 
@@ -103,6 +105,7 @@ def compile_policy(config: RateLimitConfig) -> Policy:
         storage_uri=config.storage_uri,
         fail_closed=config.fail_closed,
         policy_header=header.encode(),
+        key_heads=tuple(f"{config.redis_key_prefix}:{limit.fingerprint}" for limit in limits),
     )
 
 
@@ -121,7 +124,17 @@ def _limit(config: RateLimitConfig, name: str) -> Limit:
     fingerprint = hashlib.blake2b(
         f"{name}|{config.strategy}|{algorithm}|{capacity}|{window}|{refill}".encode(), digest_size=4
     ).hexdigest()
-    return Limit(name, config.strategy, algorithm, capacity, window, refill, fingerprint)
+    return Limit(
+        name,
+        config.strategy,
+        algorithm,
+        capacity,
+        window,
+        refill,
+        fingerprint,
+        str(capacity).encode(),
+        f'"{name}";r='.encode(),
+    )
 
 
 def _seconds(value: float) -> str:

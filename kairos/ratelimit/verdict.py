@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
+    """A tuple, not a dataclass: one is made per limit per request, and tuples are the cheapest."""
+
     allowed: bool
     remaining: int  # requests still admitted after this one (0 when refused)
     reset: float  # seconds until the window ends / the bucket is full again

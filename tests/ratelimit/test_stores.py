@@ -185,9 +185,10 @@ def test_memory_stays_bounded_with_a_million_distinct_clients() -> None:
             clock.now += 0.1  # 10,000 new clients per second
             peak = max(peak, len(store))
         store.acquire_now([f"ip={client}"], [rule])
-    # Keys live one window (1 s) after their last request: ~10,000 at any time, not a million.
-    assert peak <= 11_000
-    assert len(store) <= 11_000
+    # Keys live one window (1 s) after their last request, plus up to a quarter window until the
+    # next sweep: ~12,500 at any time, not a million.
+    assert peak <= 14_000
+    assert len(store) <= 14_000
 
 
 def test_a_flood_within_one_window_is_capped() -> None:

@@ -1,0 +1,253 @@
+"""What access control costs: one Kairos process, one route per policy, requests/s relative to the
+plain proxy route measured in the same process and round.
+
+Every route proxies the same 100-byte upstream body. JWT routes get a valid token on every request
+(minted here; a client reusing its token is the common case, and Kairos caches verified tokens
+until they expire); rate-limited routes have a limit far above what the run can reach, so every
+request is fully evaluated and admitted (the 429 path is not what is being measured). Redis runs
+on the load CPU like the upstream, so its CPU is not charged to the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jose import jwt
+from load import WrkResult, run_wrk
+from procs import cpu_seconds, free_port, pinned, start, stop, wait_ready
+
+SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789"
+GOAL = 0.85  # JWT HS256 + memory rate limit keep at least 85 % of plain-proxy throughput
+UNREACHABLE = {"window_type": "TokenBucket", "requests_per_window": 1_000_000_000, "window_duration": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    route: dict[str, Any]  # extra route keys
+    token: str | None = None  # "hs" | "rs"
+
+
+def scenarios(redis_url: str) -> tuple[Scenario, ...]:
+    memory = {**UNREACHABLE, "strategy": "PerIP"}
+    shared = {**memory, "storage_uri": redis_url}
+    jwt_only = {"auth_required": True, "auth": "jwt"}
+    return (
+        Scenario("plain", {}),
+        Scenario("jwt-hs256", jwt_only, "hs"),
+        Scenario("jwt-rs256", jwt_only, "rs"),
+        Scenario("ratelimit-memory", {"rate_limit": memory}),
+        Scenario("ratelimit-redis", {"rate_limit": shared}),
+        Scenario("hs256+ratelimit-memory", {**jwt_only, "rate_limit": memory}, "hs"),
+        Scenario("rs256+ratelimit-redis", {**jwt_only, "rate_limit": shared}, "rs"),
+    )
+
+
+@dataclass
+class PolicyCell:
+    round: int
+    scenario: str
+    result: WrkResult | None = None
+    cpu_us: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class PolicyResults:
+    cells: list[PolicyCell] = field(default_factory=list)
+    error: str | None = None
+
+
+def _tokens() -> dict[str, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    claims = {"sub": "bench-client", "exp": int(time.time()) + 3600}
+    return {
+        "hs": jwt.encode(claims, SECRET, algorithm="HS256"),
+        "rs": jwt.encode(claims, private, algorithm="RS256"),
+        "public": key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode(),
+    }
+
+
+def _config(upstream_port: int, cases: tuple[Scenario, ...], public_pem: str) -> dict[str, Any]:
+    backend = {"host": "http://127.0.0.1", "port": upstream_port}
+    routes = [
+        {"external_path": f"/p/{case.name}", "internal_path": "/small", "methods": ["GET"],
+         "backends": [backend], **case.route}
+        for case in cases
+    ]  # fmt: skip
+    jwt_config = {"secret": SECRET, "public_key": public_pem, "algorithms": ["HS256", "RS256"]}
+    return {"version": 1, "jwt": jwt_config, "routers": routes}
+
+
+def _start_redis(cpu: int, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
+    program = shutil.which("redis-server")
+    if program is None:
+        raise RuntimeError("redis-server is not installed (make bench installs it)")
+    port = free_port()
+    command = [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = start(pinned(cpu, command), logs / "redis.log")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ping = subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False
+        )
+        if ping.stdout.strip() == "PONG":
+            return process, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.1)
+    stop(process)
+    raise RuntimeError("redis-server did not answer PING")
+
+
+def _check(base: str, case: Scenario, headers: list[str]) -> None:
+    """Each route must answer 200 with the 100-byte body; rate-limited ones must show their headers."""
+    request = urllib.request.Request(f"{base}/p/{case.name}", headers=dict(h.split(": ", 1) for h in headers))
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            status, body, names = answer.status, answer.read(), {name.lower() for name in answer.headers}
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"/p/{case.name} answered {error.code}, expected 200") from None
+    if status != 200 or len(body) != 100:
+        raise RuntimeError(f"/p/{case.name} answered {status} with {len(body)} bytes, expected 200 and 100")
+    if "rate_limit" in case.route and "x-ratelimit-remaining" not in names:
+        raise RuntimeError(f"/p/{case.name} lacks rate-limit headers")
+
+
+def run_policy_bench(
+    upstream: str, sut_cpu: int, load_cpu: int, code: Path, logs: Path, rounds: int, duration: float
+) -> PolicyResults:
+    results = PolicyResults()
+    tmp = Path(tempfile.mkdtemp(prefix="kairos-bench-policies-"))
+    redis_process = gateway = None
+    try:
+        redis_process, redis_url = _start_redis(load_cpu, logs)
+        cases = scenarios(redis_url)
+        tokens = _tokens()
+        config = tmp / "config.json"
+        config.write_text(json.dumps(_config(int(upstream.rsplit(":", 1)[1]), cases, tokens["public"])))
+        env = {**os.environ, "PYTHONPATH": str(code), "KAIROS_CONFIG_PATH": str(config)}
+        env["KAIROS_LOG_LEVEL"] = "warning"
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "kairos.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        gateway = start(pinned(sut_cpu, command), logs / "kairos-policies.log", env, cwd=code)
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base + "/ready", gateway)
+        headers = {case.name: [f"Authorization: Bearer {tokens[case.token]}"] if case.token else []
+                   for case in cases}  # fmt: skip
+        for case in cases:
+            _check(base, case, headers[case.name])
+            run_wrk(f"{base}/p/{case.name}", 50, 1.0, load_cpu, headers=headers[case.name])
+        for round_no in range(1, rounds + 1):
+            shift = (round_no - 1) % len(cases)
+            for case in cases[shift:] + cases[:shift]:
+                cell = PolicyCell(round_no, case.name)
+                try:
+                    before = cpu_seconds([gateway.pid])
+                    raw = logs / f"r{round_no}-policy-{case.name}.txt"
+                    result = run_wrk(f"{base}/p/{case.name}", 50, duration, load_cpu, raw, headers[case.name])
+                    spent = cpu_seconds([gateway.pid]) - before
+                    cell.result = result
+                    cell.cpu_us = spent * 1e6 / result.requests if result.requests else None
+                except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+                    cell.error = str(exc)
+                results.cells.append(cell)
+                print(f"  policy {describe(cell)}", file=sys.stderr, flush=True)
+    except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+        results.error = str(exc)
+    finally:
+        if gateway is not None:
+            stop(gateway)
+        if redis_process is not None:
+            stop(redis_process)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def describe(cell: PolicyCell) -> str:
+    if cell.result is None:
+        return f"{cell.scenario}: FAILED: {cell.error}"
+    r = cell.result
+    cpu = f", {cell.cpu_us:.0f} µs CPU/req" if cell.cpu_us else ""
+    errors = f", {r.errors} ERRORS" if r.errors else ""
+    return f"{cell.scenario}: {r.rps:,.0f} req/s, p50 {r.p50_ms:.3f} ms{cpu}{errors}"
+
+
+def ratios(results: PolicyResults, scenario: str) -> list[float]:
+    """Per round: scenario req/s over plain req/s (both error-free)."""
+    by_key = {(c.round, c.scenario): c for c in results.cells}
+    values = []
+    for round_no in sorted({c.round for c in results.cells}):
+        mine, plain = by_key.get((round_no, scenario)), by_key.get((round_no, "plain"))
+        if (
+            mine
+            and plain
+            and mine.result
+            and plain.result
+            and not (mine.result.errors or plain.result.errors)
+        ):
+            values.append(mine.result.rps / plain.result.rps)
+    return values
+
+
+def report_lines(results: PolicyResults) -> list[str]:
+    if results.error and not results.cells:
+        return [f"Policy benchmark failed: {results.error}"]
+    goal = ratios(results, "hs256+ratelimit-memory")
+    lines = []
+    if goal:
+        value = statistics.median(goal)
+        verdict = "met" if value >= GOAL else "NOT met"
+        rounds = ", ".join(f"{v * 100:.1f}%" for v in goal)
+        lines += [
+            f"- **JWT HS256 + memory rate limit: {value * 100:.1f}% of plain-proxy throughput** "
+            f"(goal ≥ {GOAL:.0%}, i.e. cost ≤ {1 - GOAL:.0%}: {verdict}; per round: {rounds})",
+            "",
+        ]
+    lines += [
+        "| route policy | req/s (median) | vs plain (median of per-round ratios) | p50 ms | SUT CPU µs/req |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    names = list(dict.fromkeys(c.scenario for c in results.cells))
+    for name in names:
+        done = [c for c in results.cells if c.scenario == name and c.result and not c.result.errors]
+        if not done:
+            lines.append(f"| {name} | failed | | | |")
+            continue
+        rps = statistics.median(c.result.rps for c in done if c.result)
+        p50 = statistics.median(c.result.p50_ms for c in done if c.result)
+        cpu_values = [c.cpu_us for c in done if c.cpu_us]
+        cpu = f"{statistics.median(cpu_values):.0f}" if cpu_values else "n/a"
+        share = ratios(results, name)
+        ratio = f"{statistics.median(share) * 100:.1f}%" if share else "n/a"
+        lines.append(f"| {name} | {rps:,.0f} | {ratio} | {p50:.3f} | {cpu} |")
+    if results.error:
+        lines += ["", f"(stopped early: {results.error})"]
+    return lines
