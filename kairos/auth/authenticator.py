@@ -9,24 +9,37 @@ Rules that kairos-rs got wrong and this gets right (reference §3.4, §10.12):
 - API keys are kept as SHA-256 digests only and looked up by digest.
 Verified tokens are cached until they expire (at most ``CACHE_SECONDS``), so a client reusing its
 token costs a dict lookup instead of a signature check.
+
+With ``jwks_url`` the RS/ES keys come from a :class:`~kairos.auth.jwks.JwksFetcher` (the gateway's,
+kept across reloads). Verification stays synchronous: a token with a known ``kid`` is checked against
+that key only, and only for an algorithm the key fits. A token whose ``kid`` is unknown (or that
+arrives before the first keys loaded) raises :class:`KeyRefreshNeeded` when a bounded refresh can be
+waited for (the caller awaits ``wait()`` and calls ``authenticate`` once more), else a plain
+AuthFailure. A token without ``kid`` is checked with ``public_key`` when one is configured, else
+against each JWKS key of its algorithm when there are at most ``MAX_KIDLESS_KEYS`` (JWKS sets are
+small; more would make a forged token cost many signature checks), else refused. The cache of
+verified tokens is emptied whenever the key set changes, so a key removed from the JWKS stops
+working at the next refresh.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from jose import jwt
 from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
 
+from kairos.auth.jwks import JwksFetcher, KeySet
 from kairos.config.jwt import JwtConfig
 from kairos.config.model import ApiKeyConsumer
 
 CACHE_SECONDS = 300.0
 CACHE_ENTRIES = 10_000
+MAX_KIDLESS_KEYS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +60,25 @@ class AuthFailure(Exception):
         self.error = error
 
 
+class KeyRefreshNeeded(AuthFailure):
+    """The token's signing key is not known yet and a JWKS refresh is under way: ``await wait()``
+    (bounded by the fetch timeout), then authenticate once more. A caller that does not retry can
+    treat it as the 401 it also is."""
+
+    def __init__(self, message: str, wait: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
 class JwtVerifier:
-    def __init__(self, config: JwtConfig) -> None:
+    def __init__(self, config: JwtConfig, jwks: JwksFetcher | None = None) -> None:
         self.algorithms = frozenset(config.effective_algorithms)
         self._secret = config.secret
         self._public_key = config.public_key
+        if jwks is None and config.jwks_url is not None:
+            jwks = JwksFetcher.from_config(config)  # standalone: starts on first use in a loop
+        self.jwks = jwks
+        self._keys_seen: KeySet | None = None
         self._issuer = config.issuer
         audience = config.audience
         self._audiences = (
@@ -68,6 +95,9 @@ class JwtVerifier:
 
     def verify(self, token: str) -> Identity:
         now = time.time()
+        if self.jwks is not None and self.jwks.keys is not self._keys_seen:
+            self._cache.clear()  # keys changed: a removed key must not live on in the cache
+            self._keys_seen = self.jwks.keys
         cached = self._cache.get(token)
         if cached is not None and now < cached[1]:
             return cached[0]
@@ -78,7 +108,13 @@ class JwtVerifier:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.algorithms:
             raise AuthFailure(f"token algorithm {algorithm!r} is not allowed")
-        key = self._secret if algorithm.startswith("HS") else self._public_key
+        key: Any
+        if algorithm.startswith("HS"):
+            key = self._secret
+        elif self.jwks is not None and (self._public_key is None or header.get("kid") is not None):
+            key = self._jwks_key(self.jwks, header.get("kid"), algorithm)
+        else:
+            key = self._public_key
         if key is None:
             raise AuthFailure(f"no key configured for algorithm {algorithm}")
         try:
@@ -98,6 +134,32 @@ class JwtVerifier:
         identity = Identity("jwt", str(claims.get("sub", "")), _roles(claims.get("roles")), claims)
         self._remember(token, identity, claims, now)
         return identity
+
+    def _jwks_key(self, jwks: JwksFetcher, kid: object, algorithm: str) -> Any:
+        """The JWKS key(s) a token may be checked with: never a key of another family or curve."""
+        keys = jwks.keys
+        if keys is None:
+            raise self._refresh_or_fail(jwks, "signing keys are not available yet")
+        if kid is None:
+            candidates = keys.for_algorithm(algorithm)
+            if len(candidates) > MAX_KIDLESS_KEYS:
+                raise AuthFailure(f"token has no 'kid' and {len(candidates)} keys fit {algorithm}")
+        elif not isinstance(kid, str):
+            raise AuthFailure("malformed token: 'kid' is not a string")
+        elif not keys.has_kid(kid):
+            raise self._refresh_or_fail(jwks, f"unknown signing key id {kid[:64]!r}")
+        else:
+            candidates = keys.for_kid(kid, algorithm)
+        if not candidates:
+            raise AuthFailure(
+                f"no signing key for algorithm {algorithm}" + (f" with id {kid[:64]!r}" if kid else "")
+            )
+        return candidates[0] if len(candidates) == 1 else list(candidates)
+
+    @staticmethod
+    def _refresh_or_fail(jwks: JwksFetcher, message: str) -> AuthFailure:
+        wait = jwks.refresh_soon()
+        return AuthFailure(message) if wait is None else KeyRefreshNeeded(message, wait)
 
     def _check_audience(self, claims: Mapping[str, Any]) -> None:
         if self._audiences is None:
@@ -137,13 +199,17 @@ class Authenticator:
         jwt_config: JwtConfig | None,
         api_keys: Sequence[ApiKeyConsumer] = (),
         api_key_header: str = "X-API-Key",
+        *,
+        jwks: JwksFetcher | None = None,
     ) -> None:
-        self.jwt = JwtVerifier(jwt_config) if jwt_config is not None else None
+        """``jwks``: the gateway's shared fetcher for ``jwt_config.jwks_url`` (else one of its own)."""
+        self.jwt = JwtVerifier(jwt_config, jwks) if jwt_config is not None else None
         self.api_key_header = api_key_header.lower().encode("latin-1")
         self._consumers = {key_digest(key): consumer.name for consumer in api_keys for key in consumer.keys}
 
     def authenticate(self, headers: Iterable[tuple[bytes, bytes]], accept: str = "any") -> Identity:
-        """``accept``: "any" (a valid JWT or API key), "jwt" or "api_key"."""
+        """``accept``: "any" (a valid JWT or API key), "jwt" or "api_key". Raises AuthFailure, or
+        KeyRefreshNeeded (an AuthFailure) when awaiting a JWKS refresh and retrying may succeed."""
         authorization = api_key = None
         for name, value in headers:
             if name == b"authorization":

@@ -1,4 +1,10 @@
-"""`jwt` (kairos-rs: secret/issuer/audience/required_claims; Kairos adds keys and algorithms)."""
+"""`jwt` (kairos-rs: secret/issuer/audience/required_claims; Kairos adds keys and algorithms).
+
+``jwks_url`` fetches the RS/ES signing keys from a JWKS document (see kairos/auth/jwks.py):
+``jwks_refresh_secs`` is the refresh period when the answer has no ``Cache-Control: max-age``,
+``jwks_min_refresh_secs`` the least time between two refreshes caused by unknown ``kid`` values,
+``jwks_timeout_secs`` the fetch timeout (also the longest a request waits for a refresh).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kairos.config.base import ConfigModel, NonNegativeInt, Str
+from kairos.config.base import ConfigModel, Float, Int, NonNegativeInt, Str
 
 Algorithm = Literal[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"
@@ -18,6 +24,9 @@ class JwtConfig(ConfigModel):
     secret: Str | None = None
     public_key: Str | None = None
     jwks_url: Str | None = None
+    jwks_refresh_secs: Int = Field(300, ge=5, le=86_400)
+    jwks_min_refresh_secs: Int = Field(30, ge=1, le=3_600)
+    jwks_timeout_secs: Float = Field(5.0, gt=0, le=60)
     algorithms: tuple[Algorithm, ...] | None = None
     issuer: Str | None = None
     audience: Str | tuple[Str, ...] | None = None

@@ -111,14 +111,6 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
 
     if top is not None:
         warnings.extend(unknown_keys(top, ()))
-        if top.jwt is not None and top.jwt.jwks_url is not None:
-            warnings.append(
-                Problem(
-                    "jwt.jwks_url",
-                    "fetching keys from a JWKS URL is not implemented yet: tokens that "
-                    "need it are rejected with 401 (use public_key meanwhile)",
-                )
-            )
     # Run even when the top level failed (say `version` is wrong): what matters is whether the file
     # has the sections at all.
     has_jwt = top.jwt is not None if top is not None else bool(raw.get("jwt") or raw.get("jwt_secret"))

@@ -7,6 +7,10 @@ gateway), the constructor's global policy applies. Answers 401 ``authentication_
 ``WWW-Authenticate`` (``Bearer error="invalid_token"``, or plain ``Bearer`` when no credentials
 were sent) and 403 ``authorization_error`` when the token is valid but a required role is missing.
 The verified identity goes to ``Exchange.identity`` (standalone: ``scope["state"]["identity"]``).
+
+Authentication is synchronous on the hot path. Only when a JWT names a signing key the JWKS key set
+does not have yet (key rotation, or keys still loading) does the authenticator raise
+KeyRefreshNeeded: the request then awaits the shared, bounded refresh and is authenticated once more.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from kairos.auth.authenticator import Authenticator, AuthFailure, Identity
+from kairos.auth.authenticator import Authenticator, AuthFailure, Identity, KeyRefreshNeeded
 from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY
 from kairos.middleware.context import new_request_id
@@ -57,7 +61,11 @@ class AuthMiddleware:
             await reject(scope, send, "config", "authentication is required but not configured", request_id)
             return
         try:
-            identity = authenticator.authenticate(scope["headers"], accept)
+            try:
+                identity = authenticator.authenticate(scope["headers"], accept)
+            except KeyRefreshNeeded as pending:  # unknown JWKS kid: wait for the refresh, retry once
+                await pending.wait()
+                identity = authenticator.authenticate(scope["headers"], accept)
         except AuthFailure as failure:
             await reject(
                 scope,

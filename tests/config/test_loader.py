@@ -239,11 +239,21 @@ def test_comment_keys_are_never_substituted() -> None:
     assert loaded.config.routers == ()
 
 
-def test_jwks_url_is_accepted_with_a_not_yet_implemented_warning() -> None:
-    from kairos.config import load_data
+def test_jwks_url_and_its_settings_load_without_warnings() -> None:
+    jwt = {"jwks_url": "https://auth.example/jwks.json", "algorithms": ["RS256", "ES256"]}
+    loaded = load_data({"version": 1, "jwt": jwt, "routers": []})
+    assert not [problem for problem in loaded.warnings if problem.path.startswith("jwt")]
+    assert loaded.config.jwt is not None
+    assert (loaded.config.jwt.jwks_refresh_secs, loaded.config.jwt.jwks_min_refresh_secs) == (300, 30)
+    assert loaded.config.jwt.jwks_timeout_secs == 5.0
+    tuned = {**jwt, "jwks_refresh_secs": 60, "jwks_min_refresh_secs": 5, "jwks_timeout_secs": 2}
+    loaded = load_data({"version": 1, "jwt": tuned, "routers": []})
+    assert loaded.config.jwt is not None and loaded.config.jwt.jwks_min_refresh_secs == 5
 
-    loaded = load_data({"version": 1, "jwt": {"jwks_url": "https://auth.example/jwks.json"}, "routers": []})
-    assert any(
-        problem.path == "jwt.jwks_url" and "not implemented yet" in problem.message
-        for problem in loaded.warnings
-    )
+
+def test_jwks_settings_are_bounded() -> None:
+    for key, value in (("jwks_refresh_secs", 1), ("jwks_min_refresh_secs", 0), ("jwks_timeout_secs", 0)):
+        jwt = {"jwks_url": "https://auth.example/jwks.json", key: value}
+        with pytest.raises(ConfigError) as caught:
+            load_data({"version": 1, "jwt": jwt, "routers": []})
+        assert [problem.path for problem in caught.value.problems] == [f"jwt.{key}"]
