@@ -4,6 +4,14 @@ The single matcher for every purpose. Sets ``Exchange.route`` and ``.params`` or
 404 ``route_not_found`` / 405 ``method_not_allowed`` (with ``Allow``) / 400 ``bad_request``.
 When mounted under a prefix (``Mount("/gw", app)``) the prefix (``root_path``) is removed first,
 so ``/gw/cats/1`` matches ``/cats/{id}``.
+
+CORS preflights: given a ``preflight`` predicate (the pipeline passes
+``CorsMiddleware.answers_preflight``), an ``OPTIONS`` request carrying ``Origin`` and
+``Access-Control-Request-Method`` that no route takes as ``OPTIONS`` (it would be a 405) is matched
+again with the requested method; if that finds a route the predicate accepts (CORS is on there), the
+request goes on with that route, for the CORS layer to answer. Routes that list ``OPTIONS`` keep
+getting their preflights as before, and a route with CORS off still answers 405. Only that 405 path
+pays for the second lookup.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.errors import reject
 from kairos.exchange import get_exchange
-from kairos.routing.matcher import NoMatch, RouteTable
+from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
+from kairos.routing.route import Route
 
 # Printable ASCII except '%' is kept; raw non-ASCII bytes (a client sending UTF-8 unencoded) become
 # %XX so the matcher sees one spelling. Used for the fallback too, with '%' encoded there.
@@ -52,9 +61,15 @@ def _strip_root(path: str, root: str) -> str:
 
 
 class RouteMiddleware:
-    def __init__(self, app: ASGIApp, table: Callable[[], RouteTable]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        table: Callable[[], RouteTable],
+        preflight: Callable[[Route], bool] | None = None,
+    ) -> None:
         self.app = app
         self._table = table
+        self._preflight = preflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -64,7 +79,15 @@ class RouteMiddleware:
         exchange = get_exchange(scope)
         method = scope["method"] if kind == "http" else "GET"
         path = route_path(scope)
-        result = self._table().match(method, path, websocket=kind == "websocket")
+        table = self._table()
+        result = table.match(method, path, websocket=kind == "websocket")
+        if (
+            isinstance(result, NoMatch)
+            and result.allow is not None
+            and method == "OPTIONS"
+            and self._preflight is not None
+        ):
+            result = _preflight_match(table, path, scope["headers"], self._preflight) or result
         if isinstance(result, NoMatch):
             if result.bad_path is not None:
                 await reject(
@@ -91,3 +114,19 @@ class RouteMiddleware:
         exchange.route = result.route
         exchange.params = result.params
         await self.app(scope, receive, send)
+
+
+def _preflight_match(
+    table: RouteTable, path: str, headers: list[tuple[bytes, bytes]], answers: Callable[[Route], bool]
+) -> RouteMatch | None:
+    """The route a CORS preflight asks about (matched by its requested method), if CORS answers there."""
+    requested = origin = None
+    for name, value in headers:
+        if name == b"access-control-request-method":
+            requested = value
+        elif name == b"origin":
+            origin = value
+    if not requested or origin is None:
+        return None
+    result = table.match(requested.decode("latin-1").strip(), path)
+    return result if isinstance(result, RouteMatch) and answers(result.route) else None

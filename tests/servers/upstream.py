@@ -10,10 +10,13 @@ import asyncio
 import contextlib
 import hashlib
 
+import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
 # Close code + reason seen by /logged-ws/{key}, by key.
 LOGGED_CLOSE = web.AppKey("logged_close", dict)
+# What /recorded-upload/{key} received (bytes, and whether the body arrived complete), by key.
+RECORDED_UPLOADS = web.AppKey("recorded_uploads", dict)
 
 
 def make_app(name: str) -> web.Application:
@@ -183,6 +186,21 @@ def make_app(name: str) -> web.Application:
     async def logged_close(request: web.Request) -> web.Response:
         return web.json_response(request.app[LOGGED_CLOSE].get(request.match_info["key"]))
 
+    async def recorded_upload(request: web.Request) -> web.Response:
+        """Reads the body and records what arrived, even when the request is aborted mid-body."""
+        total, complete = 0, False
+        try:
+            async for chunk in request.content.iter_chunked(65536):
+                total += len(chunk)
+            complete = True
+        except (ConnectionError, aiohttp.ClientPayloadError):
+            pass  # the sender aborted: recorded as incomplete
+        request.app[RECORDED_UPLOADS][request.match_info["key"]] = {"bytes": total, "complete": complete}
+        return web.json_response({"server": name, "bytes": total, "complete": complete})
+
+    async def recorded(request: web.Request) -> web.Response:
+        return web.json_response(request.app[RECORDED_UPLOADS].get(request.match_info["key"]))
+
     app = web.Application(client_max_size=1024**3)
     app.router.add_route("*", "/echo{tail:.*}", echo)
     app.router.add_get("/whoami", whoami)
@@ -200,7 +218,10 @@ def make_app(name: str) -> web.Application:
     app.router.add_get("/ws-reject", ws_reject)
     app.router.add_get("/logged-ws/{key}", logged_ws)
     app.router.add_get("/logged-close/{key}", logged_close)
+    app.router.add_post("/recorded-upload/{key}", recorded_upload)
+    app.router.add_get("/recorded/{key}", recorded)
     app[LOGGED_CLOSE] = {}
+    app[RECORDED_UPLOADS] = {}
     _ = WSCloseCode
     return app
 

@@ -1,0 +1,91 @@
+"""SecurityHeadersMiddleware: the security header set on gateway-made and (opt-in) proxied responses.
+
+The policy is ``security_headers`` (SecurityHeadersConfig), top level and per route (a route's
+block replaces the global one; ``false`` turns the headers off there). The set is
+``DEFAULT_SECURITY_HEADERS`` merged with the config's ``headers`` (``effective_headers()``),
+compiled once per distinct config. Only headers the response lacks are added, so an upstream's
+own ``X-Frame-Options`` or CSP is never overridden.
+
+- Responses the gateway generates itself (errors: 400/401/403/404/405/413/429/500/502/503/504,
+  CORS preflights) get the set whenever it is enabled (the default).
+- Proxied responses get it only with ``proxied: true``. Standalone in a FastAPI/Starlette app,
+  "proxied" means every response of the wrapped app.
+
+Gateway-made responses are recognised by the ``kairos.errors.GENERATED`` key that
+``errors.send_error`` (the single place errors are rendered) and the CORS preflight put on their
+``http.response.start`` message: the mark travels with the response, so no per-request state is
+shared and no guess is made from the headers.
+
+The policy is resolved when the response starts, not when the request comes in, because this
+middleware sits outside the RouteMiddleware (it must see the 404/405s): by then the Exchange holds
+the matched route, or none (404, and the global policy applies). WebSocket scopes are only watched
+when the server can refuse an upgrade with a real response (``websocket.http.response``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kairos.config.policies import SecurityHeadersConfig
+from kairos.errors import GENERATED
+from kairos.middleware.context import route_policy
+
+SecurityPolicy = SecurityHeadersConfig | Callable[[], SecurityHeadersConfig | None] | None
+Header = tuple[bytes, bytes]
+
+_STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
+_CACHE_LIMIT = 1000
+
+
+def compile_headers(config: SecurityHeadersConfig) -> tuple[Header, ...]:
+    """The effective header set as ASGI header pairs (lower-case names)."""
+    return tuple(
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in config.effective_headers().items()
+    )
+
+
+def add_missing(headers: Iterable[Header], extra: tuple[Header, ...]) -> list[Header]:
+    """``headers`` plus those of ``extra`` whose name is not already there (a new list)."""
+    result = list(headers)
+    present = {name.lower() for name, _ in result}
+    result.extend(header for header in extra if header[0] not in present)
+    return result
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp, global_policy: SecurityPolicy = None) -> None:
+        self.app = app
+        self._global = global_policy
+        # SecurityHeadersConfig holds a dict (unhashable): cached by identity, the config kept
+        # alongside so a recycled id can never return another config's headers.
+        self._compiled: dict[int, tuple[SecurityHeadersConfig, tuple[Header, ...]]] = {}
+
+    def _headers_for(self, config: SecurityHeadersConfig) -> tuple[Header, ...]:
+        entry = self._compiled.get(id(config))
+        if entry is None or entry[0] is not config:
+            if len(self._compiled) >= _CACHE_LIMIT:
+                self._compiled.clear()
+            entry = self._compiled[id(config)] = (config, compile_headers(config))
+        return entry[1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and not (
+            kind == "websocket" and "websocket.http.response" in scope.get("extensions", {})
+        ):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] in _STARTS:
+                config: SecurityHeadersConfig | None = route_policy(scope, "security_headers", self._global)
+                if config is not None and config.enabled and (config.proxied or message.get(GENERATED)):
+                    extra = self._headers_for(config)
+                    if extra:
+                        message["headers"] = add_missing(message.get("headers", ()), extra)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
