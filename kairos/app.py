@@ -20,10 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.gateway import ConfigInput, Gateway
 from kairos.health import HealthEndpoints
+from kairos.observability.metrics import MetricsEndpoint
 from kairos.pipeline import build_pipeline
 from kairos.settings import Settings, load_settings
 
-BUILTIN_PATHS = ("/health", "/ready", "/live")
+BUILTIN_PATHS = ("/health", "/ready", "/live", "/metrics")
 
 
 class GatewayApp(Starlette):
@@ -59,6 +60,7 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
     settings = settings or load_settings()
     gateway = Gateway(settings, config)
     health = HealthEndpoints(gateway)
+    metrics = MetricsEndpoint(gateway)
     pipeline = build_pipeline(gateway)
     app = GatewayApp(
         pipeline,
@@ -66,6 +68,7 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             Route("/live", health.live, methods=["GET"]),
+            Route("/metrics", metrics.render, methods=["GET"]),
             Mount("", app=pipeline),
         ],
         lifespan=gateway.lifespan,

@@ -3,6 +3,12 @@
 Wire format kept from kairos-rs so existing clients parse it: a JSON body
 ``{"error": message, "type": kind, "timestamp": RFC 3339, "request_id": id}``; the request id is
 also echoed in ``X-Request-ID``.
+
+Every response start the gateway renders itself carries ``GENERATED: True`` as an extra key of the
+ASGI ``http.response.start`` message (servers ignore unknown keys). That is how an outer middleware
+such as SecurityHeadersMiddleware tells a gateway-made answer (an error, a CORS preflight) from a
+proxied one without sharing per-request state: the mark travels with the response it describes.
+A middleware that builds its own answer (not through ``send_error``) sets the same key.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ STATUS_BY_TYPE = {
     "payload_too_large": 413,
     "upgrade_required": 426,
     "rate_limit_error": 429,
+    "rate_limit_unavailable": 503,
     "internal": 500,
     "not_implemented": 501,
     "upstream": 502,
@@ -31,6 +38,10 @@ STATUS_BY_TYPE = {
     "circuit_open": 503,
     "timeout": 504,
 }
+
+
+# Extra key of a response-start message: "this response was made by the gateway, not proxied".
+GENERATED = "kairos.generated"
 
 
 def timestamp() -> str:
@@ -64,6 +75,7 @@ async def send_error(
                 (b"x-request-id", request_id.encode()),
                 *headers,
             ],
+            GENERATED: True,
         }
     )
     await send({"type": f"{message_prefix}.body", "body": body})

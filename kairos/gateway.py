@@ -18,6 +18,7 @@ from typing import Any
 
 from kairos import __version__
 from kairos.auth.authenticator import Authenticator
+from kairos.auth.jwks import JwksFetcher
 from kairos.config import (
     ConfigError,
     GatewayConfig,
@@ -29,12 +30,14 @@ from kairos.config import (
 )
 from kairos.config.loader import client_networks
 from kairos.config.model import IpFilterConfig
+from kairos.config.ratelimit import RateLimitConfig
 from kairos.logs import configure_logging
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.deadline import DeadlineWatch
 from kairos.proxy.engine import UpstreamEngine
 from kairos.proxy.headers import ClientAddress
 from kairos.proxy.httpx_engine import HttpxEngine
+from kairos.ratelimit.limiter import RateLimiter
 from kairos.routing.matcher import RouteTable
 from kairos.routing.route import Backend, BackendState, compile_route
 from kairos.settings import Settings
@@ -64,10 +67,12 @@ class Gateway:
         self.backend_states: dict[str, BackendState] = {}
         self.client_address = ClientAddress(())
         self.authenticator: Authenticator | None = None
+        self.jwks: JwksFetcher | None = None  # kept across reloads while jwt.jwks_url stays the same
         self.default_engine: UpstreamEngine = _http1_engine(settings)
         self.http2_engine: UpstreamEngine = HttpxEngine()
         self.deadlines = DeadlineWatch()
         self.websocket_connections = 0
+        self.rate_limiter = RateLimiter(settings.redis_url)
         self._explicit_config = config
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -101,7 +106,9 @@ class Gateway:
         self.backend_states = {key: state for key, state in states.items() if key in used}
         self.client_address = ClientAddress(client_networks(loaded.config))
         config = loaded.config
-        self.authenticator = Authenticator(config.jwt, config.api_keys, config.api_key_header)
+        self.authenticator = Authenticator(
+            config.jwt, config.api_keys, config.api_key_header, jwks=self._jwks_for(config)
+        )
         self.config = loaded.config
         self.config_source = loaded.source
         self.table = table
@@ -112,6 +119,21 @@ class Gateway:
             "config %s loaded: %d route(s), generation %d", loaded.source, len(table), self.generation
         )
 
+    def _jwks_for(self, config: GatewayConfig) -> JwksFetcher | None:
+        """The JWKS fetcher for ``jwt.jwks_url``: the running one (and its keys) when the URL did not
+        change, else a new one, started now if the gateway runs (else by startup())."""
+        url = config.jwt.jwks_url if config.jwt is not None else None
+        current = self.jwks
+        if current is not None and config.jwt is not None and current.url == url:
+            current.configure(config.jwt)
+            return current
+        if current is not None:
+            current.stop_soon()
+        self.jwks = JwksFetcher.from_config(config.jwt) if config.jwt is not None and url else None
+        if self.jwks is not None and self._started:
+            self.jwks.start()
+        return self.jwks
+
     def current_table(self) -> RouteTable:
         return self.table
 
@@ -120,6 +142,9 @@ class Gateway:
 
     def current_config(self) -> GatewayConfig | None:
         return self.config
+
+    def current_rate_limit(self) -> RateLimitConfig | None:
+        return self.config.rate_limit if self.config is not None else None
 
     def current_ip_filter(self) -> IpFilterConfig | None:
         return self.config.ip_filter if self.config is not None else None
@@ -156,6 +181,8 @@ class Gateway:
                         logger.error("config %s: %s", exc.source, problem)
                     raise
             await self.default_engine.start()
+            if self.jwks is not None:
+                self.jwks.start()  # in the background: a JWKS endpoint that is down never blocks startup
             if any(backend.http2 for route in self.table.routes for backend in route.backends):
                 await self.http2_engine.start()
             self._started = True
@@ -168,8 +195,11 @@ class Gateway:
 
     async def shutdown(self) -> None:
         await self.deadlines.stop()
+        if self.jwks is not None:
+            await self.jwks.stop()
         await self.default_engine.close()
         await self.http2_engine.close()
+        await self.rate_limiter.close()
         self._started = False
 
     @asynccontextmanager

@@ -6,17 +6,37 @@ breaking) slot in at the positions ARCHITECTURE.md gives; each is an independent
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from starlette.types import ASGIApp
 
+from kairos.config.model import GatewayConfig
 from kairos.gateway import Gateway
 from kairos.middleware.auth import AuthMiddleware
 from kairos.middleware.balancer import BalancerMiddleware
+from kairos.middleware.bodylimit import BodyLimitMiddleware
 from kairos.middleware.context import ExchangeMiddleware
+from kairos.middleware.cors import CorsMiddleware
 from kairos.middleware.ipfilter import IpFilterMiddleware
+from kairos.middleware.ratelimit import RateLimitMiddleware
 from kairos.middleware.routing import RouteMiddleware
+from kairos.middleware.security import SecurityHeadersMiddleware
 from kairos.proxy.endpoint import ProtocolEndpoint
 from kairos.proxy.http import HttpProxy
 from kairos.proxy.websocket import WebSocketProxy
+
+T = TypeVar("T")
+
+
+def _live(gateway: Gateway, pick: Callable[[GatewayConfig], T]) -> Callable[[], T | None]:
+    """An accessor for a top-level policy of the live config, so a reload applies at once."""
+
+    def current() -> T | None:
+        config = gateway.current_config()
+        return pick(config) if config is not None else None
+
+    return current
 
 
 def build_pipeline(gateway: Gateway) -> ASGIApp:
@@ -28,10 +48,21 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
         websocket=WebSocketProxy(gateway.is_trusted_proxy, on_open=count_websockets),
     )
     app = BalancerMiddleware(app)
+    # Body limits: after auth and rate limits (a refused request never costs a body check), before
+    # anything that would buffer the body (cache, transforms, retry replay).
+    app = BodyLimitMiddleware(app, _live(gateway, lambda c: c.max_body_size))
+    app = RateLimitMiddleware(app, gateway.current_rate_limit, limiter=gateway.rate_limiter)
     app = AuthMiddleware(app, gateway.current_authenticator)
     app = IpFilterMiddleware(app, gateway.current_ip_filter)
-    app = RouteMiddleware(app, table=gateway.current_table)
+    # CORS: inside routing (the route's policy), before auth (a preflight carries no credentials),
+    # so auth/limit/upstream errors get CORS headers. RouteMiddleware lets a preflight through on a
+    # route without OPTIONS when this layer will answer it (see routing.py).
+    app = cors = CorsMiddleware(app, _live(gateway, lambda c: c.cors))
+    app = RouteMiddleware(app, table=gateway.current_table, preflight=cors.answers_preflight)
     app = ExchangeMiddleware(
         app, resolve_client_ip=gateway.resolve_client_ip, before_first_request=gateway.ensure_started
     )
+    # Security headers: outermost, to see every response the gateway makes (404/405 from routing,
+    # the 500 of the last guard); the route's policy is read when the response starts.
+    app = SecurityHeadersMiddleware(app, _live(gateway, lambda c: c.security_headers))
     return app

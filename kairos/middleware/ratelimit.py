@@ -73,6 +73,7 @@ class RateLimitMiddleware:
         scope_key = route_key if own is not None else "global"
         decision = await self._limiter.check(config, scope_key, client_ip, user, route_key)
         if not decision.allowed:
+            self._limiter.rejected[route.name if route is not None else "-"] += 1
             kind = "rate_limit_unavailable" if decision.unavailable else "rate_limit_error"
             await reject(scope, send, kind, decision.message, request_id, headers=decision.headers)
             return

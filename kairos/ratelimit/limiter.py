@@ -39,7 +39,7 @@ class RateLimiter:
         # Keyed by id(): hashing a pydantic model per request costs a microsecond. The config is
         # kept beside its policy, so a recycled id is detected by the identity check.
         self._policies: dict[int, tuple[RateLimitConfig, Policy]] = {}
-        self.rejected: Counter[str] = Counter()  # per policy scope (route key or "global")
+        self.rejected: Counter[str] = Counter()  # refusals per route template (counted by the middleware)
         self.admitted_without_store = 0  # fail-open decisions while a store was down
 
     def compile(self, config: RateLimitConfig) -> Policy:
@@ -80,13 +80,10 @@ class RateLimiter:
                 verdicts = await store.acquire(keys, policy.limits)
         except StoreUnavailable:
             if policy.fail_closed:
-                self.rejected[scope_key] += 1
                 return Decision(False, [(b"retry-after", b"1")], "rate limit store is unavailable", True)
             self.admitted_without_store += 1
             return Decision(True, [])
         allowed = verdicts[0].allowed if len(verdicts) == 1 else all(verdict.allowed for verdict in verdicts)
-        if not allowed:
-            self.rejected[scope_key] += 1
         return _decision(policy, verdicts, allowed)
 
     async def close(self) -> None:

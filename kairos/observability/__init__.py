@@ -1,0 +1,1 @@
+"""Metrics (Prometheus exposition); the access log and metrics history join later."""
