@@ -10,7 +10,13 @@ Rules that kairos-rs got wrong and this gets right (reference §3.4, §10.12):
 Verified tokens are cached until they expire (at most ``CACHE_SECONDS``), so a client reusing its
 token costs a dict lookup instead of a signature check.
 
-With ``jwks_url`` the RS/ES keys come from a :class:`~kairos.auth.jwks.JwksFetcher` (the gateway's,
+Verification is two steps. The signature: python-jose for HS/RS/ES, and ``cryptography`` for
+PS256/384/512 (RSASSA-PSS, which python-jose lacks; see kairos/auth/pss.py); the ``alg`` in the
+header picks both the key family and the padding, so RS and PS may share an RSA key but a PS token
+is never checked with the HMAC secret or an EC key. Then the claims, by one function
+(:meth:`JwtVerifier._check_claims`) whatever checked the signature.
+
+With ``jwks_url`` the RS/PS/ES keys come from a :class:`~kairos.auth.jwks.JwksFetcher` (the gateway's,
 kept across reloads). Verification stays synchronous: a token with a known ``kid`` is checked against
 that key only, and only for an algorithm the key fits. A token whose ``kid`` is unknown (or that
 arrives before the first keys loaded) raises :class:`KeyRefreshNeeded` when a bounded refresh can be
@@ -25,17 +31,23 @@ working at the next refresh.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jose import jwt
-from jose.exceptions import ExpiredSignatureError, JWTClaimsError, JWTError
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from jose import jws, jwt
+from jose.exceptions import JOSEError, JWTError
 
+from kairos.auth import pss
 from kairos.auth.jwks import JwksFetcher, KeySet
 from kairos.config.jwt import JwtConfig
 from kairos.config.model import ApiKeyConsumer
+
+logger = logging.getLogger("kairos.auth")
 
 CACHE_SECONDS = 300.0
 CACHE_ENTRIES = 10_000
@@ -85,12 +97,13 @@ class JwtVerifier:
             None if audience is None else frozenset([audience] if isinstance(audience, str) else audience)
         )
         self._required = tuple(config.required_claims)
-        self._options = {
-            "verify_aud": False,
-            "verify_iat": False,
-            "verify_sub": False,
-            "leeway": config.leeway_secs,
-        }
+        self._leeway = float(config.leeway_secs)
+        self._pss_key: RSAPublicKey | None = None  # public_key parsed once, for PS tokens
+        if self._public_key is not None and self.algorithms & pss.PSS_ALGORITHMS:
+            try:
+                self._pss_key = pss.load_public_key(self._public_key)
+            except ValueError as exc:
+                logger.warning("jwt.public_key cannot verify PS256/384/512 tokens: %s", exc)
         self._cache: dict[str, tuple[Identity, float]] = {}
 
     def verify(self, token: str) -> Identity:
@@ -113,27 +126,52 @@ class JwtVerifier:
             key = self._secret
         elif self.jwks is not None and (self._public_key is None or header.get("kid") is not None):
             key = self._jwks_key(self.jwks, header.get("kid"), algorithm)
+        elif algorithm in pss.PSS_ALGORITHMS:
+            key = self._pss_key  # None when public_key is missing or not an RSA key
         else:
             key = self._public_key
         if key is None:
             raise AuthFailure(f"no key configured for algorithm {algorithm}")
+        claims = _decode_claims(self._verified_payload(token, key, algorithm))
+        self._check_claims(claims, now)
+        identity = Identity("jwt", str(claims.get("sub", "")), _roles(claims.get("roles")), claims)
+        self._remember(token, identity, claims, now)
+        return identity
+
+    @staticmethod
+    def _verified_payload(token: str, key: Any, algorithm: str) -> bytes:
+        """The payload once the signature is good (the signature only: claims are not looked at).
+        ``algorithm`` is the header's, already in the allow-list, and ``key`` (or the list of JWKS
+        candidates) was chosen for its family."""
+        if algorithm in pss.PSS_ALGORITHMS:
+            try:
+                return pss.verify(token, key if isinstance(key, list) else [key], algorithm)
+            except pss.PssError:
+                raise AuthFailure("invalid token signature or format") from None
         try:
-            claims = jwt.decode(
-                token, key, algorithms=[algorithm], issuer=self._issuer, options=self._options
-            )
-        except ExpiredSignatureError:
-            raise AuthFailure("token expired") from None
-        except JWTClaimsError as exc:
-            raise AuthFailure(f"invalid claims: {exc}") from None
-        except JWTError:
+            payload: bytes = jws.verify(token, key, algorithms=[algorithm])
+        except JOSEError:
             raise AuthFailure("invalid token signature or format") from None
+        return payload
+
+    def _check_claims(self, claims: Mapping[str, Any], now: float) -> None:
+        """The one claims check, for every algorithm: ``nbf``/``exp`` (NumericDate, with leeway),
+        ``iss``, ``jti`` (a string), ``aud`` and ``required_claims``; ``iat`` and ``sub`` are not
+        checked."""
+        not_before = _numeric_date(claims, "nbf")
+        if not_before is not None and not_before > now + self._leeway:
+            raise AuthFailure("invalid claims: the token is not yet valid (nbf)")
+        expires = _numeric_date(claims, "exp")
+        if expires is not None and expires < now - self._leeway:
+            raise AuthFailure("token expired")
+        if self._issuer is not None and claims.get("iss") != self._issuer:
+            raise AuthFailure("invalid claims: invalid issuer")
+        if "jti" in claims and not isinstance(claims["jti"], str):
+            raise AuthFailure("invalid claims: jti must be a string")
         self._check_audience(claims)
         for name in self._required:
             if name not in claims:
                 raise AuthFailure(f"token lacks required claim {name!r}")
-        identity = Identity("jwt", str(claims.get("sub", "")), _roles(claims.get("roles")), claims)
-        self._remember(token, identity, claims, now)
-        return identity
 
     def _jwks_key(self, jwks: JwksFetcher, kid: object, algorithm: str) -> Any:
         """The JWKS key(s) a token may be checked with: never a key of another family or curve."""
@@ -165,18 +203,43 @@ class JwtVerifier:
         if self._audiences is None:
             return
         presented = claims.get("aud")
-        values = {presented} if isinstance(presented, str) else set(presented or ())
-        if not values & self._audiences:
+        if isinstance(presented, str):
+            accepted = presented in self._audiences
+        else:
+            values = presented if isinstance(presented, list) else ()
+            accepted = any(isinstance(value, str) and value in self._audiences for value in values)
+        if not accepted:
             raise AuthFailure("token audience is not accepted")
 
     def _remember(self, token: str, identity: Identity, claims: Mapping[str, Any], now: float) -> None:
         until = now + CACHE_SECONDS
-        exp = claims.get("exp")
-        if isinstance(exp, int | float):
-            until = min(until, float(exp))
+        exp = claims.get("exp")  # a number: _check_claims made sure
+        if isinstance(exp, int | float) and exp < until:
+            until = float(exp)
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
         self._cache[token] = (identity, until)
+
+
+def _decode_claims(payload: bytes) -> Mapping[str, Any]:
+    try:
+        claims = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise AuthFailure("malformed token: the payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise AuthFailure("malformed token: the payload is not a JSON object")
+    return claims
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float | None:
+    """``exp``/``nbf`` when present: a JSON number (not a string, not a boolean, not NaN). Returned
+    as is: a huge integer compares fine with a float but would overflow converted to one."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        raise AuthFailure(f"invalid claims: {name} must be a number")
+    return value
 
 
 def _roles(value: object) -> frozenset[str]:

@@ -4,11 +4,15 @@ Two pieces:
 
 - :func:`parse_jwks` turns a JWKS document into an immutable :class:`KeySet` (pure logic). Only
   signature keys that fit the configured algorithm allow-list are kept: ``RSA`` keys for
-  RS256/384/512 (at least 2048 bits), ``EC`` keys for ES256/384/512 on their own curve (P-256,
-  P-384, P-521). A key's ``alg``, when present, must be one of those. Keys with ``use`` other than
-  ``sig``, with ``key_ops`` lacking ``verify``, with private members, of another type (``OKP``, ...)
-  and all symmetric ``oct`` keys are ignored: HMAC keys come only from ``jwt.secret``, never from a
-  document fetched over the network. A document with no usable key is a failed fetch.
+  RS256/384/512 and PS256/384/512 (at least 2048 bits), ``EC`` keys for ES256/384/512 on their own
+  curve (P-256, P-384, P-521). A key's ``alg``, when present, must be one of those, and the key
+  then serves that algorithm only (an RSA key published for PS256 never verifies an RS256 token);
+  without ``alg`` an RSA key serves every allowed RS and PS algorithm. RS and ES keys are
+  python-jose keys, PS keys ``cryptography`` RSA public keys (kairos/auth/pss.py verifies them).
+  Keys with ``use`` other than ``sig``, with ``key_ops`` lacking ``verify``, with private members,
+  of another type (``OKP``, ...) and all symmetric ``oct`` keys are ignored: HMAC keys come only
+  from ``jwt.secret``, never from a document fetched over the network. A document with no usable
+  key is a failed fetch.
 - :class:`JwksFetcher` downloads the document with ``httpx.AsyncClient`` in the background. It is
   started by the gateway's lifespan (or lazily on first use when a standalone Authenticator runs in
   an event loop), never at import time, and refreshes every ``jwks_refresh_secs`` or, when the
@@ -42,6 +46,7 @@ import httpx
 from jose import jwk
 from jose.exceptions import JWKError
 
+from kairos.auth import pss
 from kairos.config.jwt import JwtConfig
 
 logger = logging.getLogger("kairos.auth.jwks")
@@ -53,7 +58,7 @@ MAX_AGE_BOUNDS = (60.0, 86_400.0)
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 60.0
 
-_RSA_ALGORITHMS = ("RS256", "RS384", "RS512")
+_RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_ALGORITHM_BY_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
@@ -163,14 +168,23 @@ def _parse_key(entry: object, allowed: frozenset[str]) -> tuple[str | None, list
     built = []
     canonical = json.dumps(public, sort_keys=True)
     for algorithm in usable:
+        key: Any
         try:
-            key = jwk.construct(public, algorithm)
+            if algorithm in pss.PSS_ALGORITHMS:  # python-jose has no PS: a cryptography key
+                key = pss.public_key_from_jwk(str(public["n"]), str(public["e"]))
+            else:
+                key = jwk.construct(public, algorithm)
         except (JWKError, ValueError, TypeError) as exc:
             raise JwksError(f"invalid key: {exc}") from None
-        if kty == "RSA" and key.prepared_key.key_size < MIN_RSA_BITS:
+        if kty == "RSA" and _rsa_bits(key) < MIN_RSA_BITS:
             raise JwksError(f"RSA key shorter than {MIN_RSA_BITS} bits")
         built.append((algorithm, key, canonical))
     return kid, built
+
+
+def _rsa_bits(key: Any) -> int:
+    """The size of an RSA key: a python-jose key (RS) wraps the cryptography key (PS) it holds."""
+    return int(getattr(key, "prepared_key", key).key_size)
 
 
 def refresh_delay(cache_control: str | None, default: float) -> float:
