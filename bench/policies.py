@@ -32,7 +32,8 @@ from procs import cpu_seconds, free_port, pinned, start, stop, wait_ready
 
 SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789"
 GOAL = 0.85  # JWT HS256 + memory rate limit keep at least 85 % of plain-proxy throughput
-UNREACHABLE = {"window_type": "TokenBucket", "requests_per_window": 1_000_000_000, "window_duration": 1}
+# kairos-rs's own example policy shape (PerIP, sliding window), with a quota the run cannot reach.
+UNREACHABLE = {"window_type": "SlidingWindow", "requests_per_window": 1_000_000_000, "window_duration": 60}
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,9 @@ class RateLimitMiddleware:
         user = f"{identity.kind}:{identity.subject}" if identity is not None else None
         route_key = route.key if route is not None else scope["path"]
         scope_key = route_key if own is not None else "global"
-        decision = await self._limiter.check(config, scope_key, client_ip, user, route_key)
+        decision = self._limiter.check_now(config, scope_key, client_ip, user, route_key)
+        if decision is None:
+            decision = await self._limiter.check(config, scope_key, client_ip, user, route_key)
         if not decision.allowed:
             self._limiter.rejected[route.name if route is not None else "-"] += 1
             kind = "rate_limit_unavailable" if decision.unavailable else "rate_limit_error"
@@ -84,7 +86,11 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
+                headers = message.get("headers")
+                if isinstance(headers, list):
+                    headers.extend(extra)  # the message is ours to amend, as with Starlette's MutableHeaders
+                else:
+                    message["headers"] = [*(headers or ()), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

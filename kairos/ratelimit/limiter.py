@@ -14,11 +14,12 @@ from typing import NamedTuple
 
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.ratelimit.memory import MemoryStore
-from kairos.ratelimit.policy import Limit, Policy, compile_policy
+from kairos.ratelimit.policy import Limit, Policy, compile_policy, subject
 from kairos.ratelimit.redis_store import RedisStore, StoreUnavailable
 from kairos.ratelimit.verdict import Verdict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_admitted = tuple.__new__
 _POLICY_CACHE_LIMIT = 1000
 
 Headers = list[tuple[bytes, bytes]]
@@ -38,19 +39,21 @@ class RateLimiter:
         self._redis: dict[str, RedisStore] = {}
         # Keyed by id(): hashing a pydantic model per request costs a microsecond. The config is
         # kept beside its policy, so a recycled id is detected by the identity check.
-        self._policies: dict[int, tuple[RateLimitConfig, Policy]] = {}
+        self._policies: dict[int, tuple[RateLimitConfig, Policy, MemoryStore | RedisStore]] = {}
         self.rejected: Counter[str] = Counter()  # refusals per route template (counted by the middleware)
         self.admitted_without_store = 0  # fail-open decisions while a store was down
 
-    def compile(self, config: RateLimitConfig) -> Policy:
+    def compile(self, config: RateLimitConfig) -> tuple[Policy, MemoryStore | RedisStore]:
+        """The compiled policy and the store it uses, once per distinct config object."""
         cached = self._policies.get(id(config))
         if cached is not None and cached[0] is config:
-            return cached[1]
+            return cached[1], cached[2]
         if len(self._policies) >= _POLICY_CACHE_LIMIT:
             self._policies.clear()
         policy = compile_policy(config)
-        self._policies[id(config)] = (config, policy)
-        return policy
+        store = self.store_for(policy)
+        self._policies[id(config)] = (config, policy, store)
+        return policy, store
 
     def store_for(self, policy: Policy) -> MemoryStore | RedisStore:
         uri = policy.storage_uri
@@ -67,23 +70,37 @@ class RateLimiter:
     def store_failures(self) -> int:
         return sum(store.failures for store in self._redis.values())
 
+    def check_now(
+        self, config: RateLimitConfig, scope_key: str, client_ip: str, user: str | None, route_key: str
+    ) -> Decision | None:
+        """The decision without awaiting, for a one-limit policy kept in memory (the hot path, kept
+        flat); None when the policy needs ``check`` (Redis, Composite)."""
+        policy, store = self.compile(config)
+        if store is not self.memory or len(policy.limits) != 1:
+            return None
+        limit = policy.limits[0]
+        key = (
+            policy.key_heads[0] + ":" + scope_key + ":" + subject(limit.strategy, client_ip, user, route_key)
+        )
+        verdict = self.memory.acquire_one(key, limit)
+        return _decision(policy, [verdict], verdict[0])
+
     async def check(
         self, config: RateLimitConfig, scope_key: str, client_ip: str, user: str | None, route_key: str
     ) -> Decision:
-        policy = self.compile(config)
+        decision = self.check_now(config, scope_key, client_ip, user, route_key)
+        if decision is not None:
+            return decision
+        policy, store = self.compile(config)
         keys = policy.keys(scope_key, client_ip, user, route_key)
-        store = self.store_for(policy)
         try:
-            if store is self.memory:
-                verdicts = self.memory.acquire_now(keys, policy.limits)
-            else:
-                verdicts = await store.acquire(keys, policy.limits)
+            verdicts = await store.acquire(keys, policy.limits)
         except StoreUnavailable:
             if policy.fail_closed:
                 return Decision(False, [(b"retry-after", b"1")], "rate limit store is unavailable", True)
             self.admitted_without_store += 1
             return Decision(True, [])
-        allowed = verdicts[0].allowed if len(verdicts) == 1 else all(verdict.allowed for verdict in verdicts)
+        allowed = all(verdict.allowed for verdict in verdicts)
         return _decision(policy, verdicts, allowed)
 
     async def close(self) -> None:
@@ -111,7 +128,7 @@ def _decision(policy: Policy, verdicts: list[Verdict], allowed: bool) -> Decisio
         (b"ratelimit", limit.name_header + remaining + b";t=" + reset),
     ]
     if allowed:
-        return Decision(True, headers)
+        return _admitted(Decision, (True, headers, "", False))  # NamedTuple's own __new__ costs twice as much
     retry_after = max(1, math.ceil(verdict.retry_after))
     headers.append((b"retry-after", b"%d" % retry_after))
     return Decision(False, headers, _refusal(limit, retry_after))

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from kairos.ratelimit.policy import Limit
-from kairos.ratelimit.verdict import Verdict
+from kairos.ratelimit.verdict import Verdict, make_verdict
 
 MAX_KEYS_PER_LIMIT = 200_000
 _SWEEP_INTERVAL = 0.5  # seconds between sweeps of one limit's keys (a key outlives its use by this much)
@@ -47,28 +47,47 @@ class MemoryStore:
     async def acquire(self, keys: Sequence[str], limits: Sequence[Limit]) -> list[Verdict]:
         return self.acquire_now(keys, limits)
 
+    def acquire_one(self, key: str, limit: Limit) -> Verdict:
+        """The common case (one limit): decide and count in one pass, the state updated in place."""
+        now = self._clock()
+        table = self._tables.get(limit.fingerprint)
+        if table is None or now >= self._next_sweep[limit.fingerprint]:
+            table = self._table(limit, now)
+        state = table.get(key)
+        if state is None:
+            state = _new_state()
+            verdict = _DECIDE[limit.algorithm](limit, state, now, True)
+            if verdict[0]:
+                self._add(table, key, state)
+            return verdict
+        verdict = _DECIDE[limit.algorithm](limit, state, now, True)
+        if verdict[0]:
+            table.move_to_end(key)
+        return verdict
+
     def acquire_now(self, keys: Sequence[str], limits: Sequence[Limit]) -> list[Verdict]:
         """Admit one request against every limit, or against none (nothing is counted then)."""
+        if len(limits) == 1:
+            return [self.acquire_one(keys[0], limits[0])]
         now = self._clock()
-        if len(limits) == 1:  # the common case, without the bookkeeping a composite needs
-            limit, key = limits[0], keys[0]
-            table = self._table(limit, now)
-            verdict, state = decide(limit, table.get(key), now)
-            if verdict.allowed:
-                self._keep(table, key, state, now)
-            return [verdict]
-        decided = []
+        states = []
         for key, limit in zip(keys, limits, strict=True):
             table = self._table(limit, now)
-            verdict, state = decide(limit, table.get(key), now)
-            decided.append((table, key, verdict, state))
-        if all(verdict.allowed for _, _, verdict, _ in decided):
-            for table, key, _, state in decided:
-                self._keep(table, key, state, now)
-        return [verdict for _, _, verdict, _ in decided]
+            states.append((table, key, limit, table.get(key) or _new_state()))
+        verdicts = [_DECIDE[limit.algorithm](limit, state, now, False) for _, _, limit, state in states]
+        if all(verdict[0] for verdict in verdicts):
+            for table, key, limit, state in states:
+                _DECIDE[limit.algorithm](limit, state, now, True)
+                if key in table:
+                    table.move_to_end(key)
+                else:
+                    self._add(table, key, state)
+        return verdicts
 
     def _table(self, limit: Limit, now: float) -> OrderedDict[str, _State]:
         table = self._tables.get(limit.fingerprint)
+        if table is not None and now < self._next_sweep[limit.fingerprint]:
+            return table
         if table is None:
             table = self._tables[limit.fingerprint] = OrderedDict()
             self._next_sweep[limit.fingerprint] = now
@@ -77,10 +96,8 @@ class MemoryStore:
             self._next_sweep[limit.fingerprint] = now + min(_SWEEP_INTERVAL, limit.lifetime / 4)
         return table
 
-    def _keep(self, table: OrderedDict[str, _State], key: str, state: _State, now: float) -> None:
-        state[0] = now
+    def _add(self, table: OrderedDict[str, _State], key: str, state: _State) -> None:
         table[key] = state
-        table.move_to_end(key)
         if len(table) > self._max_keys:
             table.popitem(last=False)
 
@@ -97,45 +114,47 @@ class MemoryStore:
         self._tables.clear()
 
 
-def decide(limit: Limit, state: _State | None, now: float) -> tuple[Verdict, _State]:
-    """The verdict for one more request, and the state to keep if every limit admits it."""
-    if limit.algorithm == "bucket":
-        return _bucket(limit, state, now)
-    if limit.algorithm == "fixed":
-        return _fixed(limit, state, now)
-    return _sliding(limit, state, now)
+def _new_state() -> _State:
+    # touched, then -1 in the slot every algorithm reads first: "no window yet" / "bucket never used".
+    return [0.0, -1.0, 0.0, 0.0]
 
 
-def _fixed(limit: Limit, state: _State | None, now: float) -> tuple[Verdict, _State]:
+def decide(limit: Limit, state: _State, now: float, commit: bool) -> Verdict:
+    """The verdict for one more request; with ``commit`` an admitted request is counted in ``state``."""
+    return _DECIDE[limit.algorithm](limit, state, now, commit)
+
+
+def _fixed(limit: Limit, state: _State, now: float, commit: bool) -> Verdict:
     window = limit.window
     start = math.floor(now / window) * window
-    count = state[2] if state is not None and state[1] == start else 0.0
+    count = state[2] if state[1] == start else 0.0
     reset = start + window - now
     if count + 1 > limit.capacity:
-        return Verdict(False, 0, reset, reset), [now, start, count, 0.0]
+        return make_verdict(False, 0, reset, reset)
     count += 1
-    return Verdict(True, int(limit.capacity - count), reset, 0.0), [now, start, count, 0.0]
+    if commit:
+        state[0], state[1], state[2] = now, start, count
+    return make_verdict(True, int(limit.capacity - count), reset, 0.0)
 
 
-def _sliding(limit: Limit, state: _State | None, now: float) -> tuple[Verdict, _State]:
+def _sliding(limit: Limit, state: _State, now: float, commit: bool) -> Verdict:
     window = limit.window
     start = math.floor(now / window) * window
     current = previous = 0.0
-    if state is not None:
-        if state[1] == start:
-            current, previous = state[2], state[3]
-        elif state[1] == start - window:
-            previous = state[2]
+    if state[1] == start:
+        current, previous = state[2], state[3]
+    elif state[1] == start - window:
+        previous = state[2]
     elapsed = now - start
     used = previous * (window - elapsed) / window + current
     reset = window - elapsed
     if used + 1 > limit.capacity + _EPSILON:
         retry = _sliding_retry(limit.capacity, window, elapsed, current, previous, used)
-        return Verdict(False, 0, reset, retry), [now, start, current, previous]
-    current += 1
-    used += 1
-    remaining = max(0, math.floor(limit.capacity - used + _EPSILON))
-    return Verdict(True, remaining, reset, 0.0), [now, start, current, previous]
+        return make_verdict(False, 0, reset, retry)
+    if commit:
+        state[0], state[1], state[2], state[3] = now, start, current + 1, previous
+    remaining = max(0, math.floor(limit.capacity - used - 1 + _EPSILON))
+    return make_verdict(True, remaining, reset, 0.0)
 
 
 def _sliding_retry(
@@ -151,12 +170,20 @@ def _sliding_retry(
     return wait
 
 
-def _bucket(limit: Limit, state: _State | None, now: float) -> tuple[Verdict, _State]:
+def _bucket(limit: Limit, state: _State, now: float, commit: bool) -> Verdict:
     rate = limit.refill_per_second
-    capacity = float(limit.capacity)
-    tokens = capacity if state is None else min(capacity, state[1] + (now - state[2]) * rate)
+    capacity = limit.capacity
+    tokens = capacity if state[1] < 0 else min(capacity, state[1] + (now - state[2]) * rate)
     if tokens < 1 - _EPSILON:
-        retry = (1 - tokens) / rate
-        return Verdict(False, 0, (capacity - tokens) / rate, retry), [now, tokens, now, 0.0]
+        return make_verdict(False, 0, (capacity - tokens) / rate, (1 - tokens) / rate)
     tokens -= 1
-    return Verdict(True, int(tokens), (capacity - tokens) / rate, 0.0), [now, tokens, now, 0.0]
+    if commit:
+        state[0], state[1], state[2] = now, tokens, now
+    return make_verdict(True, int(tokens), (capacity - tokens) / rate, 0.0)
+
+
+_DECIDE: dict[str, Callable[[Limit, _State, float, bool], Verdict]] = {
+    "fixed": _fixed,
+    "sliding": _sliding,
+    "bucket": _bucket,
+}

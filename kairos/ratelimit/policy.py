@@ -66,13 +66,15 @@ class Policy:
         """One storage key per limit: ``prefix:fingerprint:scope:subject``."""
         tail = ":" + scope_key + ":"
         return [
-            head + tail + _subject(limit.strategy, client_ip, user, route_key)
+            head + tail + subject(limit.strategy, client_ip, user, route_key)
             for head, limit in zip(self.key_heads, self.limits, strict=True)
         ]
 
 
-def _subject(strategy: str, client_ip: str, user: str | None, route_key: str) -> str:
-    # Prefixes keep a user called "1.2.3.4" apart from the client at 1.2.3.4.
+def subject(strategy: str, client_ip: str, user: str | None, route_key: str) -> str:
+    """Who a limit counts. Prefixes keep a user called "1.2.3.4" apart from the client at 1.2.3.4."""
+    if strategy == "PerIP":
+        return "ip=" + client_ip  # the common case first; an IP is always short
     who = (
         f"u={user}" if user is not None and strategy in ("PerUser", "PerUserAndRoute") else f"ip={client_ip}"
     )
