@@ -27,7 +27,13 @@ class Exchange:
     identity: Any = None  # verified claims / API-key consumer, set by auth
     preferred_backend: int | None = None  # set by AI routing
     backend: Backend | None = None  # set by the balancer, per attempt
-    attempt: int = 0
+    attempt: int = 0  # set by retry: 0 for the first try
+    tried: list[Backend] = field(default_factory=list)  # backends earlier attempts used (retry -> balancer)
+    deadline: float | None = None  # time.monotonic() by which every attempt must be done (retry -> proxy)
+    try_timeout: float | None = None  # seconds for one attempt, within the deadline (retry -> proxy)
+    # Why the proxy answered this attempt itself: "connect" (nothing was sent upstream), "timeout",
+    # "error" (reset, bad response); None when the upstream answered (proxy -> retry, breaker).
+    upstream_failure: str | None = None
 
 
 def get_exchange(scope: Scope) -> Exchange:

@@ -125,11 +125,30 @@ class CircuitBreakerConfig(ConfigModel):
     failure_status_codes: tuple[StatusCode, ...] = (500, 502, 503, 504)
 
 
+class PassiveHealthConfig(ConfigModel):
+    """Outlier ejection from live traffic (Envoy's outlier detection): ``consecutive_failures``
+    in a row eject a backend for ``base_ejection_ms`` x times ejected (capped at
+    ``max_ejection_ms``); at most ``max_ejection_percent`` of a route's backends are ejected."""
+
+    enabled: Bool = True
+    consecutive_failures: PositiveInt = 5
+    base_ejection_ms: PositiveInt = 30000
+    max_ejection_ms: PositiveInt = 300000
+    max_ejection_percent: int = Field(50, ge=0, le=100, strict=True)
+
+
 class HealthCheckConfig(ConfigModel):
+    """``health_check``, top level and per route. Active probes go to each backend's
+    ``health_check_path``; ``panic_mode`` (default on) sends traffic to every backend when none is
+    healthy, as Envoy does, instead of refusing everything."""
+
     interval_ms: PositiveInt = 10000
     timeout_ms: PositiveInt = 2000
     healthy_threshold: PositiveInt = 2
     unhealthy_threshold: PositiveInt = 3
+    expected_statuses: tuple[StatusCode, ...] = ()  # empty: any 2xx or 3xx is healthy
+    panic_mode: Bool = True
+    passive: PassiveHealthConfig = Field(default_factory=PassiveHealthConfig)
 
 
 class ServerConfig(ConfigModel):

@@ -110,6 +110,7 @@ class HttpProxy:
         except ClientDisconnected:
             return
         except (TimeoutError, UpstreamTimeout) as exc:
+            exchange.upstream_failure = "timeout"
             if started:
                 raise ResponseAborted(f"{url}: deadline of {route.timeout}s hit mid-response") from exc
             what = (
@@ -121,9 +122,11 @@ class HttpProxy:
         except UpstreamError as exc:
             if _client_left(exc):
                 return
+            connect_failed = isinstance(exc, UpstreamConnectError)
+            exchange.upstream_failure = "connect" if connect_failed else "error"
             if started:
                 raise ResponseAborted(f"{url}: {exc}") from exc
-            kind = "connection refused" if isinstance(exc, UpstreamConnectError) else "error"
+            kind = "connection refused" if connect_failed else "error"
             logger.warning("upstream %s for %s (%s): %s", kind, url, request_id, exc)
             await send_error(send, "upstream", f"Upstream error for {backend.key}: {exc}", request_id)
 
