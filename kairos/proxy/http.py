@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 from starlette.types import Message, Receive, Scope, Send
@@ -77,8 +78,9 @@ class HttpProxy:
             ssl=backend.ssl,
         )
         started = False
+        timeout, per_try = _attempt_timeout(route.timeout, exchange.deadline, exchange.try_timeout)
         try:
-            async with self._deadlines.within(route.timeout):
+            async with self._deadlines.within(timeout):
                 upstream.body = await _request_body(prepared.content_length, prepared.chunked, receive)
                 response = await self._engine_for(backend).send(upstream)
                 try:
@@ -112,12 +114,13 @@ class HttpProxy:
         except (TimeoutError, UpstreamTimeout) as exc:
             exchange.upstream_failure = "timeout"
             if started:
-                raise ResponseAborted(f"{url}: deadline of {route.timeout}s hit mid-response") from exc
-            what = (
-                str(exc)
-                if isinstance(exc, UpstreamTimeout)
-                else f"no complete response within {route.timeout}s"
-            )
+                raise ResponseAborted(f"{url}: deadline of {timeout:.3g}s hit mid-response") from exc
+            if isinstance(exc, UpstreamTimeout):
+                what = str(exc)
+            elif per_try:
+                what = f"no complete response within the per-try timeout of {timeout:.3g}s"
+            else:
+                what = f"no complete response within {route.timeout}s"
             await send_error(send, "timeout", f"Upstream timeout for {route.name}: {what}", request_id)
         except UpstreamError as exc:
             if _client_left(exc):
@@ -129,6 +132,17 @@ class HttpProxy:
             kind = "connection refused" if connect_failed else "error"
             logger.warning("upstream %s for %s (%s): %s", kind, url, request_id, exc)
             await send_error(send, "upstream", f"Upstream error for {backend.key}: {exc}", request_id)
+
+
+def _attempt_timeout(
+    route_timeout: float | None, deadline: float | None, try_timeout: float | None
+) -> tuple[float | None, bool]:
+    """Seconds this attempt may take, and whether the per-try timeout is what bounds it. Without
+    retries the route's ``timeout_ms`` applies; with them, what is left of the shared deadline."""
+    timeout = route_timeout if deadline is None else max(0.0, deadline - time.monotonic())
+    if try_timeout is not None and (timeout is None or try_timeout < timeout):
+        return try_timeout, True
+    return timeout, False
 
 
 async def _stream_response(response: UpstreamResponse, send: Send, receive: Receive, watch: bool) -> None:

@@ -1,0 +1,214 @@
+"""RetryMiddleware: re-runs the stack below it (balancer → breaker → proxy) for another attempt.
+
+Sits just outside BalancerMiddleware, so each attempt gets a fresh backend pick; the attempts a
+request already made are listed in ``Exchange.tried`` and the balancer prefers another backend.
+The route's ``timeout_ms`` becomes ``Exchange.deadline``, shared by all attempts (the proxy bounds
+each attempt by what is left of it, and by ``per_try_timeout_ms``).
+
+Whether to retry is decided when an attempt's response *starts*, before anything reaches the
+client: a retryable answer is swallowed (its small error body is drained, so the circuit breaker
+below still sees a normal outcome) and the next attempt runs after the backoff; a final answer is
+passed through, and from then on nothing is ever retried. The request body is buffered for replay
+up to ``max_replay_bytes``; a larger body is streamed once and its request is not retried.
+
+Without a ``retry`` block a route with several backends still fails over on connect errors (nothing
+was sent, so it is always safe), which kairos-rs did not do (reference §10.9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kairos.config.retry import RetryConfig
+from kairos.exchange import SCOPE_KEY, Exchange
+from kairos.resilience.retry import (
+    FAILOVER_ONLY,
+    RetryBudget,
+    backoff_seconds,
+    may_retry,
+    parse_retry_after,
+)
+from kairos.routing.route import Backend
+
+RetryPolicy = RetryConfig | Callable[[], RetryConfig | None] | None
+_BUDGETS_LIMIT = 10_000
+
+
+class RetryMiddleware:
+    def __init__(self, app: ASGIApp, policy: RetryPolicy = None) -> None:
+        self.app = app
+        self._global = policy
+        self._budgets: dict[str, RetryBudget] = {}
+        self.retries = 0  # attempts after the first, for /metrics
+        self.budget_exhausted = 0  # retries refused by the budget
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange: Exchange | None = scope.get(SCOPE_KEY)
+        route = exchange.route if exchange is not None else None
+        if scope["type"] != "http" or exchange is None or route is None:
+            await self.app(scope, receive, send)
+            return
+        config = route.config.retry
+        if config is None:
+            config = self._global() if callable(self._global) else self._global
+        if config is None:
+            if len(route.backends) < 2:
+                await self.app(scope, receive, send)
+                return
+            config = FAILOVER_ONLY
+        if config.max_retries == 0:
+            await self.app(scope, receive, send)
+            return
+        budget = self._budgets.get(route.key)
+        if budget is None:
+            if len(self._budgets) >= _BUDGETS_LIMIT:
+                self._budgets.clear()
+            budget = self._budgets[route.key] = RetryBudget()
+        budget.request()
+        if route.timeout is not None:
+            exchange.deadline = time.monotonic() + route.timeout
+        if config.per_try_timeout_ms is not None:
+            exchange.try_timeout = config.per_try_timeout_ms / 1000
+        body = await _Body.read(scope, receive, config.max_replay_bytes)
+        if body is None:
+            return  # the client left during the upload
+        await _Attempts(self, config, budget, scope, exchange, body, send).run()
+
+
+class _Body:
+    """The request body, kept for replay when it fits in ``max_replay_bytes``."""
+
+    __slots__ = ("chunks", "complete", "receive", "replayable")
+
+    def __init__(
+        self, chunks: list[bytes], replayable: bool, receive: Receive, complete: bool = True
+    ) -> None:
+        self.chunks = chunks
+        self.replayable = replayable
+        self.receive = receive
+        self.complete = complete  # the whole body is in ``chunks``
+
+    @classmethod
+    async def read(cls, scope: Scope, receive: Receive, limit: int) -> _Body | None:
+        if not _has_body(scope):
+            return cls([], True, receive)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # sent once; the rest (if any) still streams from the client
+                return cls(chunks, False, receive, complete=not message.get("more_body", False))
+            if not message.get("more_body", False):
+                return cls(chunks, True, receive)
+
+    def receiver(self) -> Receive:
+        """A fresh ``receive`` for one attempt: the buffered body, then the client's channel (the
+        rest of an oversized body, or the eventual disconnect)."""
+        pending = list(self.chunks)
+        more = not self.complete
+        if not pending:
+            return self.receive
+
+        async def receive() -> Message:
+            if pending:
+                body = b"".join(pending)
+                pending.clear()
+                return {"type": "http.request", "body": body, "more_body": more}
+            return await self.receive()
+
+        return receive
+
+
+def _picked(exchange: Exchange) -> Backend | None:
+    """The backend the balancer chose for the attempt that just ran (None if it refused)."""
+    return exchange.backend
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return bool(value != b"0")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+class _Attempts:
+    """One request's attempts."""
+
+    def __init__(
+        self,
+        owner: RetryMiddleware,
+        config: RetryConfig,
+        budget: RetryBudget,
+        scope: Scope,
+        exchange: Exchange,
+        body: _Body,
+        send: Send,
+    ) -> None:
+        self.owner = owner
+        self.config = config
+        self.budget = budget
+        self.scope = scope
+        self.exchange = exchange
+        self.body = body
+        self.send = send
+        self.method = scope["method"]
+        self.idempotency_key = any(name == b"idempotency-key" for name, _ in scope["headers"])
+        self.delay = 0.0  # backoff before the next attempt, decided when this one's answer started
+
+    async def run(self) -> None:
+        exchange = self.exchange
+        while True:
+            retry = False
+
+            async def attempt_send(message: Message) -> None:
+                nonlocal retry
+                if message["type"] == "http.response.start":
+                    retry = self._should_retry(message)
+                if not retry:
+                    await self.send(message)
+                # else: the answer of an attempt that will be retried is drained, never sent
+
+            exchange.upstream_failure = None
+            exchange.backend = None
+            await self.owner.app(self.scope, self.body.receiver(), attempt_send)
+            chosen = _picked(exchange)
+            if chosen is not None:
+                exchange.tried.append(chosen)
+            if not retry:
+                return
+            self.owner.retries += 1
+            exchange.attempt += 1
+            if self.delay > 0:
+                await asyncio.sleep(self.delay)
+
+    def _should_retry(self, start: Message) -> bool:
+        exchange, config = self.exchange, self.config
+        if not self.body.replayable or exchange.attempt >= config.max_retries:
+            return False
+        status = start["status"]
+        if not may_retry(config, self.method, self.idempotency_key, status, exchange.upstream_failure):
+            return False
+        retry_after = None
+        for name, value in start.get("headers", ()):
+            if name.lower() == b"retry-after":
+                retry_after = parse_retry_after(value)
+                break
+        delay = backoff_seconds(config, exchange.attempt, retry_after)
+        if exchange.deadline is not None and time.monotonic() + delay >= exchange.deadline:
+            return False  # no time left for another attempt: this answer is the answer
+        if exchange.upstream_failure != "connect" and not self.budget.try_retry(config.budget_percent):
+            self.owner.budget_exhausted += 1
+            return False
+        self.delay = delay
+        return True

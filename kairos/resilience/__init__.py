@@ -1,0 +1,1 @@
+"""Resilience: retry policy, circuit breakers, outlier ejection, active health checks (pure logic)."""
