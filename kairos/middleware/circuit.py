@@ -1,0 +1,178 @@
+"""CircuitBreakerMiddleware: records each attempt's outcome for its backend; fails fast when open.
+
+Innermost, just outside the proxy endpoint and inside BalancerMiddleware, so it sees exactly one
+attempt on one backend (``Exchange.backend``), whatever retries happen outside it. Per attempt:
+
+1. If the backend's circuit refuses calls (open, or half-open with every probe slot taken; the
+   state can change after the balancer picked), answer 503 ``circuit_open`` with ``Retry-After``
+   and never contact the upstream. Otherwise take a half-open probe slot if the circuit is
+   half-open.
+2. Run the inner app, watching the ``http.response.start`` status it sends.
+3. Classify, once, when it returns or raises:
+
+   - failure: the proxy answered itself because the upstream failed (``Exchange.upstream_failure``
+     is ``connect``, ``timeout`` or ``error``: its 502/504), the upstream's status is in
+     ``failure_status_codes``, or the inner app raised (e.g. ``ResponseAborted``: the upstream
+     died mid-body; re-raised);
+   - nothing: nothing was sent and no upstream failure was seen (the client left), or the task was
+     cancelled; a probe slot is just given back;
+   - success: anything else (a 404 from the upstream is the upstream working).
+
+   The outcome goes to the breaker (``circuit_breaker`` block) and to the passive outlier
+   ejector (``health_check.passive``).
+
+WebSocket upgrades: the outcome is the upgrade's. ``websocket.accept`` is a success (recorded at
+once, so a long session holds no probe slot); a refusal before accept (the proxy's 502 when the
+backend refused, or a close) is a failure. What happens later in the session is not recorded.
+
+Per-route blocks win over the top-level ones (``route_policy`` semantics). With neither configured
+the middleware costs two attribute reads and passes through.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kairos.config.policies import CircuitBreakerConfig, HealthCheckConfig, PassiveHealthConfig
+from kairos.errors import reject
+from kairos.exchange import SCOPE_KEY, Exchange
+from kairos.routing.route import Backend, Route
+
+CircuitPolicy = CircuitBreakerConfig | Callable[[], CircuitBreakerConfig | None] | None
+HealthPolicy = HealthCheckConfig | Callable[[], HealthCheckConfig | None] | None
+
+# What counts as a failure for outlier ejection when the route has no circuit_breaker block.
+DEFAULT_FAILURE_STATUSES = CircuitBreakerConfig().failure_status_codes
+
+T = TypeVar("T")
+
+_PROTOCOLS = {"http": ("http",), "websocket": ("http", "websocket")}
+
+
+class CircuitBreakerMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        circuit_breaker: CircuitPolicy = None,
+        health_check: HealthPolicy = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``circuit_breaker`` / ``health_check``: the top-level policies (a value or an accessor);
+        a route's own block wins."""
+        self.app = app
+        self._breaker = _accessor(circuit_breaker)
+        self._health = _accessor(health_check)
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange: Exchange | None = scope.get(SCOPE_KEY)
+        if exchange is None or exchange.backend is None or exchange.route is None:
+            await self.app(scope, receive, send)  # no backend picked: nothing to judge
+            return
+        route = exchange.route
+        config = route.config
+        breaker = config.circuit_breaker
+        if breaker is None:
+            breaker = self._breaker()
+        health = config.health_check
+        if health is None:
+            health = self._health()
+        passive = health.passive if health is not None and health.passive.enabled else None
+        if (breaker is None and passive is None) or config.protocol not in _PROTOCOLS.get(scope["type"], ()):
+            await self.app(scope, receive, send)  # off, or no upstream call below (e.g. an FTP route)
+            return
+        await self._attempt(scope, receive, send, exchange, route, exchange.backend, breaker, passive)
+
+    async def _attempt(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+        route: Route,
+        backend: Backend,
+        config: CircuitBreakerConfig | None,
+        passive: PassiveHealthConfig | None,
+    ) -> None:
+        state = backend.state
+        breaker = state.breaker
+        clock = self._clock
+        ticket: int | None = None
+        if config is not None:
+            now = clock()
+            if breaker.blocks(now):
+                wait = max(1, math.ceil(breaker.retry_after(now)))
+                await reject(
+                    scope,
+                    send,
+                    "circuit_open",
+                    f"Circuit open for {backend.key}",
+                    exchange.request_id,
+                    headers=[(b"retry-after", str(wait).encode())],
+                )
+                return
+            ticket = breaker.acquire(config, now)
+        codes = config.failure_status_codes if config is not None else DEFAULT_FAILURE_STATUSES
+        settled = False
+        status: int | None = None
+        refused = False  # a WebSocket closed before it was accepted
+
+        def settle(failed: bool | None) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            if failed is None:
+                breaker.release(ticket)
+                return
+            now = clock()
+            if config is not None:
+                breaker.record(config, failed, now, ticket)
+            if passive is not None:
+                if failed:
+                    state.outlier.failure(passive, now, (b.state.outlier for b in route.backends))
+                else:
+                    state.outlier.success()
+
+        async def observe(message: Message) -> None:
+            nonlocal status, refused
+            kind = message["type"]
+            if kind == "http.response.start" or kind == "websocket.http.response.start":
+                status = message["status"]
+            elif kind == "websocket.accept":
+                settle(False)
+            elif kind == "websocket.close" and not settled:
+                refused = True
+            await send(message)
+
+        exchange.upstream_failure = None  # this attempt's, set by the proxy below
+        try:
+            await self.app(scope, receive, observe)
+        except Exception:
+            settle(True)
+            raise
+        except BaseException:  # cancelled: no outcome
+            settle(None)
+            raise
+        if exchange.upstream_failure is not None or refused:
+            settle(True)
+        elif status is not None:
+            settle(status in codes)
+        else:
+            settle(None)  # nothing was sent: the client left
+
+
+def _accessor(policy: T | Callable[[], T | None] | None) -> Callable[[], T | None]:
+    """A zero-argument accessor for a policy given as a value or as an accessor."""
+    if callable(policy):
+        return policy
+
+    def value() -> T | None:
+        return policy
+
+    return value
