@@ -36,6 +36,7 @@ STATUS_BY_TYPE = {
     "upstream": 502,
     "config": 502,
     "circuit_open": 503,
+    "upstream_unavailable": 503,
     "timeout": 504,
 }
 

@@ -38,6 +38,8 @@ from kairos.proxy.engine import UpstreamEngine
 from kairos.proxy.headers import ClientAddress
 from kairos.proxy.httpx_engine import HttpxEngine
 from kairos.ratelimit.limiter import RateLimiter
+from kairos.resilience.health import HealthChecker
+from kairos.resilience.panic import PanicTracker
 from kairos.routing.matcher import RouteTable
 from kairos.routing.route import Backend, BackendState, compile_route
 from kairos.settings import Settings
@@ -73,6 +75,8 @@ class Gateway:
         self.deadlines = DeadlineWatch()
         self.websocket_connections = 0
         self.rate_limiter = RateLimiter(settings.redis_url)
+        self.panic = PanicTracker()  # routes in panic mode (balancer), for /metrics
+        self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
         self._explicit_config = config
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -112,6 +116,7 @@ class Gateway:
         self.config = loaded.config
         self.config_source = loaded.source
         self.table = table
+        self.health_checker.update(table.routes, config.health_check)  # re-plans the probes
         self.generation += 1
         for warning in loaded.warnings:
             logger.warning("config %s: %s", loaded.source, warning)
@@ -181,6 +186,7 @@ class Gateway:
                         logger.error("config %s: %s", exc.source, problem)
                     raise
             await self.default_engine.start()
+            await self.health_checker.start()
             if self.jwks is not None:
                 self.jwks.start()  # in the background: a JWKS endpoint that is down never blocks startup
             if any(backend.http2 for route in self.table.routes for backend in route.backends):
@@ -194,6 +200,7 @@ class Gateway:
             await self.startup()
 
     async def shutdown(self) -> None:
+        await self.health_checker.stop()
         await self.deadlines.stop()
         if self.jwks is not None:
             await self.jwks.stop()

@@ -16,10 +16,12 @@ from kairos.gateway import Gateway
 from kairos.middleware.auth import AuthMiddleware
 from kairos.middleware.balancer import BalancerMiddleware
 from kairos.middleware.bodylimit import BodyLimitMiddleware
+from kairos.middleware.circuit import CircuitBreakerMiddleware
 from kairos.middleware.context import ExchangeMiddleware
 from kairos.middleware.cors import CorsMiddleware
 from kairos.middleware.ipfilter import IpFilterMiddleware
 from kairos.middleware.ratelimit import RateLimitMiddleware
+from kairos.middleware.retry import RetryMiddleware
 from kairos.middleware.routing import RouteMiddleware
 from kairos.middleware.security import SecurityHeadersMiddleware
 from kairos.proxy.endpoint import ProtocolEndpoint
@@ -47,7 +49,13 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
         http=HttpProxy(gateway.engine_for, gateway.is_trusted_proxy, gateway.deadlines),
         websocket=WebSocketProxy(gateway.is_trusted_proxy, on_open=count_websockets),
     )
-    app = BalancerMiddleware(app)
+    # Circuit breaking + passive outlier ejection: innermost, so it sees one attempt on one backend.
+    breakers = _live(gateway, lambda c: c.circuit_breaker)
+    health = _live(gateway, lambda c: c.health_check)
+    app = CircuitBreakerMiddleware(app, breakers, health)
+    app = BalancerMiddleware(app, breakers, health, panic=gateway.panic)
+    # Retry: outside the balancer so every attempt picks a backend afresh (another one if it can).
+    app = RetryMiddleware(app)
     # Body limits: after auth and rate limits (a refused request never costs a body check), before
     # anything that would buffer the body (cache, transforms, retry replay).
     app = BodyLimitMiddleware(app, _live(gateway, lambda c: c.max_body_size))

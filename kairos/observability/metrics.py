@@ -9,6 +9,7 @@ request nothing extra. Request/latency histograms come with the observability wo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
+
+from kairos.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 
 if TYPE_CHECKING:
     from kairos.gateway import Gateway
@@ -55,6 +58,26 @@ class GatewayCollector(Collector):
             "Requests admitted without a decision because the store was down (fail-open)",
             value=limiter.admitted_without_store,
         )
+        yield from _resilience(gateway)
+        checker = gateway.health_checker
+        health = GaugeMetricFamily(
+            "kairos_upstream_health",
+            "Active health check verdict per probed backend: 1 on the current state label",
+            labels=["backend", "state"],
+        )
+        for backend, healthy in checker.states().items():
+            health.add_metric([backend, "healthy"], 1 if healthy else 0)
+            health.add_metric([backend, "unhealthy"], 0 if healthy else 1)
+        yield health
+        probes = CounterMetricFamily(
+            "kairos_upstream_health_checks",
+            "Active health probes by result (success, failure = unexpected status, timeout, error)",
+            labels=["backend", "result"],
+        )
+        for backend, counts in sorted(checker.results.items()):
+            for result, count in counts.items():
+                probes.add_metric([backend, result], count)
+        yield probes
 
 
 class MetricsEndpoint:
@@ -64,3 +87,39 @@ class MetricsEndpoint:
 
     async def render(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _resilience(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Circuit breakers and outlier ejection per backend (every backend of the live config), and
+    panic mode (read from BackendState and the PanicTracker at scrape time)."""
+    now = time.monotonic()
+    states = sorted(gateway.backend_states.items())
+    circuit = GaugeMetricFamily(
+        "kairos_circuit_breaker_state",
+        "Circuit breaker state per backend: 1 on the current state label",
+        labels=["backend", "state"],
+    )
+    opened = CounterMetricFamily(
+        "kairos_circuit_breaker_opened", "Times a backend's circuit opened", labels=["backend"]
+    )
+    ejected = GaugeMetricFamily(
+        "kairos_outlier_ejected", "1 while a backend is ejected by outlier detection", labels=["backend"]
+    )
+    ejections = CounterMetricFamily(
+        "kairos_outlier_ejections", "Times a backend was ejected by outlier detection", labels=["backend"]
+    )
+    for key, state in states:
+        current = state.breaker.state_at(now)
+        for name in (CLOSED, OPEN, HALF_OPEN):
+            circuit.add_metric([key, name], 1 if name == current else 0)
+        opened.add_metric([key], state.breaker.opened)
+        ejected.add_metric([key], 1 if state.outlier.ejected(now) else 0)
+        ejections.add_metric([key], state.outlier.ejections)
+    yield from (circuit, opened, ejected, ejections)
+    panic = gateway.panic
+    yield CounterMetricFamily(
+        "kairos_panic_mode",
+        "Panic-mode episodes: a route had no healthy backend and used them all",
+        value=panic.episodes,
+    )
+    yield GaugeMetricFamily("kairos_panic_mode_routes", "Routes in panic mode now", value=len(panic.active))

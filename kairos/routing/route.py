@@ -2,9 +2,9 @@
 
 Built once per config generation from the validated config. Everything a request needs is
 precomputed here (method sets, the ``Allow`` header, the upstream base URL, the path builder), so
-the hot path only reads attributes. Mutable per-backend state (in-flight counts, later health and
-circuit state) lives in ``BackendState``, shared by every route that uses the same scheme+host+port
-and carried across reloads by the gateway's registry.
+the hot path only reads attributes. Mutable per-backend state (in-flight counts, health, outlier
+ejection and circuit state) lives in ``BackendState``, shared by every route that uses the same
+scheme+host+port and carried across reloads by the gateway's registry.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 from kairos.config.model import HTTP_METHODS, RouteConfig
 from kairos.proxy.tls import client_context
+from kairos.resilience.breaker import CircuitBreaker
+from kairos.resilience.outlier import OutlierDetector
 from kairos.routing.template import (
     SEGMENT_SAFE,
     CatchAll,
@@ -35,11 +37,21 @@ _HTTP_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 @dataclass(slots=True, eq=False)
 class BackendState:
-    """Runtime facts about one upstream server, shared across routes and config reloads."""
+    """Runtime facts about one upstream server, shared across routes and config reloads.
+
+    ``healthy`` is set by active health checks, ``outlier`` by passive outlier ejection and
+    ``breaker`` by the circuit breaker, each from the traffic of every route using the backend.
+    """
 
     key: str
     in_flight: int = 0
     healthy: bool = True
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    outlier: OutlierDetector = field(default_factory=OutlierDetector)
+
+    def available(self, now: float) -> bool:
+        """Healthy, not ejected, and its circuit lets a call through (``now``: time.monotonic())."""
+        return self.healthy and not self.outlier.ejected(now) and not self.breaker.blocks(now)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
