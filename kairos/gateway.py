@@ -40,6 +40,7 @@ from kairos.proxy.httpx_engine import HttpxEngine
 from kairos.ratelimit.limiter import RateLimiter
 from kairos.resilience.health import HealthChecker
 from kairos.resilience.panic import PanicTracker
+from kairos.resilience.retry import RetryStats
 from kairos.routing.matcher import RouteTable
 from kairos.routing.route import Backend, BackendState, compile_route
 from kairos.settings import Settings
@@ -76,6 +77,7 @@ class Gateway:
         self.websocket_connections = 0
         self.rate_limiter = RateLimiter(settings.redis_url)
         self.panic = PanicTracker()  # routes in panic mode (balancer), for /metrics
+        self.retry_stats = RetryStats()  # kept by the RetryMiddleware, for /metrics
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
         self._explicit_config = config
         self._started = False

@@ -55,7 +55,7 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     app = CircuitBreakerMiddleware(app, breakers, health)
     app = BalancerMiddleware(app, breakers, health, panic=gateway.panic)
     # Retry: outside the balancer so every attempt picks a backend afresh (another one if it can).
-    app = RetryMiddleware(app)
+    app = RetryMiddleware(app, stats=gateway.retry_stats)
     # Body limits: after auth and rate limits (a refused request never costs a body check), before
     # anything that would buffer the body (cache, transforms, retry replay).
     app = BodyLimitMiddleware(app, _live(gateway, lambda c: c.max_body_size))

@@ -187,3 +187,14 @@ def test_the_retry_budget_stops_retry_storms(client: httpx.Client, scripted: lis
     assert [client.get("/budget/storm").status_code for _ in range(20)] == [503] * 20
     # budget_percent 0: only the always-allowed minimum of retries in the window.
     assert len(log(a, "storm")) == 20 + MIN_RETRIES
+
+
+def test_retries_are_counted_in_metrics(client: httpx.Client) -> None:
+    metrics = client.get("/metrics").text
+    counts = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(("kairos_retries_total", "kairos_retry_budget_exhausted_total"))
+    }
+    assert counts["kairos_retries_total"] >= 10  # the retries made by the tests above
+    assert counts["kairos_retry_budget_exhausted_total"] >= 1  # the storm the budget stopped

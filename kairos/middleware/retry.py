@@ -28,6 +28,7 @@ from kairos.exchange import SCOPE_KEY, Exchange
 from kairos.resilience.retry import (
     FAILOVER_ONLY,
     RetryBudget,
+    RetryStats,
     backoff_seconds,
     may_retry,
     parse_retry_after,
@@ -39,12 +40,11 @@ _BUDGETS_LIMIT = 10_000
 
 
 class RetryMiddleware:
-    def __init__(self, app: ASGIApp, policy: RetryPolicy = None) -> None:
+    def __init__(self, app: ASGIApp, policy: RetryPolicy = None, stats: RetryStats | None = None) -> None:
         self.app = app
         self._global = policy
         self._budgets: dict[str, RetryBudget] = {}
-        self.retries = 0  # attempts after the first, for /metrics
-        self.budget_exhausted = 0  # retries refused by the budget
+        self.stats = stats if stats is not None else RetryStats()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange: Exchange | None = scope.get(SCOPE_KEY)
@@ -187,7 +187,7 @@ class _Attempts:
                 exchange.tried.append(chosen)
             if not retry:
                 return
-            self.owner.retries += 1
+            self.owner.stats.retries += 1
             exchange.attempt += 1
             if self.delay > 0:
                 await asyncio.sleep(self.delay)
@@ -208,7 +208,7 @@ class _Attempts:
         if exchange.deadline is not None and time.monotonic() + delay >= exchange.deadline:
             return False  # no time left for another attempt: this answer is the answer
         if exchange.upstream_failure != "connect" and not self.budget.try_retry(config.budget_percent):
-            self.owner.budget_exhausted += 1
+            self.owner.stats.budget_exhausted += 1
             return False
         self.delay = delay
         return True

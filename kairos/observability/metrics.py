@@ -123,3 +123,8 @@ def _resilience(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricF
         value=panic.episodes,
     )
     yield GaugeMetricFamily("kairos_panic_mode_routes", "Routes in panic mode now", value=len(panic.active))
+    retries = gateway.retry_stats
+    yield CounterMetricFamily("kairos_retries", "Attempts after the first (retries)", value=retries.retries)
+    yield CounterMetricFamily(
+        "kairos_retry_budget_exhausted", "Retries refused by the retry budget", value=retries.budget_exhausted
+    )

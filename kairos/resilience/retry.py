@@ -78,6 +78,16 @@ def parse_retry_after(value: bytes, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+class RetryStats:
+    """Counters the RetryMiddleware keeps and /metrics reads (owned by the Gateway)."""
+
+    __slots__ = ("budget_exhausted", "retries")
+
+    def __init__(self) -> None:
+        self.retries = 0  # attempts after the first
+        self.budget_exhausted = 0  # retries the budget refused
+
+
 class RetryBudget:
     """Requests and retries of one route over a sliding window of two half-window buckets."""
 
