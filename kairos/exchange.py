@@ -34,6 +34,9 @@ class Exchange:
     # Why the proxy answered this attempt itself: "connect" (nothing was sent upstream), "timeout",
     # "error" (reset, bad response); None when the upstream answered (proxy -> retry, breaker).
     upstream_failure: str | None = None
+    # The upstream path and query a path rewrite produced, e.g. "/v2/items?x=1" (transform -> proxy);
+    # None: the route's internal_path and the request's query, as usual.
+    upstream_target: str | None = None
 
 
 def get_exchange(scope: Scope) -> Exchange:

@@ -214,10 +214,13 @@ def prepare_upstream(
     route, backend = exchange.route, exchange.backend
     assert route is not None and backend is not None
     base = backend.ws_base if websocket else backend.http_base
-    url = base + route.upstream_path.build(exchange.params)
-    query = scope.get("query_string")
-    if query:
-        url += "?" + query.decode("latin-1")
+    if exchange.upstream_target is not None:  # set by a transformation's path rewrite
+        url = base + exchange.upstream_target
+    else:
+        url = base + route.upstream_path.build(exchange.params)
+        query = scope.get("query_string")
+        if query:
+            url += "?" + query.decode("latin-1")
     client = scope.get("client")
     peer = client[0] if client else "unknown"
     scheme: str = scope.get("scheme") or "http"

@@ -306,7 +306,7 @@ def test_status_mapping_conditions() -> None:
 
     where = "routers[0].response_transformation.status_code_mappings[0].condition"
     assert errors(mapping({"header": "X-A", "path": "^/v1"})) == [
-        f"{where}: a condition needs exactly one of `header` or `path`"
+        f"{where}: a condition needs exactly one of `header`, `query`, `path`, `status` or `response_header`"
     ]
     assert errors(mapping({"header": "X-A", "matches": "("})) == [
         f"{where}.matches: invalid regular expression: "
