@@ -19,6 +19,7 @@ from typing import Any
 from kairos import __version__
 from kairos.auth.authenticator import Authenticator
 from kairos.auth.jwks import JwksFetcher
+from kairos.cache.manager import ResponseCache
 from kairos.config import (
     ConfigError,
     GatewayConfig,
@@ -78,6 +79,8 @@ class Gateway:
         self.rate_limiter = RateLimiter(settings.redis_url)
         self.panic = PanicTracker()  # routes in panic mode (balancer), for /metrics
         self.retry_stats = RetryStats()  # kept by the RetryMiddleware, for /metrics
+        # Response cache stores (memory per route, Redis per URL) + coalescing; purge() for admin.
+        self.cache = ResponseCache(settings.redis_url, routes=lambda: self.table.routes)
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
         self._explicit_config = config
         self._started = False
@@ -209,6 +212,7 @@ class Gateway:
         await self.default_engine.close()
         await self.http2_engine.close()
         await self.rate_limiter.close()
+        await self.cache.close()
         self._started = False
 
     @asynccontextmanager

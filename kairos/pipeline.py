@@ -16,7 +16,9 @@ from kairos.gateway import Gateway
 from kairos.middleware.auth import AuthMiddleware
 from kairos.middleware.balancer import BalancerMiddleware
 from kairos.middleware.bodylimit import BodyLimitMiddleware
+from kairos.middleware.cache import CacheMiddleware
 from kairos.middleware.circuit import CircuitBreakerMiddleware
+from kairos.middleware.compression import CompressionMiddleware
 from kairos.middleware.context import ExchangeMiddleware
 from kairos.middleware.cors import CorsMiddleware
 from kairos.middleware.ipfilter import IpFilterMiddleware
@@ -24,6 +26,7 @@ from kairos.middleware.ratelimit import RateLimitMiddleware
 from kairos.middleware.retry import RetryMiddleware
 from kairos.middleware.routing import RouteMiddleware
 from kairos.middleware.security import SecurityHeadersMiddleware
+from kairos.middleware.transform import TransformMiddleware
 from kairos.proxy.endpoint import ProtocolEndpoint
 from kairos.proxy.http import HttpProxy
 from kairos.proxy.websocket import WebSocketProxy
@@ -56,6 +59,12 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     app = BalancerMiddleware(app, breakers, health, panic=gateway.panic)
     # Retry: outside the balancer so every attempt picks a backend afresh (another one if it can).
     app = RetryMiddleware(app, stats=gateway.retry_stats)
+    # Transformations: outside retry (rules apply once, every attempt sends the same request), after
+    # rate limits and the cache (a cached answer is already transformed).
+    app = TransformMiddleware(app)
+    # Response cache: outside everything that calls upstreams (a hit costs none of them), inside
+    # auth (keys by identity) and rate limits (a hit still counts); routes without `cache` pass free.
+    app = CacheMiddleware(app, gateway.cache)
     # Body limits: after auth and rate limits (a refused request never costs a body check), before
     # anything that would buffer the body (cache, transforms, retry replay).
     app = BodyLimitMiddleware(app, _live(gateway, lambda c: c.max_body_size))
@@ -67,6 +76,9 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     # route without OPTIONS when this layer will answer it (see routing.py).
     app = cors = CorsMiddleware(app, _live(gateway, lambda c: c.cors))
     app = RouteMiddleware(app, table=gateway.current_table, preflight=cors.answers_preflight)
+    # Compression: inside the Exchange (its last guard covers it), outside everything that answers,
+    # so cache hits and CORS/auth answers are compressed too; small gateway errors stay as they are.
+    app = CompressionMiddleware(app, _live(gateway, lambda c: c.compression))
     app = ExchangeMiddleware(
         app, resolve_client_ip=gateway.resolve_client_ip, before_first_request=gateway.ensure_started
     )

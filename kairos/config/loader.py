@@ -20,12 +20,15 @@ from pydantic import BaseModel, ValidationError
 
 from kairos.config.model import NO_BACKENDS, GatewayConfig, RouteConfig
 from kairos.config.problems import ConfigError, Problem, format_path, problems_from_validation_error
+from kairos.config.transform import check_transformations
 from kairos.routing.template import parse_template
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 # ${NAME} or ${NAME:-default}; upper-case names only, so lower-case runtime variables such as
 # ${client_ip} or ${path.id} (used by transformations) are left alone. $${X} escapes to ${X}.
-_ENV_REF = re.compile(r"\$(\$?)\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+# ${env.NAME} (any case, the transformations' spelling) is the same reference; $${env.X} is left
+# as written for the transformation templates, which read it as the literal text ${env.X}.
+_ENV_REF = re.compile(r"\$(\$?)\{(env\.[A-Za-z_][A-Za-z0-9_]*|[A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass(slots=True)
@@ -105,12 +108,23 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
                 errors.extend(found)
                 continue
             errors.extend(check_route(route, ("routers", index)))
+            found, noticed = check_transformations(
+                route.request_transformation,
+                route.response_transformation,
+                parse_template(route.external_path).param_names,
+                ("routers", index),
+            )
+            errors.extend(found)
+            warnings.extend(noticed)
             routes.append((index, route))
         if not routes_raw:
             warnings.append(Problem("routers", "is empty: every request will get 404 route_not_found"))
 
     if top is not None:
         warnings.extend(unknown_keys(top, ()))
+        if top.compression is not None:
+            for name in top.compression.unavailable_algorithms():
+                warnings.append(Problem("compression.algorithms", f"{name}: its package is not installed"))
     # Run even when the top level failed (say `version` is wrong): what matters is whether the file
     # has the sections at all.
     has_jwt = top.jwt is not None if top is not None else bool(raw.get("jwt") or raw.get("jwt_secret"))
@@ -152,7 +166,8 @@ def substitute_env(
         def replace(match: re.Match[str]) -> str:
             escaped, name, default = match.groups()
             if escaped:
-                return match.group(0)[1:]
+                return match.group(0) if name.startswith("env.") else match.group(0)[1:]
+            name = name.removeprefix("env.")
             if name in environ:
                 return environ[name]
             if default is not None:

@@ -6,6 +6,7 @@ check a full config today and warn about misspelt keys.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -23,17 +24,48 @@ from kairos.config.base import (
 
 
 class CacheConfig(ConfigModel):
+    """``cache`` per route (kairos/middleware/cache.py). ``max_size`` entries and ``memory_bytes``
+    bound the route's in-memory LRU; ``max_bytes`` bounds one stored response (larger ones stream
+    through uncached); ``ttl_secs`` applies when the upstream sends no ``max-age``/``s-maxage``
+    (0: cache only what the upstream marks fresh). ``storage_uri``: ``memory://`` or a Redis URL
+    (default: ``KAIROS_REDIS_URL`` when set, else memory)."""
+
     enabled: Bool = True
     ttl_secs: NonNegativeInt = 60
     max_size: PositiveInt = 1000
     max_bytes: PositiveInt = 1024 * 1024
+    memory_bytes: PositiveInt = 64 * 1024 * 1024
     coalesce: Bool = False
     vary_headers: tuple[Str, ...] = ()
     cache_authenticated: Bool = False
     storage_uri: Str | None = None
 
+    @field_validator("vary_headers")
+    @classmethod
+    def _vary_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"not a valid header name: {name!r}")
+        return tuple(dict.fromkeys(name.lower() for name in names))
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage(cls, uri: str | None) -> str | None:
+        if uri is not None and uri.split("://", 1)[0].lower() not in ("memory", "redis", "rediss", "unix"):
+            raise ValueError("must be memory://, redis://, rediss:// or unix://")
+        return uri
+
+
+# Algorithms that need a package beyond the standard library, and the modules that provide them.
+COMPRESSION_MODULES: dict[str, tuple[str, ...]] = {"brotli": ("brotli", "brotlicffi"), "zstd": ("zstandard",)}
+
 
 class CompressionConfig(ConfigModel):
+    """``compression``, top level (kairos/middleware/compression.py). ``level`` (1-9) is used as is
+    by every algorithm (gzip/deflate level, brotli quality, zstd level); ``algorithms`` is the
+    server's order of preference; ``content_types`` are media types (``text/*`` allowed), matched
+    without parameters. An algorithm whose package is missing is skipped (a warning at load)."""
+
     enabled: Bool = True
     level: int = Field(6, ge=1, le=9, strict=True)
     min_size: NonNegativeInt = 1024
@@ -49,6 +81,32 @@ class CompressionConfig(ConfigModel):
         "image/svg+xml",
     )
     algorithms: tuple[Literal["gzip", "brotli", "deflate", "zstd"], ...] = Field(("gzip",), min_length=1)
+
+    @field_validator("content_types")
+    @classmethod
+    def _media_types(cls, types: tuple[str, ...]) -> tuple[str, ...]:
+        result = []
+        for text in types:
+            media = text.partition(";")[0].strip().lower()
+            kind, slash, sub = media.partition("/")
+            if not (slash and HEADER_NAME.match(kind) and (sub == "*" or HEADER_NAME.match(sub))):
+                raise ValueError(f"not a media type: {text!r} (type/subtype or type/*)")
+            result.append(media)
+        return tuple(dict.fromkeys(result))
+
+    @field_validator("algorithms")
+    @classmethod
+    def _unique(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(names))
+
+    def unavailable_algorithms(self) -> tuple[str, ...]:
+        """Configured algorithms none of whose modules is installed (skipped at run time)."""
+        return tuple(
+            name
+            for name in self.algorithms
+            if name in COMPRESSION_MODULES
+            and not any(importlib.util.find_spec(module) for module in COMPRESSION_MODULES[name])
+        )
 
 
 class CorsConfig(ConfigModel):

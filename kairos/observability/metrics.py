@@ -59,6 +59,7 @@ class GatewayCollector(Collector):
             value=limiter.admitted_without_store,
         )
         yield from _resilience(gateway)
+        yield from _cache(gateway)
         checker = gateway.health_checker
         health = GaugeMetricFamily(
             "kairos_upstream_health",
@@ -127,4 +128,27 @@ def _resilience(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricF
     yield CounterMetricFamily("kairos_retries", "Attempts after the first (retries)", value=retries.retries)
     yield CounterMetricFamily(
         "kairos_retry_budget_exhausted", "Retries refused by the retry budget", value=retries.budget_exhausted
+    )
+
+
+def _cache(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Response cache: lookups by result (hit, miss, bypass, coalesced = a waiter got a shared
+    error), and what the in-memory stores hold (Redis-held entries are Redis's to report)."""
+    cache = gateway.cache
+    requests = CounterMetricFamily(
+        "kairos_cache_requests", "Cacheable requests by cache result", labels=["result"]
+    )
+    for result, count in sorted(cache.results.items()):
+        requests.add_metric([result], count)
+    yield requests
+    yield GaugeMetricFamily(
+        "kairos_cache_entries", "Entries in the in-memory cache", value=cache.memory_entries
+    )
+    yield GaugeMetricFamily(
+        "kairos_cache_bytes", "Bytes held by the in-memory cache", value=cache.memory_bytes
+    )
+    yield CounterMetricFamily(
+        "kairos_cache_store_errors",
+        "Cache operations the shared store (Redis) failed",
+        value=cache.store_errors,
     )
