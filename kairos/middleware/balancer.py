@@ -31,19 +31,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.config.policies import CircuitBreakerConfig, HealthCheckConfig
 from kairos.errors import reject
 from kairos.exchange import Exchange, get_exchange
+from kairos.middleware.context import as_accessor
 from kairos.resilience.panic import PanicTracker
 from kairos.routing.route import Backend, BackendState, Route
 
 CircuitPolicy = CircuitBreakerConfig | Callable[[], CircuitBreakerConfig | None] | None
 HealthPolicy = HealthCheckConfig | Callable[[], HealthCheckConfig | None] | None
-T = TypeVar("T")
 
 
 class BalancerMiddleware:
@@ -58,8 +57,8 @@ class BalancerMiddleware:
         """``circuit_breaker`` / ``health_check``: the top-level policies (a value, or an accessor
         the gateway passes so a reload applies at once); a route's own block wins."""
         self.app = app
-        self._breaker = _accessor(circuit_breaker)
-        self._health = _accessor(health_check)
+        self._breaker = as_accessor(circuit_breaker)
+        self._health = as_accessor(health_check)
         self.panic = panic if panic is not None else PanicTracker()
         self._clock = clock
 
@@ -161,14 +160,3 @@ def _usable(state: BackendState, now: float, breakers: bool, health: bool) -> bo
     if health and (not state.healthy or state.outlier.ejected(now)):
         return False
     return not (breakers and state.breaker.blocks(now))
-
-
-def _accessor(policy: T | Callable[[], T | None] | None) -> Callable[[], T | None]:
-    """A zero-argument accessor for a policy given as a value or as an accessor."""
-    if callable(policy):
-        return policy
-
-    def value() -> T | None:
-        return policy
-
-    return value

@@ -34,13 +34,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.config.policies import CircuitBreakerConfig, HealthCheckConfig, PassiveHealthConfig
 from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY, Exchange
+from kairos.middleware.context import as_accessor
 from kairos.routing.route import Backend, Route
 
 CircuitPolicy = CircuitBreakerConfig | Callable[[], CircuitBreakerConfig | None] | None
@@ -49,7 +49,6 @@ HealthPolicy = HealthCheckConfig | Callable[[], HealthCheckConfig | None] | None
 # What counts as a failure for outlier ejection when the route has no circuit_breaker block.
 DEFAULT_FAILURE_STATUSES = CircuitBreakerConfig().failure_status_codes
 
-T = TypeVar("T")
 
 _PROTOCOLS = {"http": ("http",), "websocket": ("http", "websocket")}
 
@@ -65,8 +64,8 @@ class CircuitBreakerMiddleware:
         """``circuit_breaker`` / ``health_check``: the top-level policies (a value or an accessor);
         a route's own block wins."""
         self.app = app
-        self._breaker = _accessor(circuit_breaker)
-        self._health = _accessor(health_check)
+        self._breaker = as_accessor(circuit_breaker)
+        self._health = as_accessor(health_check)
         self._clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -165,14 +164,3 @@ class CircuitBreakerMiddleware:
             settle(status in codes)
         else:
             settle(None)  # nothing was sent: the client left
-
-
-def _accessor(policy: T | Callable[[], T | None] | None) -> Callable[[], T | None]:
-    """A zero-argument accessor for a policy given as a value or as an accessor."""
-    if callable(policy):
-        return policy
-
-    def value() -> T | None:
-        return policy
-
-    return value

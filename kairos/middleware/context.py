@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +20,8 @@ from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY, Exchange
 
 logger = logging.getLogger("kairos")
+
+T = TypeVar("T")
 
 _MAX_ID = 128
 
@@ -70,6 +72,18 @@ class ExchangeMiddleware:
             await self.app(scope, receive, send)
         except Exception as exc:
             await _internal_error(scope, send, exc, exchange.request_id)
+
+
+def as_accessor(policy: T | Callable[[], T | None] | None) -> Callable[[], T | None]:
+    """A zero-argument accessor for a policy given as a value or as an accessor (the gateway passes
+    accessors so a reload is seen at once; a standalone user passes the value)."""
+    if callable(policy):
+        return policy
+
+    def value() -> T | None:
+        return policy
+
+    return value
 
 
 def route_policy(scope: Scope, attribute: str, fallback: Any) -> Any:
