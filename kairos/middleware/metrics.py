@@ -1,0 +1,247 @@
+"""MetricsMiddleware: request counts and latency histograms, outermost in the gateway pipeline.
+
+Outermost so it sees every request, the rejections included (404/405 from routing, 401/403, 429,
+the last guard's 500). Per HTTP request it records:
+
+- ``kairos_requests_total{route,method,code,source}``: ``route`` is the matched route's template
+  (``Route.name``, e.g. ``/users/{id}``) or ``(unmatched)``, never the raw path; ``method`` is one
+  of the standard methods or ``OTHER``; ``source`` is ``gateway`` when the response start carries
+  ``errors.GENERATED`` (the gateway answered itself) and ``upstream`` otherwise;
+- ``kairos_request_duration_seconds{route,method}``: from the ASGI call to the end of the response;
+- ``kairos_upstream_duration_seconds{route}``: the upstream's time to its response head, which the
+  HTTP proxy leaves in ``Exchange.upstream_seconds`` (the last attempt's, with retries);
+- ``kairos_overhead_duration_seconds``: request duration minus upstream duration, for requests
+  that reached an upstream (the gateway's own time, body relay included);
+- ``kairos_requests_in_flight``.
+
+WebSocket scopes count the upgrade outcome only (101 when accepted, else the refusal's status),
+recorded as soon as it is known: a connection can last hours and has no meaningful "duration".
+
+The hot path keeps plain ints and bucket arrays (``RequestMetrics``, owned by the Gateway) and never
+touches prometheus-client: one ``bisect`` per observation, one dict update per counter. The
+collector in ``kairos.observability.metrics`` turns them into cumulative exposition at scrape time.
+Cardinality is bounded: routes come from the config, methods from a fixed set, codes from HTTP.
+
+Two labels a client cannot be told apart from: a request whose client left before any response
+(nothing was sent) is counted with code ``499`` (nginx's "client closed request"), source gateway;
+an exception escaping with nothing sent counts as 500.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from time import perf_counter
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kairos.errors import GENERATED
+from kairos.exchange import SCOPE_KEY
+
+UNMATCHED = "(unmatched)"
+OTHER = "OTHER"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+CLIENT_CLOSED = 499
+
+# Upper bounds (seconds) of the latency buckets: the Prometheus defaults shifted toward a gateway's
+# sub-millisecond overheads, up to 10 s (slower answers land in +Inf).
+BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+_WS_OUTCOMES = frozenset({"websocket.accept", "websocket.http.response.start", "websocket.close"})
+
+
+class Histogram:
+    """Per-bucket (non-cumulative) counts; the last slot is +Inf. ``observe`` is one bisect.
+
+    The middleware inlines ``observe`` on its hot path (a method call costs as much as the bisect)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, i.e. Prometheus's "le" (a value equal to a bound
+        # belongs to that bucket).
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+    def merge(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(le, cumulative count) pairs ending with ("+Inf", count), as exposition wants them."""
+        out: list[tuple[str, int]] = []
+        total = 0
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+_BOUNDS = (*(repr(bound) for bound in BUCKETS), "+Inf")
+
+
+class Series:
+    """Everything kept for one (route, method): status counts by source, the request duration and
+    the upstream duration histograms (summed over methods at scrape time for the {route} one)."""
+
+    __slots__ = ("by_gateway", "by_upstream", "duration", "upstream")
+
+    def __init__(self) -> None:
+        self.by_upstream: dict[int, int] = {}  # status -> count, source="upstream"
+        self.by_gateway: dict[int, int] = {}  # status -> count, source="gateway"
+        self.duration = Histogram()
+        self.upstream = Histogram()
+
+
+class RequestMetrics:
+    """The counters and histograms the middleware keeps, read by the /metrics collector."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str], Series] = {}  # (route, method)
+        self.overhead = Histogram()
+        self.in_flight = 0
+
+    def series_for(self, route: str, method: str) -> Series:
+        series = self.series.get((route, method))
+        if series is None:
+            series = self.series[(route, method)] = Series()
+        return series
+
+    def count(self, route: str, method: str, code: int, source: str) -> None:
+        series = self.series_for(route, method)
+        counts = series.by_gateway if source == "gateway" else series.by_upstream
+        counts[code] = counts.get(code, 0) + 1
+
+    def record(
+        self, route: str, method: str, code: int, source: str, seconds: float, upstream: float | None
+    ) -> None:
+        """What the middleware does inline, as one call (tests, other callers)."""
+        self.count(route, method, code, source)
+        series = self.series_for(route, method)
+        series.duration.observe(seconds)
+        if upstream is not None:
+            series.upstream.observe(upstream)
+            self.overhead.observe(max(0.0, seconds - upstream))
+
+    def requests_by_label(self) -> Iterator[tuple[list[str], int]]:
+        """([route, method, code, source], count) in a stable order."""
+        for (route, method), series in sorted(self.series.items()):
+            for source, counts in (("gateway", series.by_gateway), ("upstream", series.by_upstream)):
+                for code, value in sorted(counts.items()):
+                    yield [route, method, str(code), source], value
+
+    def durations(self) -> Iterator[tuple[list[str], Histogram]]:
+        for (route, method), series in sorted(self.series.items()):
+            if any(series.duration.counts):
+                yield [route, method], series.duration
+
+    def upstream_by_route(self) -> dict[str, Histogram]:
+        merged: dict[str, Histogram] = {}
+        for (route, _), series in sorted(self.series.items()):
+            if any(series.upstream.counts):
+                merged.setdefault(route, Histogram()).merge(series.upstream)
+        return merged
+
+
+def _route_name(scope: Scope) -> str:
+    exchange = scope.get(SCOPE_KEY)
+    route = exchange.route if exchange is not None else None
+    return route.name if route is not None else UNMATCHED
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: RequestMetrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics if metrics is not None else RequestMetrics()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = self.metrics
+        started = perf_counter()
+        status = 0
+        generated = False
+
+        async def send_watched(message: Message) -> None:
+            nonlocal status, generated
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                generated = bool(message.get(GENERATED))
+            await send(message)
+
+        metrics.in_flight += 1
+        failed = True
+        try:
+            await self.app(scope, receive, send_watched)
+            failed = False
+        finally:
+            metrics.in_flight -= 1
+            elapsed = perf_counter() - started
+            method = scope["method"]
+            if method not in KNOWN_METHODS:
+                method = OTHER
+            exchange = scope.get(SCOPE_KEY)
+            route = exchange.route if exchange is not None else None
+            name = route.name if route is not None else UNMATCHED
+            key = (name, method)
+            series = metrics.series.get(key)
+            if series is None:
+                series = metrics.series[key] = Series()
+            if not status:
+                status, generated = (500 if failed else CLIENT_CLOSED), True
+            counts = series.by_gateway if generated else series.by_upstream
+            counts[status] = counts.get(status, 0) + 1
+            histogram = series.duration
+            histogram.counts[bisect_left(BUCKETS, elapsed)] += 1
+            histogram.sum += elapsed
+            upstream = exchange.upstream_seconds if exchange is not None else None
+            if upstream is not None:
+                histogram = series.upstream
+                histogram.counts[bisect_left(BUCKETS, upstream)] += 1
+                histogram.sum += upstream
+                overhead = elapsed - upstream if elapsed > upstream else 0.0
+                histogram = metrics.overhead
+                histogram.counts[bisect_left(BUCKETS, overhead)] += 1
+                histogram.sum += overhead
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        recorded = False
+
+        def outcome(code: int, source: str) -> None:
+            nonlocal recorded
+            recorded = True
+            self.metrics.count(_route_name(scope), "GET", code, source)
+
+        async def send_watched(message: Message) -> None:
+            if not recorded and message["type"] in _WS_OUTCOMES:
+                kind = message["type"]
+                if kind == "websocket.accept":
+                    outcome(101, "upstream")
+                elif kind == "websocket.close":
+                    outcome(403, "gateway")  # closed before accept: the server answers 403
+                else:
+                    outcome(message["status"], "gateway" if message.get(GENERATED) else "upstream")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watched)
+        finally:
+            if not recorded:
+                outcome(403, "gateway")  # returned without accepting: the server refuses with 403
