@@ -37,6 +37,8 @@ class Exchange:
     # The upstream path and query a path rewrite produced, e.g. "/v2/items?x=1" (transform -> proxy);
     # None: the route's internal_path and the request's query, as usual.
     upstream_target: str | None = None
+    # Seconds from sending the upstream request to its response head, last attempt (proxy -> metrics).
+    upstream_seconds: float | None = None
 
 
 def get_exchange(scope: Scope) -> Exchange:

@@ -33,6 +33,7 @@ from kairos.config.loader import client_networks
 from kairos.config.model import IpFilterConfig
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.logs import configure_logging
+from kairos.middleware.metrics import RequestMetrics
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.deadline import DeadlineWatch
 from kairos.proxy.engine import UpstreamEngine
@@ -79,6 +80,7 @@ class Gateway:
         self.rate_limiter = RateLimiter(settings.redis_url)
         self.panic = PanicTracker()  # routes in panic mode (balancer), for /metrics
         self.retry_stats = RetryStats()  # kept by the RetryMiddleware, for /metrics
+        self.request_metrics = RequestMetrics()  # kept by the MetricsMiddleware, for /metrics
         # Response cache stores (memory per route, Redis per URL) + coalescing; purge() for admin.
         self.cache = ResponseCache(settings.redis_url, routes=lambda: self.table.routes)
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()

@@ -22,6 +22,7 @@ from kairos.middleware.compression import CompressionMiddleware
 from kairos.middleware.context import ExchangeMiddleware
 from kairos.middleware.cors import CorsMiddleware
 from kairos.middleware.ipfilter import IpFilterMiddleware
+from kairos.middleware.metrics import MetricsMiddleware
 from kairos.middleware.ratelimit import RateLimitMiddleware
 from kairos.middleware.retry import RetryMiddleware
 from kairos.middleware.routing import RouteMiddleware
@@ -85,4 +86,6 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     # Security headers: outermost, to see every response the gateway makes (404/405 from routing,
     # the 500 of the last guard); the route's policy is read when the response starts.
     app = SecurityHeadersMiddleware(app, _live(gateway, lambda c: c.security_headers))
+    # Metrics: outside everything, so every request is counted (rejections too) and timed whole.
+    app = MetricsMiddleware(app, gateway.request_metrics)
     return app

@@ -4,7 +4,8 @@ e.g. mounted twice, never mix their numbers).
 Counters the hot path already keeps as plain integers (rate-limit refusals, store failures,
 WebSocket connections) are read at scrape time by a custom collector instead of being mirrored
 into prometheus-client objects per request: a scrape costs a few microseconds per series, a
-request nothing extra. Request/latency histograms come with the observability work (issue 6).
+request nothing extra. Request counts and latency histograms work the same way: the
+MetricsMiddleware keeps plain bucket arrays (``kairos.middleware.metrics``), made cumulative here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -30,8 +36,11 @@ class GatewayCollector(Collector):
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | InfoMetricFamily]:
         gateway = self._gateway
+        yield from _requests(gateway)
         yield InfoMetricFamily("kairos_build", "Kairos version", value={"version": gateway.version})
         yield GaugeMetricFamily(
             "kairos_uptime_seconds", "Seconds since the gateway started", value=gateway.uptime
@@ -79,6 +88,45 @@ class GatewayCollector(Collector):
             for result, count in counts.items():
                 probes.add_metric([backend, result], count)
         yield probes
+
+
+def _requests(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    """Request counts and latencies kept by the MetricsMiddleware (see kairos/middleware/metrics.py)."""
+    metrics = gateway.request_metrics
+    requests = CounterMetricFamily(
+        "kairos_requests",
+        "HTTP requests (and WebSocket upgrades) by route template, method, status code and source "
+        "(gateway = answered by the gateway itself, upstream = proxied)",
+        labels=["route", "method", "code", "source"],
+    )
+    for labels, count in metrics.requests_by_label():
+        requests.add_metric(labels, count)
+    yield requests
+    yield GaugeMetricFamily(
+        "kairos_requests_in_flight", "HTTP requests being handled now", value=metrics.in_flight
+    )
+    duration = HistogramMetricFamily(
+        "kairos_request_duration_seconds",
+        "Time from the request's arrival to the end of its response",
+        labels=["route", "method"],
+    )
+    for labels, histogram in metrics.durations():
+        duration.add_metric(labels, histogram.cumulative(), histogram.sum)
+    yield duration
+    upstream = HistogramMetricFamily(
+        "kairos_upstream_duration_seconds",
+        "Time from sending the upstream request to the upstream response head",
+        labels=["route"],
+    )
+    for route, histogram in metrics.upstream_by_route().items():
+        upstream.add_metric([route], histogram.cumulative(), histogram.sum)
+    yield upstream
+    overhead = HistogramMetricFamily(
+        "kairos_overhead_duration_seconds",
+        "The gateway's own time on proxied requests: request duration minus upstream duration",
+    )
+    overhead.add_metric([], metrics.overhead.cumulative(), metrics.overhead.sum)
+    yield overhead
 
 
 class MetricsEndpoint:

@@ -82,7 +82,9 @@ class HttpProxy:
         try:
             async with self._deadlines.within(timeout):
                 upstream.body = await _request_body(prepared.content_length, prepared.chunked, receive)
+                sent_at = time.perf_counter()
                 response = await self._engine_for(backend).send(upstream)
+                exchange.upstream_seconds = time.perf_counter() - sent_at
                 try:
                     headers = downstream_response_headers(response.headers, request_id.encode())
                     length = response.content_length
