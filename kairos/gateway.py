@@ -33,6 +33,7 @@ from kairos.config.loader import client_networks
 from kairos.config.model import IpFilterConfig
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.logs import configure_logging
+from kairos.middleware.accesslog import AccessLog
 from kairos.middleware.metrics import RequestMetrics
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.deadline import DeadlineWatch
@@ -84,6 +85,8 @@ class Gateway:
         # Response cache stores (memory per route, Redis per URL) + coalescing; purge() for admin.
         self.cache = ResponseCache(settings.redis_url, routes=lambda: self.table.routes)
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
+        # kairos.access handler + writer thread, from startup() to shutdown(); None: KAIROS_ACCESS_LOG=false
+        self.access_log = AccessLog(settings.log_format) if settings.access_log else None
         self._explicit_config = config
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -192,6 +195,8 @@ class Gateway:
                     for problem in exc.problems:
                         logger.error("config %s: %s", exc.source, problem)
                     raise
+            if self.access_log is not None:
+                self.access_log.start()
             await self.default_engine.start()
             await self.health_checker.start()
             if self.jwks is not None:
@@ -215,6 +220,8 @@ class Gateway:
         await self.http2_engine.close()
         await self.rate_limiter.close()
         await self.cache.close()
+        if self.access_log is not None:
+            self.access_log.stop()  # writes what is queued, then ends the thread
         self._started = False
 
     @asynccontextmanager

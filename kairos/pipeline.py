@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 
 from kairos.config.model import GatewayConfig
 from kairos.gateway import Gateway
+from kairos.middleware.accesslog import AccessLogMiddleware
 from kairos.middleware.auth import AuthMiddleware
 from kairos.middleware.balancer import BalancerMiddleware
 from kairos.middleware.bodylimit import BodyLimitMiddleware
@@ -86,6 +87,9 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     # Security headers: outermost, to see every response the gateway makes (404/405 from routing,
     # the 500 of the last guard); the route's policy is read when the response starts.
     app = SecurityHeadersMiddleware(app, _live(gateway, lambda c: c.security_headers))
+    # Access log: just inside metrics, so it sees every response and its final status and bytes.
+    if gateway.access_log is not None:
+        app = AccessLogMiddleware(app, gateway.access_log.put)
     # Metrics: outside everything, so every request is counted (rejections too) and timed whole.
     app = MetricsMiddleware(app, gateway.request_metrics)
     return app
