@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from starlette.types import Scope, Send
+from starlette.types import Message, Scope, Send
 
 # type -> status, as in kairos-rs's GatewayError (reference §3.3), plus Kairos's own.
 STATUS_BY_TYPE = {
@@ -101,3 +101,25 @@ async def reject(
         await send_error(send, kind, message, request_id, headers, status, "websocket.http.response")
     else:
         await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+
+
+# What a response watcher (metrics, access log) records when no answer of its own was seen.
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before any answer
+WEBSOCKET_REFUSED = (403, True)  # an upgrade closed or dropped before accept: the server sends 403
+
+
+def unanswered(failed: bool) -> tuple[int, bool]:
+    """(status, generated) of a request whose app sent no response start: 500 if it raised, else 499."""
+    return (500 if failed else CLIENT_CLOSED), True
+
+
+def websocket_outcome(message: Message) -> tuple[int, bool] | None:
+    """(status, generated) of an upgrade, from the first message that settles it; None otherwise."""
+    kind = message["type"]
+    if kind == "websocket.accept":
+        return 101, False
+    if kind == "websocket.close":
+        return WEBSOCKET_REFUSED
+    if kind == "websocket.http.response.start":
+        return message["status"], bool(message.get(GENERATED))
+    return None

@@ -41,13 +41,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kairos.errors import GENERATED
+from kairos.errors import GENERATED, WEBSOCKET_REFUSED, unanswered, websocket_outcome
 from kairos.exchange import SCOPE_KEY
 
 LOGGER_NAME = "kairos.access"
-CLIENT_CLOSED = 499
 _MAX_USER_AGENT = 512
-_WS_OUTCOMES = frozenset({"websocket.accept", "websocket.http.response.start", "websocket.close"})
 
 # The record's message for handlers other than ours (a host application's): a readable line.
 TEXT_TEMPLATE = (
@@ -230,7 +228,7 @@ class AccessLogMiddleware:
         finally:
             elapsed = perf_counter() - started
             if not status:
-                status, generated = (500 if failed else CLIENT_CLOSED), True
+                status, generated = unanswered(failed)
             self._emit(scope, scope["method"], status, generated, elapsed, bytes_in, bytes_out)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -243,21 +241,17 @@ class AccessLogMiddleware:
             self._emit(scope, "GET", code, generated, perf_counter() - started, 0, 0)
 
         async def send_watched(message: Message) -> None:
-            if not logged and message["type"] in _WS_OUTCOMES:
-                kind = message["type"]
-                if kind == "websocket.accept":
-                    outcome(101, False)
-                elif kind == "websocket.close":
-                    outcome(403, True)  # closed before accept: the server answers 403
-                else:
-                    outcome(message["status"], bool(message.get(GENERATED)))
+            if not logged:
+                settled = websocket_outcome(message)
+                if settled is not None:
+                    outcome(*settled)
             await send(message)
 
         try:
             await self.app(scope, receive, send_watched)
         finally:
             if not logged:
-                outcome(403, True)  # returned without accepting: the server refuses with 403
+                outcome(*WEBSOCKET_REFUSED)
 
     def _emit(
         self,

@@ -35,21 +35,18 @@ from time import perf_counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kairos.errors import GENERATED
+from kairos.errors import GENERATED, WEBSOCKET_REFUSED, unanswered, websocket_outcome
 from kairos.exchange import SCOPE_KEY
 
 UNMATCHED = "(unmatched)"
 OTHER = "OTHER"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
-CLIENT_CLOSED = 499
 
 # Upper bounds (seconds) of the latency buckets: the Prometheus defaults shifted toward a gateway's
 # sub-millisecond overheads, up to 10 s (slower answers land in +Inf).
 BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-
-_WS_OUTCOMES = frozenset({"websocket.accept", "websocket.http.response.start", "websocket.close"})
 
 
 class Histogram:
@@ -205,7 +202,7 @@ class MetricsMiddleware:
             if series is None:
                 series = metrics.series[key] = Series()
             if not status:
-                status, generated = (500 if failed else CLIENT_CLOSED), True
+                status, generated = unanswered(failed)
             counts = series.by_gateway if generated else series.by_upstream
             counts[status] = counts.get(status, 0) + 1
             histogram = series.duration
@@ -224,24 +221,20 @@ class MetricsMiddleware:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         recorded = False
 
-        def outcome(code: int, source: str) -> None:
+        def outcome(code: int, generated: bool) -> None:
             nonlocal recorded
             recorded = True
-            self.metrics.count(_route_name(scope), "GET", code, source)
+            self.metrics.count(_route_name(scope), "GET", code, "gateway" if generated else "upstream")
 
         async def send_watched(message: Message) -> None:
-            if not recorded and message["type"] in _WS_OUTCOMES:
-                kind = message["type"]
-                if kind == "websocket.accept":
-                    outcome(101, "upstream")
-                elif kind == "websocket.close":
-                    outcome(403, "gateway")  # closed before accept: the server answers 403
-                else:
-                    outcome(message["status"], "gateway" if message.get(GENERATED) else "upstream")
+            if not recorded:
+                settled = websocket_outcome(message)
+                if settled is not None:
+                    outcome(*settled)
             await send(message)
 
         try:
             await self.app(scope, receive, send_watched)
         finally:
             if not recorded:
-                outcome(403, "gateway")  # returned without accepting: the server refuses with 403
+                outcome(*WEBSOCKET_REFUSED)
