@@ -11,7 +11,7 @@ MetricsMiddleware keeps plain bucket arrays (``kairos.middleware.metrics``), mad
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -51,12 +51,9 @@ class GatewayCollector(Collector):
             value=gateway.websocket_connections,
         )
         limiter = gateway.rate_limiter
-        refused = CounterMetricFamily(
-            "kairos_rate_limited", "Requests refused by a rate limit (429)", labels=["route"]
+        yield _counter_by(
+            "kairos_rate_limited", "Requests refused by a rate limit (429)", "route", limiter.rejected
         )
-        for route, count in sorted(limiter.rejected.items()):
-            refused.add_metric([route], count)
-        yield refused
         yield CounterMetricFamily(
             "kairos_rate_limit_store_errors",
             "Rate-limit decisions the shared store (Redis) could not make",
@@ -179,16 +176,19 @@ def _resilience(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricF
     )
 
 
+def _counter_by(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter with one label, one sample per key of ``counts`` (sorted, for a stable scrape)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
+
+
 def _cache(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
     """Response cache: lookups by result (hit, miss, bypass, coalesced = a waiter got a shared
     error), and what the in-memory stores hold (Redis-held entries are Redis's to report)."""
     cache = gateway.cache
-    requests = CounterMetricFamily(
-        "kairos_cache_requests", "Cacheable requests by cache result", labels=["result"]
-    )
-    for result, count in sorted(cache.results.items()):
-        requests.add_metric([result], count)
-    yield requests
+    yield _counter_by("kairos_cache_requests", "Cacheable requests by cache result", "result", cache.results)
     yield GaugeMetricFamily(
         "kairos_cache_entries", "Entries in the in-memory cache", value=cache.memory_entries
     )
