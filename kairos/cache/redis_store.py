@@ -2,14 +2,12 @@
 
 Entries are written with their freshness as the key's expiry (``PX``), so Redis drops stale ones
 itself; its ``maxmemory`` policy bounds the total (``max_size``/``memory_bytes`` bound the memory
-store only). While Redis is unreachable the store says so at once for ``_RETRY_SECONDS`` instead
-of making requests wait on a dead socket; the middleware then bypasses the cache (the request is
-proxied as if the route had no cache). The outage is logged once, and its end once.
+store only). While Redis is unreachable (see ``kairos.redis_outage``) the middleware bypasses the
+cache: the request is proxied as if the route had no cache.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 
@@ -17,11 +15,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kairos.cache.entry import Entry, decode, encode
+from kairos.redis_outage import Outage, connect
 
-logger = logging.getLogger("kairos")
-
-_RETRY_SECONDS = 1.0
-_SOCKET_TIMEOUT = 0.5
+_BYPASSING = " (bypassing it)"
 PREFIX = "kairos:cache:"
 
 
@@ -35,22 +31,24 @@ class RedisCacheStore:
     def __init__(self, url: str, prefix: str = PREFIX) -> None:
         self.url = url
         self.prefix = prefix
-        self._client: Redis = Redis.from_url(
-            url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
-        )
-        self._down_until = 0.0
-        self.failures = 0  # operations that could not reach Redis (exported as a metric)
+        self._client: Redis = connect(url)
+        self._outage = Outage("cache store", url)
+
+    @property
+    def failures(self) -> int:
+        """Operations that could not reach Redis (exported as a metric)."""
+        return self._outage.failures
 
     def available(self) -> bool:
-        return not self._down_until or time.monotonic() >= self._down_until
+        return not self._outage.down()
 
     async def get(self, key: str) -> Entry | None:
         try:
             raw = await self._client.get(self.prefix + key)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self._outage.failed(exc, _BYPASSING)
             raise CacheUnavailable(str(exc)) from exc
-        self._reachable()
+        self._outage.reached()
         if not raw:
             return None
         return decode(raw if isinstance(raw, bytes) else raw.encode("latin-1"))
@@ -62,9 +60,9 @@ class RedisCacheStore:
         try:
             await self._client.set(self.prefix + key, encode(entry), px=milliseconds)
         except (RedisError, OSError) as exc:
-            self._failed(exc)  # not stored: the next request is a miss, nothing worse
+            self._outage.failed(exc, _BYPASSING)  # not stored: the next request is a miss, nothing worse
             return
-        self._reachable()
+        self._outage.reached()
 
     async def purge(self, prefix: str = "", any_route: bool = False) -> int:
         """Delete the entries whose key starts with ``prefix`` (SCAN + UNLINK, never KEYS); with
@@ -82,20 +80,9 @@ class RedisCacheStore:
             if batch:
                 removed += await self._client.unlink(*batch)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self._outage.failed(exc, _BYPASSING)
             raise CacheUnavailable(str(exc)) from exc
         return removed
-
-    def _failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        if not self._down_until:
-            logger.warning("cache store redis at %s is unreachable (bypassing it): %s", _safe(self.url), exc)
-        self._down_until = time.monotonic() + _RETRY_SECONDS
-
-    def _reachable(self) -> None:
-        if self._down_until:
-            logger.warning("cache store redis at %s is reachable again", _safe(self.url))
-            self._down_until = 0.0
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -103,11 +90,3 @@ class RedisCacheStore:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
-
-
-def _safe(url: str) -> str:
-    """The URL without a password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -7,14 +7,12 @@ figures and have no token bucket. The clock is Redis's own (``TIME``), so replic
 clocks still share one window. The script mirrors ``memory.decide`` (milliseconds here, seconds
 there) so both stores give the same answers.
 
-While Redis is unreachable the store raises ``StoreUnavailable`` at once for ``_RETRY_SECONDS``
-instead of making every request wait on a dead socket; the limiter then fails open (or closed).
+While Redis is unreachable (see ``kairos.redis_outage``) the store raises ``StoreUnavailable`` at
+once; the limiter then fails open (or closed).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,11 +21,8 @@ from redis.exceptions import RedisError
 
 from kairos.ratelimit.policy import Limit
 from kairos.ratelimit.verdict import Verdict
+from kairos.redis_outage import Outage, connect, redacted
 
-logger = logging.getLogger("kairos")
-
-_RETRY_SECONDS = 1.0
-_SOCKET_TIMEOUT = 0.5
 _ALGORITHM_CODES = {"fixed": "F", "sliding": "S", "bucket": "B"}
 
 ACQUIRE_SCRIPT = """
@@ -110,17 +105,19 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client: Redis = Redis.from_url(
-            url, socket_timeout=_SOCKET_TIMEOUT, socket_connect_timeout=_SOCKET_TIMEOUT
-        )
+        self._client: Redis = connect(url)
         self._script: Any = self._client.register_script(ACQUIRE_SCRIPT)
-        self._down_until = 0.0
-        self.failures = 0  # decisions that could not reach Redis (exported as a metric)
+        self._outage = Outage("rate limit store", url)
+
+    @property
+    def failures(self) -> int:
+        """Decisions that could not reach Redis (exported as a metric)."""
+        return self._outage.failures
 
     async def acquire(self, keys: Sequence[str], limits: Sequence[Limit]) -> list[Verdict]:
-        if self._down_until and time.monotonic() < self._down_until:
-            self.failures += 1
-            raise StoreUnavailable(f"redis at {_safe(self.url)} is unreachable")
+        if self._outage.down():
+            self._outage.failures += 1
+            raise StoreUnavailable(f"redis at {redacted(self.url)} is unreachable")
         args: list[str | int | float] = []
         for limit in limits:
             window_ms = round(limit.window * 1000)
@@ -133,14 +130,9 @@ class RedisStore:
         try:
             flat = await self._script(keys=list(keys), args=args)
         except (RedisError, OSError) as exc:
-            self.failures += 1
-            if not self._down_until:
-                logger.warning("rate limit store redis at %s is unreachable: %s", _safe(self.url), exc)
-            self._down_until = time.monotonic() + _RETRY_SECONDS
+            self._outage.failed(exc)
             raise StoreUnavailable(str(exc)) from exc
-        if self._down_until:
-            logger.warning("rate limit store redis at %s is reachable again", _safe(self.url))
-            self._down_until = 0.0
+        self._outage.reached()
         return [
             Verdict(bool(flat[i]), int(flat[i + 1]), flat[i + 2] / 1000, flat[i + 3] / 1000)
             for i in range(0, len(flat), 4)
@@ -148,11 +140,3 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def _safe(url: str) -> str:
-    """The URL without a password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
