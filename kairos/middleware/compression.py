@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kairos.compiled import PerConfig
 from kairos.config.policies import COMPRESSION_MODULES, CompressionConfig
 
 CompressionPolicy = CompressionConfig | Callable[[], CompressionConfig | None] | None
@@ -401,18 +402,8 @@ class CompressionMiddleware:
     def __init__(self, app: ASGIApp, policy: CompressionPolicy = CompressionConfig()) -> None:  # noqa: B008
         self.app = app
         self._policy = policy
-        # CompressionConfig may carry unknown keys (unhashable): cached by identity, the config kept
-        # alongside so a recycled id never returns another config's settings.
-        self._compiled: dict[int, _Compiled] = {}
+        self._compiled: PerConfig[CompressionConfig, _Compiled] = PerConfig(_Compiled.of, limit=16)
         self._last: _Compiled | None = None  # the config of the previous request, usually this one
-
-    def _compile(self, config: CompressionConfig) -> _Compiled:
-        compiled = self._compiled.get(id(config))
-        if compiled is None or compiled.config is not config:
-            if len(self._compiled) >= 16:
-                self._compiled.clear()
-            compiled = self._compiled[id(config)] = _Compiled.of(config)
-        return compiled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         policy = self._policy
@@ -423,7 +414,7 @@ class CompressionMiddleware:
             return
         compiled = self._last
         if compiled is None or compiled.config is not config:
-            compiled = self._last = self._compile(config)
+            compiled = self._last = self._compiled.get(config)
         if not compiled.algorithms:
             await self.app(scope, receive, send)
             return

@@ -47,6 +47,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kairos.compiled import PerConfig
 from kairos.config.policies import CorsConfig
 from kairos.errors import GENERATED, send_error
 from kairos.middleware.context import request_id_and_ip, route_policy
@@ -57,7 +58,6 @@ if TYPE_CHECKING:
 CorsPolicy = CorsConfig | Callable[[], CorsConfig | None] | None
 Header = tuple[bytes, bytes]
 
-_CACHE_LIMIT = 1000
 _BODY_HEADERS = frozenset({b"content-type", b"content-length"})
 _ACAO = b"access-control-allow-origin"
 
@@ -119,9 +119,7 @@ class CorsMiddleware:
     def __init__(self, app: ASGIApp, global_policy: CorsPolicy = None) -> None:
         self.app = app
         self._global = global_policy
-        # Keyed by identity (hashing a pydantic model per request costs more than the lookup);
-        # the config is kept alongside so a recycled id never returns another config's rules.
-        self._compiled: dict[int, tuple[CorsConfig, _Cors]] = {}
+        self._compiled: PerConfig[CorsConfig, _Cors] = PerConfig(lambda config: _Cors(app, config))
 
     def answers_preflight(self, route: Route) -> bool:
         """Whether CORS is on for ``route`` (so this middleware answers its preflights)."""
@@ -129,14 +127,6 @@ class CorsMiddleware:
         if config is None:
             config = self._global() if callable(self._global) else self._global
         return config is not None and config.enabled
-
-    def _cors_for(self, config: CorsConfig) -> _Cors:
-        entry = self._compiled.get(id(config))
-        if entry is None or entry[0] is not config:
-            if len(self._compiled) >= _CACHE_LIMIT:
-                self._compiled.clear()
-            entry = self._compiled[id(config)] = (config, _Cors(self.app, config))
-        return entry[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # browsers apply no CORS to WebSocket upgrades
@@ -146,7 +136,7 @@ class CorsMiddleware:
         if config is None or not config.enabled:
             await self.app(scope, receive, send)
             return
-        cors = self._cors_for(config)
+        cors = self._compiled.get(config)
         origin: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"origin":

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.config.retry import RetryConfig
 from kairos.exchange import SCOPE_KEY, Exchange
+from kairos.middleware.context import route_policy
 from kairos.resilience.retry import (
     FAILOVER_ONLY,
     RetryBudget,
@@ -52,9 +53,7 @@ class RetryMiddleware:
         if scope["type"] != "http" or exchange is None or route is None:
             await self.app(scope, receive, send)
             return
-        config = route.config.retry
-        if config is None:
-            config = self._global() if callable(self._global) else self._global
+        config: RetryConfig | None = route_policy(scope, "retry", self._global)
         if config is None:
             if len(route.backends) < 2:
                 await self.app(scope, receive, send)

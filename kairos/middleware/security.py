@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kairos.compiled import PerConfig
 from kairos.config.policies import SecurityHeadersConfig
 from kairos.errors import GENERATED
 from kairos.middleware.context import route_policy
@@ -36,7 +37,6 @@ SecurityPolicy = SecurityHeadersConfig | Callable[[], SecurityHeadersConfig | No
 Header = tuple[bytes, bytes]
 
 _STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
-_CACHE_LIMIT = 1000
 
 
 def compile_headers(config: SecurityHeadersConfig) -> tuple[Header, ...]:
@@ -59,17 +59,7 @@ class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, global_policy: SecurityPolicy = None) -> None:
         self.app = app
         self._global = global_policy
-        # SecurityHeadersConfig holds a dict (unhashable): cached by identity, the config kept
-        # alongside so a recycled id can never return another config's headers.
-        self._compiled: dict[int, tuple[SecurityHeadersConfig, tuple[Header, ...]]] = {}
-
-    def _headers_for(self, config: SecurityHeadersConfig) -> tuple[Header, ...]:
-        entry = self._compiled.get(id(config))
-        if entry is None or entry[0] is not config:
-            if len(self._compiled) >= _CACHE_LIMIT:
-                self._compiled.clear()
-            entry = self._compiled[id(config)] = (config, compile_headers(config))
-        return entry[1]
+        self._headers: PerConfig[SecurityHeadersConfig, tuple[Header, ...]] = PerConfig(compile_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -83,7 +73,7 @@ class SecurityHeadersMiddleware:
             if message["type"] in _STARTS:
                 config: SecurityHeadersConfig | None = route_policy(scope, "security_headers", self._global)
                 if config is not None and config.enabled and (config.proxied or message.get(GENERATED)):
-                    extra = self._headers_for(config)
+                    extra = self._headers.get(config)
                     if extra:
                         message["headers"] = add_missing(message.get("headers", ()), extra)
             await send(message)

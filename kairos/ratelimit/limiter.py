@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from typing import NamedTuple
 
+from kairos.compiled import PerConfig
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.ratelimit.memory import MemoryStore
 from kairos.ratelimit.policy import Limit, Policy, compile_policy, subject
@@ -20,7 +21,6 @@ from kairos.ratelimit.verdict import Verdict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _admitted = tuple.__new__
-_POLICY_CACHE_LIMIT = 1000
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -37,23 +37,19 @@ class RateLimiter:
         self.redis_url = redis_url
         self.memory = memory if memory is not None else MemoryStore()
         self._redis: dict[str, RedisStore] = {}
-        # Keyed by id(): hashing a pydantic model per request costs a microsecond. The config is
-        # kept beside its policy, so a recycled id is detected by the identity check.
-        self._policies: dict[int, tuple[RateLimitConfig, Policy, MemoryStore | RedisStore]] = {}
+        self._policies: PerConfig[RateLimitConfig, tuple[Policy, MemoryStore | RedisStore]] = PerConfig(
+            self._compile
+        )
         self.rejected: Counter[str] = Counter()  # refusals per route template (counted by the middleware)
         self.admitted_without_store = 0  # fail-open decisions while a store was down
 
     def compile(self, config: RateLimitConfig) -> tuple[Policy, MemoryStore | RedisStore]:
         """The compiled policy and the store it uses, once per distinct config object."""
-        cached = self._policies.get(id(config))
-        if cached is not None and cached[0] is config:
-            return cached[1], cached[2]
-        if len(self._policies) >= _POLICY_CACHE_LIMIT:
-            self._policies.clear()
+        return self._policies.get(config)
+
+    def _compile(self, config: RateLimitConfig) -> tuple[Policy, MemoryStore | RedisStore]:
         policy = compile_policy(config)
-        store = self.store_for(policy)
-        self._policies[id(config)] = (config, policy, store)
-        return policy, store
+        return policy, self.store_for(policy)
 
     def store_for(self, policy: Policy) -> MemoryStore | RedisStore:
         uri = policy.storage_uri
