@@ -14,10 +14,14 @@ Mounted in another Starlette/FastAPI app, drive our lifespan from the parent's::
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from kairos.admin.api import STREAM_PATHS, AdminApi
 from kairos.gateway import ConfigInput, Gateway
 from kairos.health import HealthEndpoints
 from kairos.observability.metrics import MetricsEndpoint
@@ -37,9 +41,10 @@ class GatewayApp(Starlette):
     traffic. The pipeline renders its own errors, including unexpected ones (a JSON 500).
     """
 
-    def __init__(self, pipeline: ASGIApp, **kwargs: object) -> None:
+    def __init__(self, pipeline: ASGIApp, admin: AdminApi, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.pipeline = pipeline
+        self.admin = admin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan" and not self.user_middleware:
@@ -47,10 +52,20 @@ class GatewayApp(Starlette):
             root = scope.get("root_path")
             if root and path.startswith(root):
                 path = path[len(root) :]
-            if path not in BUILTIN_PATHS:
+            if path not in BUILTIN_PATHS and not self.admin.owns(path):
                 await self.pipeline(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+def _lifespan(gateway: Gateway, admin: AdminApi) -> Callable[[object], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: object) -> AsyncIterator[None]:
+        async with gateway.lifespan(app):
+            admin.log_exposure()
+            yield
+
+    return lifespan
 
 
 def create_app(config: ConfigInput = None, settings: Settings | None = None) -> GatewayApp:
@@ -62,16 +77,20 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
     health = HealthEndpoints(gateway)
     metrics = MetricsEndpoint(gateway)
     pipeline = build_pipeline(gateway)
+    admin = AdminApi(gateway)
     app = GatewayApp(
         pipeline,
+        admin,
         routes=[
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             Route("/live", health.live, methods=["GET"]),
             Route("/metrics", metrics.render, methods=["GET"]),
+            Mount(admin.prefix, app=admin.rest),
+            *(WebSocketRoute(path, admin.streams) for path in STREAM_PATHS),
             Mount("", app=pipeline),
         ],
-        lifespan=gateway.lifespan,
+        lifespan=_lifespan(gateway, admin),
     )
     app.state.gateway = gateway
     return app

@@ -9,10 +9,13 @@ started with, and backend state (keyed by scheme+host+port) carries over to the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from kairos.config import (
 )
 from kairos.config.loader import client_networks
 from kairos.config.model import IpFilterConfig
+from kairos.config.persist import render_document, write_atomically
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.logs import configure_logging
 from kairos.middleware.accesslog import AccessLog
@@ -53,6 +57,42 @@ logger = logging.getLogger("kairos")
 ConfigInput = GatewayConfig | LoadedConfig | dict[str, Any] | str | Path | None
 
 
+@dataclass(slots=True)
+class ReloadStatus:
+    """What ``/api/config/status``, ``/metrics`` and the log say about config changes.
+
+    ``generation`` counts applied configs (1 = the one loaded at startup). A failed attempt leaves
+    the running config alone and is recorded here with every problem the validator found.
+    """
+
+    generation: int = 0
+    applied_at: float | None = None  # when the running config was applied (Unix time)
+    last_attempt_at: float | None = None
+    last_trigger: str = ""  # startup, api, file, signal, admin
+    last_result: str = ""  # success | failure | unchanged
+    last_errors: list[str] = field(default_factory=list)
+    results: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    last_success_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation,
+            "applied_at": _iso(self.applied_at),
+            "last_attempt_at": _iso(self.last_attempt_at),
+            "last_trigger": self.last_trigger,
+            "last_result": self.last_result,
+            "last_errors": list(self.last_errors),
+            "reloads": dict(self.results),
+            "last_success_at": _iso(self.last_success_at),
+        }
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
 def _http1_engine(settings: Settings) -> UpstreamEngine:
     if settings.upstream_engine == "raw":
         from kairos.proxy.raw_engine import RawEngine
@@ -69,7 +109,10 @@ class Gateway:
         self.table = RouteTable(())
         self.config: GatewayConfig | None = None
         self.config_source = "(not loaded)"
-        self.generation = 0
+        self.config_document: Any = None  # the running config as written (see LoadedConfig.document)
+        self.config_digest = ""
+        self.reload_status = ReloadStatus()
+        self._reload_lock = asyncio.Lock()
         self.backend_states: dict[str, BackendState] = {}
         self.client_address = ClientAddress(())
         self.authenticator: Authenticator | None = None
@@ -88,6 +131,16 @@ class Gateway:
         # kairos.access handler + writer thread, from startup() to shutdown(); None: KAIROS_ACCESS_LOG=false
         self.access_log = AccessLog(settings.log_format) if settings.access_log else None
         self._explicit_config = config
+        # The file reloads read and admin writes persist to: the explicit path, else
+        # KAIROS_CONFIG_PATH (created by the first admin write when the embedded default runs).
+        # None when the config was given as an object: changes then live in memory only.
+        self.config_file: Path | None = (
+            Path(config)
+            if isinstance(config, str | Path)
+            else settings.config_path
+            if config is None
+            else None
+        )
         self._started = False
         self._start_lock = asyncio.Lock()
         if config is not None:
@@ -110,29 +163,100 @@ class Gateway:
         logger.warning("config file %s not found: using the embedded default config (demo routes)", path)
         return load_text(default_config_text(), "(embedded default)")
 
-    def apply(self, loaded: LoadedConfig) -> None:
-        """Build a new snapshot and swap it in; the old one stays valid for requests using it."""
-        states = dict(self.backend_states)
-        table = RouteTable(
-            compile_route(index, route, states) for index, route in enumerate(loaded.config.routers)
-        )
-        used = {backend.key for route in table.routes for backend in route.backends}
-        self.backend_states = {key: state for key, state in states.items() if key in used}
-        self.client_address = ClientAddress(client_networks(loaded.config))
+    @property
+    def generation(self) -> int:
+        return self.reload_status.generation
+
+    def apply(self, loaded: LoadedConfig, trigger: str = "startup") -> None:
+        """Build a new snapshot and swap it in; the old one stays valid for requests using it.
+
+        Everything is built before anything is replaced, so a failure leaves the running config
+        whole. Backend state (health, breakers, in-flight counts) carries over by backend key.
+        """
         config = loaded.config
-        self.authenticator = Authenticator(
+        states = dict(self.backend_states)
+        table = RouteTable(compile_route(index, route, states) for index, route in enumerate(config.routers))
+        used = {backend.key for route in table.routes for backend in route.backends}
+        client_address = ClientAddress(client_networks(config))
+        authenticator = Authenticator(
             config.jwt, config.api_keys, config.api_key_header, jwks=self._jwks_for(config)
         )
-        self.config = loaded.config
+        self.backend_states = {key: state for key, state in states.items() if key in used}
+        self.client_address = client_address
+        self.authenticator = authenticator
+        self.config = config
         self.config_source = loaded.source
+        self.config_document = loaded.document
+        self.config_digest = loaded.digest
         self.table = table
         self.health_checker.update(table.routes, config.health_check)  # re-plans the probes
-        self.generation += 1
+        status = self.reload_status
+        now = time.time()
+        status.generation += 1
+        status.applied_at = status.last_attempt_at = status.last_success_at = now
+        status.last_trigger, status.last_result, status.last_errors = trigger, "success", []
+        if trigger != "startup":
+            status.results["success"] += 1
         for warning in loaded.warnings:
             logger.warning("config %s: %s", loaded.source, warning)
         logger.info(
-            "config %s loaded: %d route(s), generation %d", loaded.source, len(table), self.generation
+            "config %s applied (%s): %d route(s), generation %d",
+            loaded.source,
+            trigger,
+            len(table),
+            status.generation,
         )
+
+    def record_failed_reload(self, trigger: str, problems: list[str], source: str) -> None:
+        """A change that did not apply: the running config stays; status, metrics and log say why."""
+        status = self.reload_status
+        status.last_attempt_at = time.time()
+        status.last_trigger, status.last_result, status.last_errors = trigger, "failure", problems
+        status.results["failure"] += 1
+        logger.error(
+            "config %s rejected (%s), still serving generation %d: %s",
+            source,
+            trigger,
+            status.generation,
+            "; ".join(problems),
+        )
+
+    async def reload(self, trigger: str = "api", force: bool = True) -> bool:
+        """Re-read ``config_file`` and apply it. ``force=False`` skips a file whose bytes did not
+        change (the watcher uses it, so the admin API's own writes do not apply twice). Returns
+        whether a new config is running; a bad file is recorded, never raised."""
+        async with self._reload_lock:
+            if self.config_file is None:
+                self.record_failed_reload(trigger, ["no config file: the config was given as an object"], "-")
+                return False
+            try:
+                loaded = await asyncio.to_thread(load_file, self.config_file)
+            except ConfigError as exc:
+                self.record_failed_reload(trigger, [str(p) for p in exc.problems], exc.source)
+                return False
+            if not force and loaded.digest == self.config_digest:
+                return False
+            try:
+                self.apply(loaded, trigger)
+            except Exception as exc:  # a bug while building must not take the running config down
+                logger.exception("config %s could not be applied", loaded.source)
+                self.record_failed_reload(trigger, [f"could not be applied: {exc}"], loaded.source)
+                return False
+            return True
+
+    async def change(self, document: Any, trigger: str = "admin") -> LoadedConfig:
+        """Validate an edited config document, persist it, then apply it — in that order, so a
+        document that fails validation or cannot be written changes nothing (ConfigError or
+        OSError is raised). Without a config file the change is applied in memory only."""
+        async with self._reload_lock:
+            source = str(self.config_file) if self.config_file is not None else "(memory)"
+            loaded = load_data(document, source)
+            if self.config_file is not None:
+                text = render_document(document)
+                await asyncio.to_thread(write_atomically, self.config_file, text)
+                loaded.digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            self.apply(loaded, trigger)
+            return loaded
 
     def _jwks_for(self, config: GatewayConfig) -> JwksFetcher | None:
         """The JWKS fetcher for ``jwt.jwks_url``: the running one (and its keys) when the URL did not

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # leaves the AccessLogMiddleware out of the pipeline.
     access_log: bool = False  # ~60 us of CPU per request here: opt in (see README, Metrics)
     admin_token: SecretStr | None = None
+    # Where the admin API lives (kairos-rs: /api). The WebSocket streams /ws/metrics and
+    # /ws/admin/metrics keep their kairos-rs paths.
+    admin_prefix: str = Field("/api", pattern=r"^/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]$")
     redis_url: str | None = None
     upstream_max_connections: int = Field(0, ge=0, description="0 = unlimited")
     # HTTP/1.1 engine for backends without "http2": the lean httptools-based engine

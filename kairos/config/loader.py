@@ -6,6 +6,7 @@ own, then cross-route checks run on what parsed, so one run lists every error in
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -36,6 +37,12 @@ class LoadedConfig:
     config: GatewayConfig
     warnings: list[Problem] = field(default_factory=list)
     source: str = "config"
+    # The parsed JSON as written, before ${VAR} substitution: what the admin API edits and writes
+    # back (so unknown keys and ${SECRET} references survive a rewrite). None for an object input.
+    document: Any = None
+    # sha256 of the file's bytes: a reload of an unchanged file (say, the watcher seeing the admin
+    # API's own write) is skipped.
+    digest: str = ""
 
 
 def default_config_text() -> str:
@@ -51,12 +58,15 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
             raise ConfigError(
                 [Problem("(file)", f"too large: {size} bytes (max {MAX_CONFIG_BYTES})")], source
             )
-        text = Path(path).read_text("utf-8-sig")  # a BOM (Windows editors) is not an error
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8-sig")  # a BOM (Windows editors) is not an error
     except OSError as exc:
         raise ConfigError([Problem("(file)", f"cannot read: {exc.strerror or exc}")], source) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([Problem("(file)", f"not UTF-8 text: {exc.reason}")], source) from None
-    return load_text(text, source)
+    loaded = load_text(text, source)
+    loaded.digest = hashlib.sha256(data).hexdigest()
+    return loaded
 
 
 def load_text(text: str, source: str = "config") -> LoadedConfig:
@@ -76,6 +86,7 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     if not isinstance(raw, dict):
         raise ConfigError([Problem("(root)", "must be a JSON object", raw)], source)
     unset_env: list[Problem] = []
+    document = raw
     raw = substitute_env(raw, os.environ if environ is None else environ, unset_env, ())
 
     routes_raw = raw.get("routers")
@@ -142,7 +153,7 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
         raise ConfigError(errors, source, warnings)
     assert top is not None
     config = top.model_copy(update={"routers": tuple(route for _, route in routes)})
-    return LoadedConfig(config, warnings, source)
+    return LoadedConfig(config, warnings, source, document)
 
 
 def _lacks_backends(route_raw: Any) -> bool:
