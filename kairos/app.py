@@ -22,13 +22,11 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.admin.api import STREAM_PATHS, AdminApi
-from kairos.gateway import ConfigInput, Gateway
+from kairos.gateway import RESERVED_PATHS, ConfigInput, Gateway
 from kairos.health import HealthEndpoints
 from kairos.observability.metrics import MetricsEndpoint
 from kairos.pipeline import build_pipeline
 from kairos.settings import Settings, load_settings
-
-BUILTIN_PATHS = ("/health", "/ready", "/live", "/metrics")
 
 
 class GatewayApp(Starlette):
@@ -52,7 +50,7 @@ class GatewayApp(Starlette):
             root = scope.get("root_path")
             if root and path.startswith(root):
                 path = path[len(root) :]
-            if path not in BUILTIN_PATHS and not self.admin.owns(path):
+            if path not in RESERVED_PATHS and not self.admin.owns(path):
                 await self.pipeline(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)

@@ -54,6 +54,9 @@ from kairos.settings import Settings
 
 logger = logging.getLogger("kairos")
 
+# Built-in endpoints (kairos.app); the admin API adds its prefix and streams (is_reserved_path).
+RESERVED_PATHS = ("/health", "/ready", "/live", "/metrics")
+
 ConfigInput = GatewayConfig | LoadedConfig | dict[str, Any] | str | Path | None
 
 
@@ -199,12 +202,33 @@ class Gateway:
             status.results["success"] += 1
         for warning in loaded.warnings:
             logger.warning("config %s: %s", loaded.source, warning)
+        for index, route_config in enumerate(config.routers):
+            if self.is_reserved_path(route_config.external_path):
+                logger.warning(
+                    "config %s: routers[%d].external_path %s is served by the gateway itself (health, "
+                    "metrics or the admin API under KAIROS_ADMIN_PREFIX=%s): the route is never reached",
+                    loaded.source,
+                    index,
+                    route_config.external_path,
+                    self.settings.admin_prefix,
+                )
         logger.info(
             "config %s applied (%s): %d route(s), generation %d",
             loaded.source,
             trigger,
             len(table),
             status.generation,
+        )
+
+    def is_reserved_path(self, path: str) -> bool:
+        """Paths the gateway answers itself, before any route (kairos-rs has the same rule)."""
+        prefix = self.settings.admin_prefix
+        return (
+            path in RESERVED_PATHS
+            or path == prefix
+            or path.startswith(prefix + "/")
+            or path.startswith("/ws/metrics")
+            or path.startswith("/ws/admin/metrics")
         )
 
     def record_failed_reload(self, trigger: str, problems: list[str], source: str) -> None:
