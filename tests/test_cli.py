@@ -228,7 +228,7 @@ def test_missing_config_file_uses_the_embedded_default(tmp_path: Path) -> None:
         assert not missing.exists()
         log = server.output()
     assert f"config file {missing} not found: using the embedded default config" in log
-    assert "config (embedded default) loaded: 4 route(s)" in log
+    assert "config (embedded default) applied (startup): 4 route(s)" in log
 
 
 def test_kairos_run_serves_a_valid_config(tmp_path: Path) -> None:
@@ -262,7 +262,7 @@ def test_kairos_run_serves_a_valid_config(tmp_path: Path) -> None:
         assert missing.status_code == 404 and missing.json()["type"] == "route_not_found"
     finally:
         stop(process)
-    assert f"config {path} loaded: 2 route(s)" in log.read_text()
+    assert f"config {path} applied (startup): 2 route(s)" in log.read_text()
 
 
 def test_bad_environment_is_named_by_variable_and_exits_2(tmp_path: Path) -> None:
