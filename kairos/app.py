@@ -18,10 +18,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.admin.api import STREAM_PATHS, AdminApi
+from kairos.admin.responses import json_http_error
 from kairos.gateway import RESERVED_PATHS, ConfigInput, Gateway
 from kairos.health import HealthEndpoints
 from kairos.observability.metrics import MetricsEndpoint
@@ -89,6 +91,7 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
             Mount("", app=pipeline),
         ],
         lifespan=_lifespan(gateway, admin),
+        exception_handlers={HTTPException: json_http_error},  # Starlette's own 404/405 as JSON too
     )
     app.state.gateway = gateway
     return app

@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING
 from starlette.routing import BaseRoute, Router
 from starlette.types import ASGIApp
 
-from kairos.admin import config_api, metrics_api
+from kairos.admin import STREAM_PATHS, admin_owns, config_api, metrics_api
 from kairos.admin.guard import AdminGuard
+from kairos.admin.responses import AdminErrors
 
 if TYPE_CHECKING:
     from kairos.gateway import Gateway
 
 logger = logging.getLogger("kairos.admin")
 
-# kairos-rs's stream paths, kept as they are (not moved by KAIROS_ADMIN_PREFIX).
-STREAM_PATHS = ("/ws/metrics", "/ws/admin/metrics")
+__all__ = ["STREAM_PATHS", "AdminApi"]
 
 
 class AdminApi:
@@ -29,12 +29,13 @@ class AdminApi:
         self.prefix = gateway.settings.admin_prefix
         token = gateway.settings.admin_token
         rest: list[BaseRoute] = [*config_api.endpoints(gateway), *metrics_api.endpoints(gateway)]
-        self.guard = AdminGuard(Router(routes=rest), token)
+        # AdminErrors: unknown paths, wrong methods and handler exceptions answer JSON, not text.
+        self.guard = AdminGuard(AdminErrors(Router(routes=rest)), token)
         self.rest: ASGIApp = self.guard
         self.streams: ASGIApp = AdminGuard(Router(routes=metrics_api.stream_endpoints(gateway)), token)
 
     def owns(self, path: str) -> bool:
-        return path in STREAM_PATHS or path == self.prefix or path.startswith(self.prefix + "/")
+        return admin_owns(path, self.prefix)
 
     def log_exposure(self) -> None:
         if self.guard.token_required:

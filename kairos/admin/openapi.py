@@ -1,0 +1,501 @@
+"""The OpenAPI 3.1 document of the admin API, served at ``{prefix}/openapi.json``.
+
+Hand-written rather than generated: the endpoints are plain Starlette handlers, and the document
+is the contract operators and the schemathesis test (tests/admin/test_openapi_fuzz.py) read, so it
+is kept next to them and checked against the live gateway. Paths carry the configured prefix.
+The route object is described with its common keys; every other config.json route key is allowed
+(``additionalProperties``) and validated by the gateway, which answers 400 with every problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kairos.config.model import HTTP_METHODS
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(description: str, schema: str = "Error") -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": _ref(schema)}}}
+
+
+def _body(schema: str, required: bool = True, example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": _ref(schema)}
+    if example is not None:
+        media["example"] = example
+    return {"required": required, "content": {_JSON: media}}
+
+
+def _example_route(path: str) -> dict[str, Any]:
+    return {
+        "external_path": path,
+        "internal_path": "/internal" + path,
+        "methods": ["GET"],
+        "backends": [{"host": "http://127.0.0.1", "port": 8080}],
+    }
+
+
+_GUARD = {
+    "401": _answer("Missing or wrong bearer token (KAIROS_ADMIN_TOKEN set)"),
+    "403": _answer("No token configured and the client is not local"),
+}
+_SELECTORS: list[dict[str, Any]] = [
+    {
+        "name": "path",
+        "in": "path",
+        "required": True,
+        "description": "The route's external_path without its leading slash, percent-encoded "
+        "(/api/routes/cats/%7Bid%7D is /cats/{id}).",
+        "schema": {"type": "string"},
+        "example": "cats/{id}",
+    },
+    {
+        "name": "method",
+        "in": "query",
+        "required": False,
+        "description": "When several routes share the path: the one whose methods include this one.",
+        "schema": {"type": "string", "enum": list(HTTP_METHODS)},
+    },
+    {
+        "name": "protocol",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": ["http", "websocket", "ftp", "dns"]},
+    },
+    {
+        "name": "index",
+        "in": "query",
+        "required": False,
+        "description": "The route's position in `routers`.",
+        "schema": {"type": "integer"},
+    },
+]
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "The gateway's error body (kairos-rs GatewayError); route endpoints add "
+        "kairos-rs's success/message.",
+        "properties": {
+            "error": {"type": "string"},
+            "type": {"type": "string"},
+            "timestamp": {"type": "string"},
+            "request_id": {"type": "string"},
+            "success": {"type": "boolean", "const": False},
+            "message": {"type": "string"},
+            "errors": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["error", "type"],
+    },
+    "Backend": {
+        "type": "object",
+        "properties": {
+            "host": {
+                "type": "string",
+                "description": "scheme://hostname, e.g. http://10.0.0.5",
+                "pattern": "^(https?|wss?)://[A-Za-z0-9][A-Za-z0-9.-]*$",
+            },
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "weight": {"type": "integer", "minimum": 1},
+            "health_check_path": {"type": ["string", "null"]},
+            "http2": {"type": "boolean"},
+        },
+        "required": ["host", "port"],
+        "additionalProperties": True,
+    },
+    "Route": {
+        "type": "object",
+        "description": "A config.json route (kairos-rs Router); any other route key of the config "
+        "format is accepted and validated.",
+        "properties": {
+            "external_path": {
+                "type": "string",
+                "description": "starts with /; {name} placeholders",
+                "pattern": "^/",
+                "examples": ["/cats/{id}"],
+            },
+            "internal_path": {"type": "string", "pattern": "^/", "examples": ["/cats/{id}"]},
+            "methods": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": list(HTTP_METHODS)},
+            },
+            "backends": {"type": "array", "minItems": 1, "items": _ref("Backend")},
+            "host": {"type": "string", "description": "legacy single backend"},
+            "port": {"type": "integer"},
+            "protocol": {"type": "string", "enum": ["http", "websocket", "ftp", "dns"]},
+            "auth_required": {"type": "boolean"},
+            "load_balancing_strategy": {
+                "type": "string",
+                "enum": ["round_robin", "least_connections", "random", "weighted", "ip_hash"],
+            },
+            "timeout_ms": {"type": "integer", "minimum": 0},
+            "retry": {"type": "object"},
+            "cache": {"type": "object"},
+            "cors": {"type": "object"},
+            "rate_limit": {"type": "object"},
+            "request_transformation": {"type": "object"},
+            "response_transformation": {"type": "object"},
+        },
+        "required": ["external_path", "internal_path", "methods"],
+        "additionalProperties": True,
+    },
+    "RouteResponse": {
+        "type": "object",
+        "description": "kairos-rs RouteResponse, plus where the change now runs.",
+        "properties": {
+            "success": {"type": "boolean"},
+            "message": {"type": "string"},
+            "route": _ref("Route"),
+            "routes": {"type": "array", "items": _ref("Route")},
+            "index": {"type": "integer"},
+            "generation": {"type": "integer"},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["success", "message"],
+    },
+    "ValidateRequest": {
+        "type": "object",
+        "properties": {"route": _ref("Route")},
+        "required": ["route"],
+    },
+    "ValidateResponse": {
+        "type": "object",
+        "properties": {
+            "valid": {"type": "boolean"},
+            "error": {"type": "string"},
+            "errors": {"type": "array", "items": {"type": "string"}},
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["valid"],
+    },
+    "ConfigStatus": {
+        "type": "object",
+        "properties": {
+            "success": {"type": "boolean"},
+            "message": {"type": "string"},
+            "version": {"type": "integer", "description": "config generation (1 = loaded at startup)"},
+            "timestamp": {"type": "string"},
+            "generation": {"type": "integer"},
+            "applied_at": {"type": ["string", "null"]},
+            "last_attempt_at": {"type": ["string", "null"]},
+            "last_trigger": {"type": "string"},
+            "last_result": {"type": "string", "enum": ["", "success", "failure", "unchanged"]},
+            "last_errors": {"type": "array", "items": {"type": "string"}},
+            "reloads": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "last_success_at": {"type": ["string", "null"]},
+            "config_file": {"type": ["string", "null"]},
+            "errors": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["success", "message", "version", "timestamp"],
+    },
+    "Explain": {
+        "type": "object",
+        "properties": {
+            "request": {"type": "object"},
+            "matched": {"type": "boolean"},
+            "served_by": {"type": "string", "enum": ["proxy", "gateway", "admin", "builtin"]},
+            "status": {"type": ["integer", "null"], "description": "the gateway's own answer (404/405/400)"},
+            "reason": {"type": "string"},
+            "allow": {"type": "string"},
+            "route": {"type": "object"},
+            "why": {"type": "string"},
+            "params": {"type": "object", "additionalProperties": {"type": "string"}},
+            "other_matching_routes": {"type": "array", "items": {"type": "object"}},
+            "candidates": {"type": "array", "items": {"type": "object"}},
+            "backends": {"type": "array", "items": {"type": "object"}},
+            "policies": {"type": "object"},
+        },
+        "required": ["request", "matched", "served_by"],
+    },
+    "Backends": {
+        "type": "object",
+        "properties": {
+            "success": {"type": "boolean"},
+            "message": {"type": "string"},
+            "backends": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "key": {"type": "string"},
+                        "healthy": {"type": "boolean"},
+                        "circuit": {"type": "object"},
+                        "outlier": {"type": "object"},
+                        "in_flight": {"type": "integer"},
+                        "available": {"type": "boolean"},
+                        "routes": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            },
+        },
+        "required": ["success", "backends"],
+    },
+    "PurgeRequest": {
+        "type": "object",
+        "properties": {
+            "route": {
+                "type": ["string", "null"],
+                "description": "a route's external_path or key; omitted: all",
+            },
+            "key_prefix": {
+                "type": ["string", "null"],
+                "description": "start of host/path?query as sent, e.g. api.example.com/users/",
+            },
+        },
+        "additionalProperties": False,
+    },
+    "PurgeResponse": {
+        "type": "object",
+        "properties": {
+            "success": {"type": "boolean"},
+            "message": {"type": "string"},
+            "purged": {"type": "integer", "minimum": 0},
+        },
+        "required": ["success", "purged"],
+    },
+}
+
+
+def document(prefix: str, version: str) -> dict[str, Any]:
+    """The OpenAPI document for an admin API mounted at ``prefix``."""
+    p = prefix
+    paths: dict[str, Any] = {
+        f"{p}/routes": {
+            "get": {
+                "summary": "List routes (as written, secrets redacted)",
+                "operationId": "listRoutes",
+                "responses": {"200": _answer("The routes", "RouteResponse"), **_GUARD},
+            },
+            "post": {
+                "summary": "Create a route; applied live and saved",
+                "operationId": "createRoute",
+                "requestBody": _body("Route", example=_example_route("/examples/{id}")),
+                "responses": {
+                    "201": _answer("Created and running", "RouteResponse"),
+                    "400": _answer("Malformed JSON or a route that does not validate (every problem listed)"),
+                    "409": _answer("A route with this external_path and a common method exists"),
+                    "413": _answer("Body too large"),
+                    "500": _answer("The config file could not be written; nothing changed"),
+                    **_GUARD,
+                },
+            },
+        },
+        f"{p}/routes/validate": {
+            "post": {
+                "summary": "Validate a route against the running config, without changing anything",
+                "operationId": "validateRoute",
+                "requestBody": _body("ValidateRequest", example={"route": _example_route("/examples/{id}")}),
+                "responses": {
+                    "200": _answer("Whether it is valid, with every error and warning", "ValidateResponse"),
+                    "400": _answer("Malformed JSON"),
+                    "413": _answer("Body too large"),
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/routes/{{path}}": {
+            "parameters": _SELECTORS,
+            "get": {
+                "summary": "One route",
+                "operationId": "getRoute",
+                "responses": {
+                    "200": _answer("The route", "RouteResponse"),
+                    "400": _answer("A bad selector"),
+                    "404": _answer("No such route"),
+                    "409": _answer("Several routes have this path: pick one with method/protocol/index"),
+                    **_GUARD,
+                },
+            },
+            "put": {
+                "summary": "Replace a route; applied live and saved ('***' keeps a running secret)",
+                "operationId": "updateRoute",
+                "requestBody": _body("Route", example=_example_route("/cats/{id}")),
+                "responses": {
+                    "200": _answer("Updated and running", "RouteResponse"),
+                    "400": _answer(
+                        "Malformed JSON, validation problems, or external_path differs from the URL"
+                    ),
+                    "404": _answer("No such route"),
+                    "409": _answer("Ambiguous path, or the update would duplicate another route"),
+                    "413": _answer("Body too large"),
+                    "500": _answer("The config file could not be written; nothing changed"),
+                    **_GUARD,
+                },
+            },
+            "delete": {
+                "summary": "Delete a route; applied live and saved",
+                "operationId": "deleteRoute",
+                "responses": {
+                    "200": _answer("Deleted", "RouteResponse"),
+                    "400": _answer("A bad selector, or the config without it does not validate"),
+                    "404": _answer("No such route"),
+                    "409": _answer("Several routes have this path: pick one with method/protocol/index"),
+                    "500": _answer("The config file could not be written; nothing changed"),
+                    **_GUARD,
+                },
+            },
+        },
+        f"{p}/config": {
+            "get": {
+                "summary": "The running config as written, every secret replaced by ***",
+                "operationId": "getConfig",
+                "responses": {
+                    "200": {"description": "config.json", "content": {_JSON: {"schema": {"type": "object"}}}},
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/config/status": {
+            "get": {
+                "summary": "Config generation and the last reload's result",
+                "operationId": "configStatus",
+                "responses": {"200": _answer("Status", "ConfigStatus"), **_GUARD},
+            }
+        },
+        f"{p}/config/reload": {
+            "post": {
+                "summary": "Re-read the config file and apply it; a bad file keeps the running config",
+                "operationId": "reloadConfig",
+                "responses": {
+                    "200": _answer("Applied", "ConfigStatus"),
+                    "409": _answer("The config was given as an object: no file", "ConfigStatus"),
+                    "422": _answer(
+                        "The file is invalid (problems listed); the old config keeps serving", "ConfigStatus"
+                    ),
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/explain": {
+            "get": {
+                "summary": "Which route a request would match and why, its upstream URLs and policies",
+                "operationId": "explain",
+                "parameters": [
+                    {
+                        "name": "method",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "enum": list(HTTP_METHODS)},
+                    },
+                    {
+                        "name": "path",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^/"},
+                    },
+                    {"name": "host", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "websocket", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                ],
+                "responses": {
+                    "200": _answer("The explanation", "Explain"),
+                    "400": _answer("A missing or invalid query parameter (named)"),
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/backends": {
+            "get": {
+                "summary": "Every backend: routes, health, circuit state, in-flight, outlier ejection",
+                "operationId": "listBackends",
+                "responses": {"200": _answer("The backends", "Backends"), **_GUARD},
+            }
+        },
+        f"{p}/cache/purge": {
+            "post": {
+                "summary": "Drop cached responses (all, one route's, and/or those under a key prefix)",
+                "operationId": "purgeCache",
+                "requestBody": _body("PurgeRequest", required=False),
+                "responses": {
+                    "200": _answer("How many entries went", "PurgeResponse"),
+                    "400": _answer("Malformed body"),
+                    "413": _answer("Body too large"),
+                    "503": _answer("A Redis cache store is unreachable"),
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1", "content": {_JSON: {"schema": {"type": "object"}}}},
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/metrics/list": {
+            "get": {
+                "summary": "Names of the sampled metric series (kairos-rs)",
+                "operationId": "metricsList",
+                "responses": {
+                    "200": {
+                        "description": "Series names",
+                        "content": {_JSON: {"schema": {"type": "array", "items": {"type": "string"}}}},
+                    },
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/metrics/history": {
+            "get": {
+                "summary": "Points of one series between two instants, raw or aggregated (kairos-rs)",
+                "operationId": "metricsHistory",
+                "parameters": [
+                    {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "start",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "end",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "interval",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": ["one_minute", "five_minutes", "one_hour", "one_day"],
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "[{timestamp, value:{type,value}}] or, with interval, "
+                        "[{start_time, end_time, count, sum, min, max, avg}]",
+                        "content": {_JSON: {"schema": {"type": "array", "items": {"type": "object"}}}},
+                    },
+                    "400": _answer("A missing or invalid query parameter"),
+                    **_GUARD,
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Kairos admin API",
+            "version": version,
+            "description": "Route and config management, live reload, explain, backends, cache purge "
+            "and metric history. Every endpoint needs `Authorization: Bearer <KAIROS_ADMIN_TOKEN>`; "
+            "with no token configured only local clients are answered. Errors are JSON.",
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "schemas": _SCHEMAS,
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": paths,
+    }
