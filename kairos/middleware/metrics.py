@@ -12,7 +12,10 @@ the last guard's 500). Per HTTP request it records:
   HTTP proxy leaves in ``Exchange.upstream_seconds`` (the last attempt's, with retries);
 - ``kairos_overhead_duration_seconds``: request duration minus upstream duration, for requests
   that reached an upstream (the gateway's own time, body relay included);
-- ``kairos_requests_in_flight``.
+- ``kairos_requests_in_flight`` and its high-water mark (``peak_in_flight``, one compare per request);
+- ``upstream_failures``: requests whose answer was the proxy's own because the upstream failed
+  (``Exchange.upstream_failure`` of the last attempt: ``connect``, ``timeout``, ``error``), read
+  once per request (one attribute load; the dict is touched only on a failure).
 
 WebSocket scopes count the upgrade outcome only (101 when accepted, else the refusal's status),
 recorded as soon as it is known: a connection can last hours and has no meaningful "duration".
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 from time import perf_counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -100,6 +104,36 @@ class Series:
         self.upstream = Histogram()
 
 
+@dataclass(slots=True)
+class RequestTotals:
+    """Sums over every series at one moment (kairos-rs's global counters, derived instead of kept).
+
+    Success is any status below 400 (1xx incl. WebSocket 101, 2xx, 3xx: a redirect or a 304 is not
+    a failure); an error is 400 and above, 499 (client left) included, so success + errors = total.
+    """
+
+    requests: int = 0
+    success: int = 0
+    errors: int = 0
+    http_4xx: int = 0
+    http_5xx: int = 0
+    timed: int = 0  # requests with a duration observation (HTTP; WebSocket upgrades have none)
+    duration_seconds: float = 0.0  # sum of their durations
+
+    @property
+    def success_rate(self) -> float:
+        """Percent of requests that succeeded; 100 with no traffic (as kairos-rs)."""
+        return self.success * 100.0 / self.requests if self.requests else 100.0
+
+    @property
+    def average_ms(self) -> float:
+        """Mean request duration since start in milliseconds; 0 with no traffic."""
+        return self.duration_seconds * 1000.0 / self.timed if self.timed else 0.0
+
+
+UPSTREAM_FAILURES = ("connect", "timeout", "error")
+
+
 class RequestMetrics:
     """The counters and histograms the middleware keeps, read by the /metrics collector."""
 
@@ -107,6 +141,28 @@ class RequestMetrics:
         self.series: dict[tuple[str, str], Series] = {}  # (route, method)
         self.overhead = Histogram()
         self.in_flight = 0
+        self.peak_in_flight = 0  # highest in_flight since start
+        # Requests answered by the proxy because the upstream failed, by Exchange.upstream_failure.
+        self.upstream_failures: dict[str, int] = dict.fromkeys(UPSTREAM_FAILURES, 0)
+
+    def totals(self) -> RequestTotals:
+        """Sums over every series (bounded: routes x methods x codes). Sampling/scrape time only,
+        never per request; no await inside, so it reads one consistent moment of the event loop."""
+        totals = RequestTotals()
+        for series in self.series.values():
+            for counts in (series.by_gateway, series.by_upstream):
+                for code, count in counts.items():
+                    totals.requests += count
+                    if code < 400:
+                        totals.success += count
+                    elif code < 500:
+                        totals.http_4xx += count
+                    else:
+                        totals.http_5xx += count
+            totals.timed += sum(series.duration.counts)
+            totals.duration_seconds += series.duration.sum
+        totals.errors = totals.http_4xx + totals.http_5xx
+        return totals
 
     def series_for(self, route: str, method: str) -> Series:
         series = self.series.get((route, method))
@@ -183,7 +239,10 @@ class MetricsMiddleware:
                 generated = bool(message.get(GENERATED))
             await send(message)
 
-        metrics.in_flight += 1
+        in_flight = metrics.in_flight + 1
+        metrics.in_flight = in_flight
+        if in_flight > metrics.peak_in_flight:
+            metrics.peak_in_flight = in_flight
         failed = True
         try:
             await self.app(scope, receive, send_watched)
@@ -208,7 +267,14 @@ class MetricsMiddleware:
             histogram = series.duration
             histogram.counts[bisect_left(BUCKETS, elapsed)] += 1
             histogram.sum += elapsed
-            upstream = exchange.upstream_seconds if exchange is not None else None
+            if exchange is not None:
+                upstream = exchange.upstream_seconds
+                failure = exchange.upstream_failure
+                if failure is not None:
+                    failures = metrics.upstream_failures
+                    failures[failure] = failures.get(failure, 0) + 1
+            else:
+                upstream = None
             if upstream is not None:
                 histogram = series.upstream
                 histogram.counts[bisect_left(BUCKETS, upstream)] += 1

@@ -26,6 +26,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from kairos.ai.metrics import ai_families
+from kairos.observability.multiprocess import MultiprocessExporter
 from kairos.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ class GatewayCollector(Collector):
     ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | InfoMetricFamily]:
         gateway = self._gateway
         yield from _requests(gateway)
+        yield from _kairos_rs_compatible(gateway)
+        yield from _config(gateway)
         yield InfoMetricFamily("kairos_build", "Kairos version", value={"version": gateway.version})
         yield GaugeMetricFamily(
             "kairos_uptime_seconds", "Seconds since the gateway started", value=gateway.uptime
@@ -66,6 +70,7 @@ class GatewayCollector(Collector):
         )
         yield from _resilience(gateway)
         yield from _cache(gateway)
+        yield from ai_families(gateway.ai_router)
         checker = gateway.health_checker
         health = GaugeMetricFamily(
             "kairos_upstream_health",
@@ -126,12 +131,116 @@ def _requests(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFam
     yield overhead
 
 
+def _kairos_rs_compatible(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The kairos-rs names existing dashboards scrape, derived at scrape time from the same counts as
+    ``kairos_requests_total`` (whose ``sum()`` over all labels is kairos-rs's ``kairos_requests_total``).
+
+    Differences, each on purpose: every request the pipeline answers is counted (kairos-rs counted
+    only proxied ones, and gateway errors as 500); success is any status below 400 (kairos-rs: 2xx
+    only, so a 304 was an "error"); timeout/connection errors are requests the proxy answered
+    because the upstream failed (they never moved in kairos-rs). Left out because they could not be
+    true: kairos-rs's ``kairos_response_time_bucket`` (malformed; use
+    ``kairos_request_duration_seconds``) and the byte counters (not counted here).
+    """
+    metrics = gateway.request_metrics
+    totals = metrics.totals()
+    failures = metrics.upstream_failures
+    yield CounterMetricFamily(
+        "kairos_requests_success", "Requests answered with a status below 400", value=totals.success
+    )
+    yield CounterMetricFamily(
+        "kairos_requests_error", "Requests answered with a status of 400 or more", value=totals.errors
+    )
+    yield CounterMetricFamily(
+        "kairos_http_4xx_errors",
+        "Requests answered with a 4xx status (499: client left)",
+        value=totals.http_4xx,
+    )
+    yield CounterMetricFamily(
+        "kairos_http_5xx_errors", "Requests answered with a 5xx status", value=totals.http_5xx
+    )
+    yield CounterMetricFamily(
+        "kairos_timeout_errors",
+        "Requests answered by the gateway because the upstream did not answer in time",
+        value=failures.get("timeout", 0),
+    )
+    yield CounterMetricFamily(
+        "kairos_connection_errors",
+        "Requests answered by the gateway because the upstream connection failed "
+        "(refused/unreachable, reset, or a broken response)",
+        value=failures.get("connect", 0) + failures.get("error", 0),
+    )
+    yield _counter_by(
+        "kairos_upstream_failures",
+        "Requests answered by the gateway because the upstream failed, by reason (connect = nothing "
+        "was sent, timeout, error = reset or broken response); last attempt when retried",
+        "reason",
+        failures,
+    )
+    yield GaugeMetricFamily(
+        "kairos_active_connections",
+        "HTTP requests being handled now (kairos-rs's meaning; same as kairos_requests_in_flight)",
+        value=metrics.in_flight,
+    )
+    yield GaugeMetricFamily(
+        "kairos_peak_connections",
+        "Highest kairos_active_connections since start",
+        value=metrics.peak_in_flight,
+    )
+    if gateway.metrics_exporter is None:
+        # Ratios of one process's counts: with --workers N they cannot be merged into a true value,
+        # so they are left out there (compute them from the counters in PromQL).
+        yield GaugeMetricFamily(
+            "kairos_success_rate",
+            "Percent of requests answered below 400 since start (100 with no traffic)",
+            value=round(totals.success_rate, 2),
+        )
+        yield GaugeMetricFamily(
+            "kairos_response_time_avg",
+            "Mean request duration since start, milliseconds (kairos-rs compatibility; prefer "
+            "rate(kairos_request_duration_seconds_sum) / rate(kairos_request_duration_seconds_count))",
+            value=round(totals.average_ms, 3),
+        )
+    yield GaugeMetricFamily(
+        "kairos_admin_streams",
+        "Open /ws/metrics and /ws/admin/metrics streams",
+        value=len(gateway.metrics_history.streams),
+    )
+
+
+def _config(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Config changes after startup (API, file watch, SIGHUP, admin edits), from ``reload_status``."""
+    status = gateway.reload_status
+    yield _counter_by(
+        "kairos_config_reloads",
+        "Config reloads/changes after startup by result (a failure keeps the running config)",
+        "result",
+        status.results,
+    )
+    yield GaugeMetricFamily(
+        "kairos_config_last_reload_success_timestamp_seconds",
+        "Unix time the running config was applied (startup counts)",
+        value=status.last_success_at or 0,
+    )
+    yield GaugeMetricFamily(
+        "kairos_config_generation",
+        "Configs applied since start (1 = the startup config)",
+        value=status.generation,
+    )
+
+
 class MetricsEndpoint:
     def __init__(self, gateway: Gateway) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(GatewayCollector(gateway))
+        # uvicorn --workers N: with PROMETHEUS_MULTIPROC_DIR set, every worker writes its samples to
+        # that directory and a scrape answers with all workers' merge (kairos/observability/multiprocess.py).
+        self.multiprocess = MultiprocessExporter.from_environment(self.registry)
+        gateway.metrics_exporter = self.multiprocess  # synced from the gateway's startup to shutdown
 
     async def render(self, request: Request) -> Response:
+        if self.multiprocess is not None:
+            return Response(self.multiprocess.render(), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
