@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from kairos import __version__
@@ -56,19 +58,45 @@ def _run(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(f"  error: {problem}", file=sys.stderr)
             return 1
-    uvicorn.run(
-        "kairos.app:app",
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=level,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-    )
+    temporary = _multiprocess_metrics(workers)
+    try:
+        uvicorn.run(
+            "kairos.app:app",
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            log_level=level,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+        )
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
     return 0
+
+
+def _multiprocess_metrics(workers: int) -> Path | None:
+    """Prepare ``PROMETHEUS_MULTIPROC_DIR`` before any worker starts, so ``/metrics`` adds up all
+    workers (kairos/observability/multiprocess.py): wipe the ``*.db`` files a previous run left in
+    the operator's directory, or, with several workers and no directory set, make a temporary one
+    (returned, removed at exit). One worker without the variable: plain in-process metrics."""
+    from kairos.observability.multiprocess import ENV, configured_directory, wipe
+
+    directory = configured_directory()
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        removed = wipe(directory)
+        print(f"kairos: {ENV}={directory} (removed {removed} file(s) of a previous run)", file=sys.stderr)
+        return None
+    if workers <= 1:
+        return None
+    temporary = Path(tempfile.mkdtemp(prefix="kairos-metrics-"))
+    os.environ[ENV] = str(temporary)  # inherited by the workers uvicorn starts
+    print(f"kairos: {ENV}={temporary} (temporary, removed at exit) for {workers} workers", file=sys.stderr)
+    return temporary
 
 
 def main(argv: list[str] | None = None) -> int:
