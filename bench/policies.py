@@ -34,6 +34,10 @@ SECRET = "bench-secret-that-is-long-enough-for-hs256-0123456789"
 GOAL = 0.85  # JWT HS256 + memory rate limit keep at least 85 % of plain-proxy throughput
 CACHE_GOAL = 3.0  # a cache hit serves at least 3x the plain proxy's requests/s
 TRANSFORM_GOAL = 0.90  # 5 header rules + 1 path rule cost at most 10 %
+AI_GOAL = 0.90  # an AI route whose decision is cached costs at most 10 % (vs the same route without AI)
+TWO_BACKENDS = ("two-backends", "ai-cached")
+BASELINES = {"ai-cached": "two-backends"}  # goals measured against another route than "plain"
+ROOT = Path(__file__).resolve().parent.parent  # the local fake LLM provider runs from tests/servers
 # kairos-rs's own example policy shape (PerIP, sliding window), with a quota the run cannot reach.
 UNREACHABLE = {"window_type": "SlidingWindow", "requests_per_window": 1_000_000_000, "window_duration": 60}
 
@@ -76,6 +80,15 @@ def scenarios(redis_url: str) -> tuple[Scenario, ...]:
         Scenario("ratelimit-redis", {"rate_limit": shared}),
         Scenario("hs256+ratelimit-memory", {**jwt_only, "rate_limit": memory}, "hs"),
         Scenario("rs256+ratelimit-redis", {**jwt_only, "rate_limit": shared}, "rs"),
+        # AI routing (content_analysis) against the local fake provider; wrk repeats one request, so
+        # after the first call every decision is a cache hit: the cost of the middleware itself. It
+        # has two backends (one leaves nothing to decide), so its baseline is the same two-backend
+        # route without AI (two backends alone switch on retry's failover, which costs too).
+        Scenario("two-backends", {}),
+        Scenario(
+            "ai-cached",
+            {"ai_policy": {"enabled": True, "strategy": "content_analysis", "cache_ttl_secs": 3600}},
+        ),
     )
 
 
@@ -92,6 +105,7 @@ class PolicyCell:
 class PolicyResults:
     cells: list[PolicyCell] = field(default_factory=list)
     error: str | None = None
+    ai_uncached: list[str] = field(default_factory=list)  # report lines of the uncached AI measurement
 
 
 def _tokens() -> dict[str, str]:
@@ -109,15 +123,72 @@ def _tokens() -> dict[str, str]:
     }
 
 
-def _config(upstream_port: int, cases: tuple[Scenario, ...], public_pem: str) -> dict[str, Any]:
+def _config(
+    upstream_port: int, cases: tuple[Scenario, ...], public_pem: str, llm_port: int
+) -> dict[str, Any]:
     backend = {"host": "http://127.0.0.1", "port": upstream_port}
     routes = [
         {"external_path": f"/p/{case.name}", "internal_path": "/small", "methods": ["GET"],
-         "backends": [backend], **case.route}
+         "backends": [backend, backend] if case.name in TWO_BACKENDS else [backend], **case.route}
         for case in cases
     ]  # fmt: skip
+    # The same AI route without a cache: measured apart (one connection), see _ai_uncached.
+    uncached = {"enabled": True, "strategy": "content_analysis", "cache_ttl_secs": 0}
+    routes.append({"external_path": "/p/ai-uncached", "internal_path": "/small", "methods": ["GET"],
+                   "backends": [backend, backend], "ai_policy": uncached})  # fmt: skip
     jwt_config = {"secret": SECRET, "public_key": public_pem, "algorithms": ["HS256", "RS256"]}
-    return {"version": 1, "jwt": jwt_config, "routers": routes}
+    ai = {"provider": "openai", "model": "gpt-4o-mini", "api_key": "sk-bench-not-a-real-key",
+          "api_base": f"http://127.0.0.1:{llm_port}/v1"}  # fmt: skip
+    return {"version": 1, "jwt": jwt_config, "ai": ai, "routers": routes}
+
+
+def _start_fake_llm(cpu: int, logs: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """tests/servers/fake_llm.py (an OpenAI-compatible server answering {"index": 0} at once), on
+    the load CPU like the upstream."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.servers.fake_llm", "--port", str(port)]
+    process = start(pinned(cpu, command), logs / "fake-llm.log", cwd=ROOT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=1):
+                return process, port
+        except OSError:
+            time.sleep(0.1)
+    stop(process)
+    raise RuntimeError("the fake LLM provider did not start")
+
+
+def _ai_uncached(base: str, load_cpu: int, logs: Path, duration: float) -> list[str]:
+    """An AI decision on every request (no cache), one connection at a time: its latency over the
+    plain route's is what AI routing adds per uncached request. The fake provider answers in well
+    under a millisecond, so nearly all of it is the gateway's own time (litellm building the call and
+    parsing the answer, the prompt, the redaction); the decision histogram gives its mean."""
+    raw = logs / "policy-ai-uncached.txt"
+    plain = run_wrk(f"{base}/p/plain", 1, duration, load_cpu, raw)
+    ai = run_wrk(f"{base}/p/ai-uncached", 1, duration, load_cpu, raw)
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    count = total = 0.0
+    outcomes: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if 'route="/p/ai-uncached"' not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("kairos_ai_decision_duration_seconds_count"):
+            count = float(value)
+        elif name.startswith("kairos_ai_decision_duration_seconds_sum"):
+            total = float(value)
+        elif name.startswith("kairos_ai_decisions_total"):
+            outcomes[name.split('outcome="', 1)[1].split('"', 1)[0]] = float(value)
+    mean = f"{total / count * 1000:.1f} ms" if count else "n/a"
+    shown = ", ".join(f"{k} {v:.0f}" for k, v in sorted(outcomes.items())) or "none"
+    return [
+        f"- **AI route, uncached decision (one connection)**: p50 {ai.p50_ms:.2f} ms vs plain "
+        f"{plain.p50_ms:.2f} ms: **+{ai.p50_ms - plain.p50_ms:.2f} ms per request** added by the gateway "
+        f"beyond the provider's own (<1 ms) answer; mean decision {mean}; {ai.rps:,.0f} req/s; "
+        f"decisions: {shown}",
+    ]
 
 
 def _start_redis(cpu: int, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -155,6 +226,11 @@ def _check(base: str, case: Scenario, headers: list[str]) -> None:
         raise RuntimeError(f"/p/{case.name} lacks X-Cache: is the cache middleware in the pipeline?")
     if "response_transformation" in case.route and "x-served-by" not in names:
         raise RuntimeError(f"/p/{case.name} was not transformed")
+    if "ai_policy" in case.route:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        if f'route="/p/{case.name}"' not in metrics or "kairos_ai_decisions_total" not in metrics:
+            raise RuntimeError(f"/p/{case.name} made no AI decision: is AI routing in the pipeline?")
 
 
 def run_policy_bench(
@@ -162,13 +238,15 @@ def run_policy_bench(
 ) -> PolicyResults:
     results = PolicyResults()
     tmp = Path(tempfile.mkdtemp(prefix="kairos-bench-policies-"))
-    redis_process = gateway = None
+    redis_process = gateway = llm = None
     try:
         redis_process, redis_url = _start_redis(load_cpu, logs)
+        llm, llm_port = _start_fake_llm(load_cpu, logs)
         cases = scenarios(redis_url)
         tokens = _tokens()
         config = tmp / "config.json"
-        config.write_text(json.dumps(_config(int(upstream.rsplit(":", 1)[1]), cases, tokens["public"])))
+        upstream_port = int(upstream.rsplit(":", 1)[1])
+        config.write_text(json.dumps(_config(upstream_port, cases, tokens["public"], llm_port)))
         env = {**os.environ, "PYTHONPATH": str(code), "KAIROS_CONFIG_PATH": str(config)}
         env["KAIROS_LOG_LEVEL"] = "warning"
         port = free_port()
@@ -185,7 +263,7 @@ def run_policy_bench(
         command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
         gateway = start(pinned(sut_cpu, command), logs / "kairos-policies.log", env, cwd=code)
         base = f"http://127.0.0.1:{port}"
-        wait_ready(base + "/ready", gateway)
+        wait_ready(base + "/ready", gateway, timeout=60)  # litellm's import takes ~5 s
         headers = {case.name: [f"Authorization: Bearer {tokens[case.token]}"] if case.token else []
                    for case in cases}  # fmt: skip
         for case in cases:
@@ -206,6 +284,11 @@ def run_policy_bench(
                     cell.error = str(exc)
                 results.cells.append(cell)
                 print(f"  policy {describe(cell)}", file=sys.stderr, flush=True)
+        try:
+            results.ai_uncached = _ai_uncached(base, load_cpu, logs, duration)
+            print(f"  policy {results.ai_uncached[0]}", file=sys.stderr, flush=True)
+        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+            results.ai_uncached = [f"- AI route, uncached decision: FAILED: {exc}"]
     except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
         results.error = str(exc)
     finally:
@@ -213,6 +296,8 @@ def run_policy_bench(
             stop(gateway)
         if redis_process is not None:
             stop(redis_process)
+        if llm is not None:
+            stop(llm)
         shutil.rmtree(tmp, ignore_errors=True)
     return results
 
@@ -226,12 +311,12 @@ def describe(cell: PolicyCell) -> str:
     return f"{cell.scenario}: {r.rps:,.0f} req/s, p50 {r.p50_ms:.3f} ms{cpu}{errors}"
 
 
-def ratios(results: PolicyResults, scenario: str) -> list[float]:
-    """Per round: scenario req/s over plain req/s (both error-free)."""
+def ratios(results: PolicyResults, scenario: str, baseline: str = "plain") -> list[float]:
+    """Per round: scenario req/s over the baseline's (plain) req/s (both error-free)."""
     by_key = {(c.round, c.scenario): c for c in results.cells}
     values = []
     for round_no in sorted({c.round for c in results.cells}):
-        mine, plain = by_key.get((round_no, scenario)), by_key.get((round_no, "plain"))
+        mine, plain = by_key.get((round_no, scenario)), by_key.get((round_no, baseline))
         if (
             mine
             and plain
@@ -251,18 +336,22 @@ def report_lines(results: PolicyResults) -> list[str]:
         ("JWT HS256 + memory rate limit", "hs256+ratelimit-memory", GOAL, f"≥ {GOAL:.0%} of plain"),
         ("Cache hit", "cache-hit", CACHE_GOAL, f"≥ {CACHE_GOAL:g}x plain"),
         ("5 header rules + 1 path rule", "transform", TRANSFORM_GOAL, f"≥ {TRANSFORM_GOAL:.0%} of plain"),
+        ("AI route, cached decision", "ai-cached", AI_GOAL, f"≥ {AI_GOAL:.0%} of the same route without AI"),
     )
     for label, scenario, target, wording in goals:
-        per_round = ratios(results, scenario)
+        baseline = BASELINES.get(scenario, "plain")
+        per_round = ratios(results, scenario, baseline)
         if not per_round:
             continue
         value = statistics.median(per_round)
         verdict = "met" if value >= target else "NOT met"
         rounds = ", ".join(f"{v * 100:.1f}%" for v in per_round)
+        against = "plain-proxy" if baseline == "plain" else f"`{baseline}` route"
         lines.append(
-            f"- **{label}: {value * 100:.1f}% of plain-proxy throughput** "
+            f"- **{label}: {value * 100:.1f}% of {against} throughput** "
             f"(goal {wording}: {verdict}; per round: {rounds})"
         )
+    lines += results.ai_uncached
     lines.append("")
     lines += [
         "| route policy | req/s (median) | vs plain (median of per-round ratios) | p50 ms | SUT CPU µs/req |",

@@ -26,6 +26,7 @@ class Exchange:
     params: dict[str, str] = field(default_factory=dict)
     identity: Any = None  # verified claims / API-key consumer, set by auth
     preferred_backend: int | None = None  # set by AI routing
+    ai_outcome: str | None = None  # AI routing's outcome, e.g. "chosen" (AI routing -> access log)
     backend: Backend | None = None  # set by the balancer, per attempt
     attempt: int = 0  # set by retry: 0 for the first try
     tried: list[Backend] = field(default_factory=list)  # backends earlier attempts used (retry -> balancer)

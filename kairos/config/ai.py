@@ -1,12 +1,24 @@
-"""`ai` (provider settings) and per-route `ai_policy` (kairos-rs §1.4, §1.10, §11)."""
+"""`ai` (provider settings) and per-route `ai_policy` (kairos-rs §1.4, §1.10, §11).
+
+Kairos's extensions over kairos-rs (all optional): ``ai.api_base`` (any OpenAI-compatible server),
+``ai.timeout_ms`` (a decision that takes longer falls back), ``ai.max_concurrency`` (provider calls in
+flight; beyond it requests fall back at once instead of queueing), ``ai.fallback_providers``,
+``ai.circuit_breaker`` (the provider's own breaker); per route ``cache_ttl_secs``,
+``body_preview_chars``, ``shadow`` and ``debug_header``. See kairos/ai/ for what they do.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kairos.config.base import Bool, ConfigModel, NonNegativeInt, PositiveInt, Str
+from kairos.config.policies import CircuitBreakerConfig
+from kairos.config.problems import Problem, format_path
+
+if TYPE_CHECKING:
+    from kairos.config.model import RouteConfig
 
 KNOWN_STRATEGIES = ("content_analysis", "semantic", "latency_prediction")
 PROVIDER_KEY_ENV = {
@@ -41,8 +53,11 @@ class AiProviderConfig(ConfigModel):
 
 class AiConfig(AiProviderConfig):
     timeout_ms: PositiveInt = 1500
-    max_concurrency: PositiveInt | None = None
+    # Provider calls in flight at once (cache hits are free); beyond it a request falls back at once.
+    max_concurrency: PositiveInt = 64
     fallback_providers: tuple[AiProviderConfig, ...] = ()
+    # The provider's own breaker (consecutive failures / timeouts open it; its calls are skipped).
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
 
 
 class AiStrategy(ConfigModel):
@@ -91,3 +106,42 @@ class AiPolicy(ConfigModel):
     shadow: Bool = False
     streaming: Bool = False
     fallback_providers: tuple[AiProviderConfig, ...] = ()
+    debug_header: Bool = False  # answer with X-Kairos-AI-Backend: "<index|none>; outcome=<outcome>"
+
+
+PROVIDER_STRATEGIES = ("content_analysis", "semantic")  # the strategies that call a provider
+
+
+def check_ai_routes(
+    ai: AiConfig | None, ai_given: bool, routes: list[tuple[int, RouteConfig]]
+) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings) across ``ai`` and the routes' ``ai_policy``.
+
+    A strategy that calls a provider without an ``ai`` section is a warning, not an error: kairos-rs
+    accepts such files (and silently routes normally); Kairos routes normally too, but says so.
+    ``semantic`` (a Kairos strategy) needs something to compare requests with on every backend."""
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    for index, route in routes:
+        policy = route.ai_policy
+        if policy is None or not policy.enabled:
+            continue
+        kind = policy.strategy.kind
+        if kind in PROVIDER_STRATEGIES and ai is None and not ai_given:
+            warnings.append(
+                Problem(
+                    format_path(("routers", index, "ai_policy", "strategy")),
+                    f"{kind!r} calls an AI provider but the config has no top-level `ai` section: "
+                    "the route is balanced without AI routing",
+                )
+            )
+        if kind == "semantic":
+            for position, backend in enumerate(route.upstreams):
+                if not backend.description and not backend.examples:
+                    errors.append(
+                        Problem(
+                            format_path(("routers", index, "backends", position)),
+                            "needs a `description` or `examples` for the 'semantic' AI strategy",
+                        )
+                    )
+    return errors, warnings

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from kairos.config.ai import check_ai_routes
 from kairos.config.model import NO_BACKENDS, GatewayConfig, RouteConfig
 from kairos.config.problems import ConfigError, Problem, format_path, problems_from_validation_error
 from kairos.config.transform import check_transformations
@@ -141,6 +142,9 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     has_jwt = top.jwt is not None if top is not None else bool(raw.get("jwt") or raw.get("jwt_secret"))
     has_api_keys = bool(top.api_keys if top is not None else raw.get("api_keys"))
     errors.extend(_cross_checks(has_jwt, has_api_keys, routes))
+    ai_errors, ai_warnings = check_ai_routes(top.ai if top is not None else None, bool(raw.get("ai")), routes)
+    errors.extend(ai_errors)
+    warnings.extend(ai_warnings)
     for index, route in routes:
         warnings.extend(unknown_keys(route, ("routers", index)))
     warnings.extend(route_overlaps(routes))

@@ -8,8 +8,9 @@ response ends, it builds one small dict and logs it through the ``kairos.access`
 last attempt's backend key or null), ``status``, ``source`` (``gateway`` when the response start
 carries ``errors.GENERATED``, else ``upstream``), ``duration_ms``, ``upstream_ms`` (or null),
 ``client_ip``, ``bytes_in`` (request body bytes the gateway read), ``bytes_out`` (response body
-bytes sent, after compression), ``user_agent``. The line's ``ts`` is the time it was logged (the
-end of the response), like nginx's ``$time_local``.
+bytes sent, after compression), ``user_agent``; on AI routes also ``ai_backend`` (the index AI
+routing chose, or null) and ``ai_outcome`` (text: ``ai=<index|->/<outcome>``). The line's ``ts``
+is the time it was logged (the end of the response), like nginx's ``$time_local``.
 
 ``path`` is the raw (percent-encoded) path **without the query string**: queries often carry
 secrets (``?token=``, ``?api_key=``, signed URLs) and access logs are kept and shipped widely.
@@ -77,7 +78,10 @@ def text_line(entry: Entry) -> str:
     shown = {key: ("-" if value is None else value) for key, value in fields.items()}
     upstream = shown.get("upstream_ms")
     shown["upstream_ms"] = f"{upstream:.3f}ms" if isinstance(upstream, float) else upstream
-    return f"{_timestamp(created)} " + (TEXT_TEMPLATE % shown).replace("\n", "\\n") + "\n"
+    line = TEXT_TEMPLATE % shown
+    if "ai_outcome" in shown:  # AI routes: the chosen backend index (or -) and the outcome
+        line += f" ai={shown['ai_backend']}/{shown['ai_outcome']}"
+    return f"{_timestamp(created)} " + line.replace("\n", "\\n") + "\n"
 
 
 class _CurrentStderr:
@@ -273,24 +277,23 @@ class AccessLogMiddleware:
             route = backend = upstream = request_id = None
             client = scope.get("client")
             client_ip = client[0] if client else None
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": method,
+            "path": _path(scope),
+            "route": route.name if route is not None else None,
+            "backend": backend.key if backend is not None else None,
+            "status": status,
+            "source": "gateway" if generated else "upstream",
+            "duration_ms": elapsed * 1000.0,
+            "upstream_ms": upstream * 1000.0 if upstream is not None else None,
+            "client_ip": client_ip,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "user_agent": _user_agent(scope),
+        }
+        if exchange is not None and exchange.ai_outcome is not None:  # AI routes only
+            fields["ai_backend"] = exchange.preferred_backend
+            fields["ai_outcome"] = exchange.ai_outcome
         # One tuple handed to the queue; the record, formatting and writing happen on the listener's thread.
-        self.emit(
-            (
-                time(),
-                {
-                    "request_id": request_id,
-                    "method": method,
-                    "path": _path(scope),
-                    "route": route.name if route is not None else None,
-                    "backend": backend.key if backend is not None else None,
-                    "status": status,
-                    "source": "gateway" if generated else "upstream",
-                    "duration_ms": elapsed * 1000.0,
-                    "upstream_ms": upstream * 1000.0 if upstream is not None else None,
-                    "client_ip": client_ip,
-                    "bytes_in": bytes_in,
-                    "bytes_out": bytes_out,
-                    "user_agent": _user_agent(scope),
-                },
-            )
-        )
+        self.emit((time(), fields))
