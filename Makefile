@@ -12,7 +12,7 @@ DEMO_PORT ?= 9101
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[http2,dev]'
+	$(PIP) install --quiet -e '.[http2,dev,otel]'
 	touch $@
 
 install: $(VENV)/.installed

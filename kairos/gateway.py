@@ -17,9 +17,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kairos import __version__
+from kairos.admin.shadow import admin_shadow_warning
+from kairos.ai.router import AiRouter
 from kairos.auth.authenticator import Authenticator
 from kairos.auth.jwks import JwksFetcher
 from kairos.cache.manager import ResponseCache
@@ -39,12 +41,14 @@ from kairos.config.ratelimit import RateLimitConfig
 from kairos.logs import configure_logging
 from kairos.middleware.accesslog import AccessLog
 from kairos.middleware.metrics import RequestMetrics
+from kairos.observability.history import MetricsHistory
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.deadline import DeadlineWatch
 from kairos.proxy.engine import UpstreamEngine
 from kairos.proxy.headers import ClientAddress
 from kairos.proxy.httpx_engine import HttpxEngine
 from kairos.ratelimit.limiter import RateLimiter
+from kairos.reload import ConfigWatcher, SighupReload
 from kairos.resilience.health import HealthChecker
 from kairos.resilience.panic import PanicTracker
 from kairos.resilience.retry import RetryStats
@@ -52,9 +56,13 @@ from kairos.routing.matcher import RouteTable
 from kairos.routing.route import Backend, BackendState, compile_route
 from kairos.settings import Settings
 
+if TYPE_CHECKING:
+    from kairos.observability.multiprocess import MultiprocessExporter
+    from kairos.observability.tracing import Tracing
+
 logger = logging.getLogger("kairos")
 
-# Built-in endpoints (kairos.app); the admin API adds its prefix and streams (is_reserved_path).
+# Built-in endpoints (kairos.app); the admin API adds its own sections (see shadow_warning).
 RESERVED_PATHS = ("/health", "/ready", "/live", "/metrics")
 
 ConfigInput = GatewayConfig | LoadedConfig | dict[str, Any] | str | Path | None
@@ -96,6 +104,15 @@ def _iso(moment: float | None) -> str | None:
     return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
 
 
+def _tracing(settings: Settings) -> Tracing | None:
+    """KAIROS_TRACING: OpenTelemetry is imported only when it is on (off costs nothing)."""
+    if settings.tracing == "off":
+        return None
+    from kairos.observability.tracing import Tracing
+
+    return Tracing(settings.tracing, __version__)
+
+
 def _http1_engine(settings: Settings) -> UpstreamEngine:
     if settings.upstream_engine == "raw":
         from kairos.proxy.raw_engine import RawEngine
@@ -128,11 +145,17 @@ class Gateway:
         self.panic = PanicTracker()  # routes in panic mode (balancer), for /metrics
         self.retry_stats = RetryStats()  # kept by the RetryMiddleware, for /metrics
         self.request_metrics = RequestMetrics()  # kept by the MetricsMiddleware, for /metrics
+        # Sampled series for /api/metrics/history and the /ws/metrics streams (task from startup()).
+        self.metrics_history = MetricsHistory.for_gateway(self, settings.metrics_history_interval)
         # Response cache stores (memory per route, Redis per URL) + coalescing; purge() for admin.
         self.cache = ResponseCache(settings.redis_url, routes=lambda: self.table.routes)
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
+        # AI routing: providers, decision cache, counters; loads litellm only if a route needs it.
+        self.ai_router = AiRouter()
         # kairos.access handler + writer thread, from startup() to shutdown(); None: KAIROS_ACCESS_LOG=false
         self.access_log = AccessLog(settings.log_format) if settings.access_log else None
+        # OpenTelemetry tracer provider (KAIROS_TRACING); exports from startup() to shutdown().
+        self.tracing = _tracing(settings)
         self._explicit_config = config
         # The file reloads read and admin writes persist to: the explicit path, else
         # KAIROS_CONFIG_PATH (created by the first admin write when the embedded default runs).
@@ -146,6 +169,11 @@ class Gateway:
         )
         self._started = False
         self._start_lock = asyncio.Lock()
+        # Live reload triggers (kairos/reload.py), from startup() to shutdown().
+        self.config_watcher: ConfigWatcher | None = None
+        self.sighup: SighupReload | None = None
+        # Set by MetricsEndpoint under PROMETHEUS_MULTIPROC_DIR (kairos/observability/multiprocess.py).
+        self.metrics_exporter: MultiprocessExporter | None = None
         if config is not None:
             self.apply(self._load(config))
 
@@ -191,6 +219,7 @@ class Gateway:
         self.config_source = loaded.source
         self.config_document = loaded.document
         self.config_digest = loaded.digest
+        self.ai_router.configure(config)
         self.table = table
         self.health_checker.update(table.routes, config.health_check)  # re-plans the probes
         status = self.reload_status
@@ -203,15 +232,9 @@ class Gateway:
         for warning in loaded.warnings:
             logger.warning("config %s: %s", loaded.source, warning)
         for index, route_config in enumerate(config.routers):
-            if self.is_reserved_path(route_config.external_path):
-                logger.warning(
-                    "config %s: routers[%d].external_path %s is served by the gateway itself (health, "
-                    "metrics or the admin API under KAIROS_ADMIN_PREFIX=%s): the route is never reached",
-                    loaded.source,
-                    index,
-                    route_config.external_path,
-                    self.settings.admin_prefix,
-                )
+            shadowed = self.shadow_warning(route_config.external_path)
+            if shadowed:
+                logger.warning("config %s: routers[%d]: %s", loaded.source, index, shadowed)
         logger.info(
             "config %s applied (%s): %d route(s), generation %d",
             loaded.source,
@@ -220,16 +243,12 @@ class Gateway:
             status.generation,
         )
 
-    def is_reserved_path(self, path: str) -> bool:
-        """Paths the gateway answers itself, before any route (kairos-rs has the same rule)."""
-        prefix = self.settings.admin_prefix
-        return (
-            path in RESERVED_PATHS
-            or path == prefix
-            or path.startswith(prefix + "/")
-            or path.startswith("/ws/metrics")
-            or path.startswith("/ws/admin/metrics")
-        )
+    def shadow_warning(self, external_path: str) -> str | None:
+        """Why a route would never be reached: its path is one the gateway answers itself (the
+        health and metrics endpoints, the admin API's sections); kairos-rs has the same rule."""
+        if external_path in RESERVED_PATHS:
+            return f"external_path {external_path} is a built-in endpoint: the route is never reached"
+        return admin_shadow_warning(external_path, self.settings.admin_prefix)
 
     def record_failed_reload(self, trigger: str, problems: list[str], source: str) -> None:
         """A change that did not apply: the running config stays; status, metrics and log say why."""
@@ -345,12 +364,19 @@ class Gateway:
                     raise
             if self.access_log is not None:
                 self.access_log.start()
+            if self.tracing is not None:
+                self.tracing.start()
             await self.default_engine.start()
             await self.health_checker.start()
+            self.metrics_history.start()
+            await self.ai_router.start()  # imports litellm (in a thread) only when an AI route needs it
             if self.jwks is not None:
                 self.jwks.start()  # in the background: a JWKS endpoint that is down never blocks startup
             if any(backend.http2 for route in self.table.routes for backend in route.backends):
                 await self.http2_engine.start()
+            self._start_reload_triggers()
+            if self.metrics_exporter is not None:
+                self.metrics_exporter.start()
             self._started = True
             logger.info("Kairos %s started", self.version)
 
@@ -359,7 +385,25 @@ class Gateway:
         if not self._started:
             await self.startup()
 
+    def _start_reload_triggers(self) -> None:
+        if self.config_file is not None and self.settings.config_watch:
+            watcher = ConfigWatcher(self.config_file, self.reload)
+            if watcher.start():
+                self.config_watcher = watcher
+        sighup = SighupReload(self.reload)
+        if sighup.install():
+            self.sighup = sighup
+
     async def shutdown(self) -> None:
+        if self.config_watcher is not None:
+            await self.config_watcher.stop()
+            self.config_watcher = None
+        if self.sighup is not None:
+            await self.sighup.remove()
+            self.sighup = None
+        if self.metrics_exporter is not None:
+            await self.metrics_exporter.stop()  # a last sync: this worker's counts outlive it
+        await self.metrics_history.stop()  # ends the sampler and any open /ws/metrics streams
         await self.health_checker.stop()
         await self.deadlines.stop()
         if self.jwks is not None:
@@ -368,8 +412,11 @@ class Gateway:
         await self.http2_engine.close()
         await self.rate_limiter.close()
         await self.cache.close()
+        await self.ai_router.close()
         if self.access_log is not None:
             self.access_log.stop()  # writes what is queued, then ends the thread
+        if self.tracing is not None:
+            await self.tracing.stop()  # exports what is queued, then ends the worker
         self._started = False
 
     @asynccontextmanager

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 from kairos.config.model import GatewayConfig
 from kairos.gateway import Gateway
 from kairos.middleware.accesslog import AccessLogMiddleware
+from kairos.middleware.airouting import AiRoutingMiddleware
 from kairos.middleware.auth import AuthMiddleware
 from kairos.middleware.balancer import BalancerMiddleware
 from kairos.middleware.bodylimit import BodyLimitMiddleware
@@ -50,10 +51,16 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     def count_websockets(delta: int) -> None:
         gateway.websocket_connections += delta
 
-    app: ASGIApp = ProtocolEndpoint(
-        http=HttpProxy(gateway.engine_for, gateway.is_trusted_proxy, gateway.deadlines),
-        websocket=WebSocketProxy(gateway.is_trusted_proxy, on_open=count_websockets),
-    )
+    http: ASGIApp = HttpProxy(gateway.engine_for, gateway.is_trusted_proxy, gateway.deadlines)
+    websocket: ASGIApp = WebSocketProxy(gateway.is_trusted_proxy, on_open=count_websockets)
+    tracing = gateway.tracing  # KAIROS_TRACING; off: nothing imported, no layer
+    if tracing is not None:
+        from kairos.middleware.tracing import ServerSpanMiddleware, UpstreamSpanMiddleware
+
+        # A CLIENT span per attempt that reaches an upstream, and its traceparent sent there.
+        http = UpstreamSpanMiddleware(http, tracing.tracer)
+        websocket = UpstreamSpanMiddleware(websocket, tracing.tracer)
+    app: ASGIApp = ProtocolEndpoint(http=http, websocket=websocket)
     # Circuit breaking + passive outlier ejection: innermost, so it sees one attempt on one backend.
     breakers = _live(gateway, lambda c: c.circuit_breaker)
     health = _live(gateway, lambda c: c.health_check)
@@ -61,6 +68,9 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     app = BalancerMiddleware(app, breakers, health, panic=gateway.panic)
     # Retry: outside the balancer so every attempt picks a backend afresh (another one if it can).
     app = RetryMiddleware(app, stats=gateway.retry_stats)
+    # AI routing: outside retry (one decision per request, not per attempt), inside transforms (the
+    # model sees the request the backend gets); it only sets Exchange.preferred_backend.
+    app = AiRoutingMiddleware(app, gateway.ai_router)
     # Transformations: outside retry (rules apply once, every attempt sends the same request), after
     # rate limits and the cache (a cached answer is already transformed).
     app = TransformMiddleware(app)
@@ -92,4 +102,7 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
         app = AccessLogMiddleware(app, gateway.access_log.put)
     # Metrics: outside everything, so every request is counted (rejections too) and timed whole.
     app = MetricsMiddleware(app, gateway.request_metrics)
+    # Tracing: outermost, so the SERVER span covers every request, rejections included.
+    if tracing is not None:
+        app = ServerSpanMiddleware(app, tracing.tracer)
     return app

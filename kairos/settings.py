@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OTEL_INSTALL_HINT = "pip install 'kairos[otel]'"
 
 
 class Settings(BaseSettings):
@@ -16,6 +18,9 @@ class Settings(BaseSettings):
     port: int = Field(5900, ge=1, le=65535)
     workers: int = Field(1, ge=1)
     config_path: Path = Path("config.json")
+    # Reload the config when its file changes (kairos/reload.py); SIGHUP and POST /api/config/reload
+    # work either way.
+    config_watch: bool = True
     log_level: str = Field("info", validation_alias=AliasChoices("KAIROS_LOG_LEVEL", "RUST_LOG", "log_level"))
     log_format: Literal["json", "text"] = "text"
     # One access-log line per request on stderr (kairos.access logger, written by a thread); false
@@ -35,6 +40,31 @@ class Settings(BaseSettings):
     # Node close idle keep-alive connections at, so the gateway closes first and rarely reuses a
     # connection the upstream is closing (a POST on such a connection cannot be retried safely).
     upstream_keepalive_seconds: float = Field(4.0, gt=0)
+    # Seconds between two samples of /api/metrics/history (kairos-rs: 5). Tests use a fraction.
+    metrics_history_interval: float = Field(5.0, gt=0, le=3600)
+    # OpenTelemetry tracing (kairos/observability/tracing.py, extra `otel`): off (nothing imported, no
+    # layer), otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT) or console; the rest is standard OTEL_*.
+    tracing: Literal["off", "otlp", "console"] = "off"
+
+    @field_validator("tracing")
+    @classmethod
+    def _tracing_installed(cls, value: str) -> str:
+        """Refuse tracing without the extra here, so the operator reads one line naming the
+        variable and the fix instead of an ImportError from deep inside the startup."""
+        if value != "off":
+            from importlib.util import find_spec
+
+            needed = ["opentelemetry.sdk"]
+            if value == "otlp":
+                needed.append("opentelemetry.exporter.otlp.proto.http")
+            for module in needed:
+                try:
+                    found = find_spec(module) is not None
+                except ImportError:  # a parent package is missing
+                    found = False
+                if not found:
+                    raise ValueError(f"tracing {value!r} needs {module} (not installed): {OTEL_INSTALL_HINT}")
+        return value
 
 
 class SettingsError(ValueError):
