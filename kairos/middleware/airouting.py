@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.ai.context import REDACT_MARGIN, RequestContext, build_context
 from kairos.ai.router import AiRouter, Decision, RoutePlan
 from kairos.exchange import SCOPE_KEY, Exchange
+from kairos.middleware.context import has_body
 from kairos.routing.route import Route
 
 DEBUG_HEADER = b"x-kairos-ai-backend"
@@ -118,7 +119,7 @@ class AiRoutingMiddleware:
 async def _read_preview(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive] | None:
     """Up to ``limit`` bytes of the body (at least; whole messages) and a ``receive`` that replays
     them before the rest; None when the client disconnected."""
-    if not _has_body(scope):
+    if not has_body(scope):
         return b"", receive
     chunks: list[bytes] = []
     size = 0
@@ -143,15 +144,6 @@ async def _read_preview(scope: Scope, receive: Receive, limit: int) -> tuple[byt
         return await receive()
 
     return body, replay
-
-
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return bool(value != b"0")
-        if name == b"transfer-encoding":
-            return True
-    return False
 
 
 def _with_header(send: Send, decision: Decision) -> Send:

@@ -117,3 +117,14 @@ async def _internal_error(scope: Scope, send: Send, exc: Exception, request_id: 
     except Exception:
         raise exc from None
     logger.error("unhandled error in the pipeline (%s)", request_id, exc_info=exc)
+
+
+def has_body(scope: Scope) -> bool:
+    """Whether the request announces a body (a non-zero Content-Length, or chunked): the middlewares
+    that buffer a body to replay it (retry, AI routing) skip those that have none."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return bool(value != b"0")
+        if name == b"transfer-encoding":
+            return True
+    return False

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.config.retry import RetryConfig
 from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.context import route_policy
+from kairos.middleware.context import has_body, route_policy
 from kairos.resilience.retry import (
     FAILOVER_ONLY,
     RetryBudget,
@@ -93,7 +93,7 @@ class _Body:
 
     @classmethod
     async def read(cls, scope: Scope, receive: Receive, limit: int) -> _Body | None:
-        if not _has_body(scope):
+        if not has_body(scope):
             return cls([], True, receive)
         chunks: list[bytes] = []
         size = 0
@@ -130,15 +130,6 @@ class _Body:
 def _picked(exchange: Exchange) -> Backend | None:
     """The backend the balancer chose for the attempt that just ran (None if it refused)."""
     return exchange.backend
-
-
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return bool(value != b"0")
-        if name == b"transfer-encoding":
-            return True
-    return False
 
 
 class _Attempts:
