@@ -37,6 +37,7 @@ from kairos.config import (
 from kairos.config.loader import client_networks
 from kairos.config.model import IpFilterConfig
 from kairos.config.persist import render_document, write_atomically
+from kairos.config.problems import StaleConfig
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.logs import configure_logging
 from kairos.middleware.accesslog import AccessLog
@@ -287,11 +288,19 @@ class Gateway:
                 return False
             return True
 
-    async def change(self, document: Any, trigger: str = "admin") -> LoadedConfig:
+    async def change(
+        self, document: Any, trigger: str = "admin", based_on: int | None = None
+    ) -> LoadedConfig:
         """Validate an edited config document, persist it, then apply it — in that order, so a
         document that fails validation or cannot be written changes nothing (ConfigError or
-        OSError is raised). Without a config file the change is applied in memory only."""
+        OSError is raised). Without a config file the change is applied in memory only.
+
+        ``based_on``: the generation the edit was made from. If another change (a file reload, a
+        SIGHUP) was applied since, StaleConfig is raised instead of overwriting it with an edit
+        of the older document (optimistic concurrency, like Kubernetes' resourceVersion)."""
         async with self._reload_lock:
+            if based_on is not None and based_on != self.generation:
+                raise StaleConfig(based_on, self.generation)
             source = str(self.config_file) if self.config_file is not None else "(memory)"
             loaded = load_data(document, source)
             if self.config_file is not None:

@@ -50,6 +50,7 @@ from kairos.admin.responses import BadRequest, read_json
 from kairos.admin.shadow import admin_shadow_warning
 from kairos.config import ConfigError, GatewayConfig, LoadedConfig, Problem, load_data
 from kairos.config.model import HTTP_METHODS
+from kairos.config.problems import StaleConfig
 
 if TYPE_CHECKING:
     from kairos.gateway import Gateway
@@ -285,6 +286,7 @@ class RoutesApi:
         if not isinstance(route, dict):
             raise BadRequest("request body must be a JSON object: the route")
         async with self._lock:
+            based_on = self.gateway.generation
             document = running_document(self.gateway)
             routers = routers_of(document)
             routers.append(route)
@@ -298,7 +300,7 @@ class RoutesApi:
                     f"({'; '.join(describe(i, routers[i]) for i in clash)} takes the same methods; "
                     "update it with PUT, or use other methods)",
                 )
-            loaded = await self._save(document, index)
+            loaded = await self._save(document, index, based_on)
         return self._changed(201, "Route created successfully", route, index, loaded)
 
     async def _update(self, request: Request) -> Response:
@@ -313,6 +315,7 @@ class RoutesApi:
                 f"(URL names {path}, body has {sent.get('external_path')!r})",
             )
         async with self._lock:
+            based_on = self.gateway.generation
             document = running_document(self.gateway)
             routers = routers_of(document)
             index = select(routers, path, dict(request.query_params))
@@ -326,23 +329,26 @@ class RoutesApi:
                     f"Route already exists: {path} "
                     f"({'; '.join(describe(i, routers[i]) for i in clash)} takes the same methods)",
                 )
-            loaded = await self._save(document, index)
+            loaded = await self._save(document, index, based_on)
         return self._changed(200, "Route updated successfully", route, index, loaded)
 
     async def _delete(self, request: Request) -> Response:
         path = "/" + request.path_params["path"]
         async with self._lock:
+            based_on = self.gateway.generation
             document = running_document(self.gateway)
             routers = routers_of(document)
             index = select(routers, path, dict(request.query_params))
             route = routers.pop(index)
             check_document(document, None)
-            loaded = await self._save(document, None)
+            loaded = await self._save(document, None, based_on)
         return self._changed(200, "Route deleted successfully", route, index, loaded, warn=False)
 
-    async def _save(self, document: dict[str, Any], index: int | None) -> LoadedConfig:
+    async def _save(self, document: dict[str, Any], index: int | None, based_on: int) -> LoadedConfig:
         try:
-            return await self.gateway.change(document, "admin")
+            return await self.gateway.change(document, "admin", based_on)
+        except StaleConfig as exc:  # a file reload or SIGHUP landed while this edit was made
+            raise Failure(409, str(exc)) from None
         except ConfigError as exc:  # checked before, but the environment (${VAR}) may have moved
             problems = [relative(p, index) if index is not None else str(p) for p in exc.problems]
             raise Failure(400, "Route validation failed: " + "; ".join(problems), errors=problems) from None

@@ -175,3 +175,13 @@ def _model_names() -> frozenset[str]:
         names.add(model.__name__)
         pending.extend(model.__subclasses__())
     return frozenset(names)
+
+
+class StaleConfig(Exception):
+    """An edit made from a config generation that is no longer the running one."""
+
+    def __init__(self, based_on: int, running: int) -> None:
+        super().__init__(
+            f"the configuration changed while this edit was made (edited generation {based_on}, "
+            f"running generation {running}): read it again and resend the change"
+        )
