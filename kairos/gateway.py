@@ -39,6 +39,7 @@ from kairos.config.model import IpFilterConfig
 from kairos.config.persist import render_document, write_atomically
 from kairos.config.problems import StaleConfig
 from kairos.config.ratelimit import RateLimitConfig
+from kairos.heap import freeze_long_lived
 from kairos.logs import configure_logging
 from kairos.middleware.accesslog import AccessLog
 from kairos.middleware.metrics import RequestMetrics
@@ -387,6 +388,7 @@ class Gateway:
             if self.metrics_exporter is not None:
                 self.metrics_exporter.start()
             self._started = True
+            freeze_long_lived()  # the collector stops rescanning modules, routes, litellm (kairos/heap.py)
             logger.info("Kairos %s started", self.version)
 
     async def ensure_started(self) -> None:

@@ -46,6 +46,7 @@ from kairos.ai.provider import (
 )
 from kairos.ai.strategies import ContentAnalysis, ProviderChain, Semantic, backend_lines
 from kairos.config.ai import PROVIDER_STRATEGIES, AiConfig, AiPolicy, AiProviderConfig
+from kairos.heap import freeze_long_lived
 from kairos.middleware.metrics import Histogram
 
 if TYPE_CHECKING:
@@ -238,6 +239,9 @@ class AiRouter:
             await ensure_litellm()
         except Exception:
             logger.exception("litellm could not be loaded: AI routes will fall back")
+            return
+        if self._started:  # loaded by a reload while serving: keep its tables out of the collector's scans
+            freeze_long_lived(collect=False)
 
     async def close(self) -> None:
         self._started = False
