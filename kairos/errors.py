@@ -14,10 +14,10 @@ A middleware that builds its own answer (not through ``send_error``) sets the sa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from starlette.types import Message, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # type -> status, as in kairos-rs's GatewayError (reference §3.3), plus Kairos's own.
 STATUS_BY_TYPE = {
@@ -111,6 +111,30 @@ WEBSOCKET_REFUSED = (403, True)  # an upgrade closed or dropped before accept: t
 def unanswered(failed: bool) -> tuple[int, bool]:
     """(status, generated) of a request whose app sent no response start: 500 if it raised, else 499."""
     return (500 if failed else CLIENT_CLOSED), True
+
+
+async def watch_upgrade(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, settled: Callable[[int, bool], None]
+) -> None:
+    """Run a WebSocket scope through ``app`` and call ``settled(status, generated)`` exactly once,
+    as soon as the upgrade's outcome is known (accepted: 101; refused: the refusal), or at the end
+    when nothing settled it (closed or dropped before accept: the server's 403)."""
+    done = False
+
+    async def send_watched(message: Message) -> None:
+        nonlocal done
+        if not done:
+            outcome = websocket_outcome(message)
+            if outcome is not None:
+                done = True
+                settled(*outcome)
+        await send(message)
+
+    try:
+        await app(scope, receive, send_watched)
+    finally:
+        if not done:
+            settled(*WEBSOCKET_REFUSED)
 
 
 def websocket_outcome(message: Message) -> tuple[int, bool] | None:

@@ -38,7 +38,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kairos.errors import GENERATED, WEBSOCKET_REFUSED, unanswered, websocket_outcome
+from kairos.errors import GENERATED, unanswered, watch_upgrade
 from kairos.exchange import SCOPE_KEY
 
 LOGGER_NAME = "kairos.access"  # the name in each JSON line (kept from the logging-based writer)
@@ -236,25 +236,11 @@ class AccessLogMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()
-        logged = False
 
         def outcome(code: int, generated: bool) -> None:
-            nonlocal logged
-            logged = True
             self._emit(scope, "GET", code, generated, perf_counter() - started, 0, 0)
 
-        async def send_watched(message: Message) -> None:
-            if not logged:
-                settled = websocket_outcome(message)
-                if settled is not None:
-                    outcome(*settled)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_watched)
-        finally:
-            if not logged:
-                outcome(*WEBSOCKET_REFUSED)
+        await watch_upgrade(self.app, scope, receive, send, outcome)
 
     def _emit(
         self,

@@ -39,7 +39,7 @@ from time import perf_counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kairos.errors import GENERATED, WEBSOCKET_REFUSED, unanswered, websocket_outcome
+from kairos.errors import GENERATED, unanswered, watch_upgrade
 from kairos.exchange import SCOPE_KEY
 
 UNMATCHED = "(unmatched)"
@@ -285,22 +285,7 @@ class MetricsMiddleware:
                 histogram.sum += overhead
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        recorded = False
-
         def outcome(code: int, generated: bool) -> None:
-            nonlocal recorded
-            recorded = True
             self.metrics.count(_route_name(scope), "GET", code, "gateway" if generated else "upstream")
 
-        async def send_watched(message: Message) -> None:
-            if not recorded:
-                settled = websocket_outcome(message)
-                if settled is not None:
-                    outcome(*settled)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_watched)
-        finally:
-            if not recorded:
-                outcome(*WEBSOCKET_REFUSED)
+        await watch_upgrade(self.app, scope, receive, send, outcome)

@@ -40,7 +40,7 @@ from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kairos.errors import GENERATED
+from kairos.errors import GENERATED, websocket_outcome
 from kairos.exchange import SCOPE_KEY, Exchange
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -135,7 +135,7 @@ class ServerSpanMiddleware:
                     if recording:
                         settle(message["status"], bool(message.get(GENERATED)))
                 elif kind != "http.response.body":  # WebSocket: the upgrade's outcome ends the span
-                    outcome = _upgrade_outcome(message)
+                    outcome = websocket_outcome(message)
                     if outcome is not None:
                         if recording:
                             settle(*outcome)
@@ -157,18 +157,6 @@ class ServerSpanMiddleware:
                 if recording and not settled:  # no answer (the client left, or an error escaped)
                     annotate({})
                 span.end()
-
-
-def _upgrade_outcome(message: Message) -> tuple[int, bool] | None:
-    """(status, generated) of a WebSocket upgrade from the message that settles it, else None."""
-    kind = message["type"]
-    if kind == "websocket.accept":
-        return 101, False
-    if kind == "websocket.http.response.start":
-        return message["status"], bool(message.get(GENERATED))
-    if kind == "websocket.close":  # closed before accept: the server answers 403
-        return 403, True
-    return None
 
 
 class UpstreamSpanMiddleware:
