@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.ai.context import REDACT_MARGIN, RequestContext, build_context
 from kairos.ai.router import AiRouter, Decision, RoutePlan
 from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.context import has_body
+from kairos.middleware.context import read_prefix, replaying
 from kairos.routing.route import Route
 
 DEBUG_HEADER = b"x-kairos-ai-backend"
@@ -117,33 +117,13 @@ class AiRoutingMiddleware:
 
 
 async def _read_preview(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive] | None:
-    """Up to ``limit`` bytes of the body (at least; whole messages) and a ``receive`` that replays
-    them before the rest; None when the client disconnected."""
-    if not has_body(scope):
-        return b"", receive
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more and size < limit:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        if chunk:
-            chunks.append(chunk)
-            size += len(chunk)
-        more = bool(message.get("more_body", False))
-    body = b"".join(chunks)
-    pending = True
-
-    async def replay() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": more}
-        return await receive()
-
-    return body, replay
+    """At least ``limit`` bytes of the body (whole messages; all of it when shorter) and a
+    ``receive`` that replays them before the rest; None when the client disconnected."""
+    read = await read_prefix(scope, receive, limit - 1)  # read_prefix stops past its limit
+    if read is None:
+        return None
+    chunks, complete = read
+    return b"".join(chunks), replaying(chunks, complete, receive)
 
 
 def _with_header(send: Send, decision: Decision) -> Send:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY, Exchange
@@ -128,3 +128,41 @@ def has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding":
             return True
     return False
+
+
+async def read_prefix(scope: Scope, receive: Receive, limit: int) -> tuple[list[bytes], bool] | None:
+    """The request body's first messages, read until more than ``limit`` bytes came or the body
+    ended: ``(chunks, complete)``, or None when the client disconnected. With ``replaying`` this is
+    how a layer looks at a body (retry's replay buffer, AI routing's preview) and still hands the
+    whole of it on."""
+    if not has_body(scope):
+        return [], True
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        complete = not message.get("more_body", False)
+        if complete or size > limit:
+            return chunks, complete
+
+
+def replaying(chunks: list[bytes], complete: bool, receive: Receive) -> Receive:
+    """A ``receive`` that gives the buffered ``chunks`` first (as one message), then the client's
+    channel: the rest of the body when it was not ``complete``, or the eventual disconnect."""
+    if not chunks:
+        return receive
+    pending = list(chunks)
+
+    async def replay() -> Message:
+        if pending:
+            body = b"".join(pending)
+            pending.clear()
+            return {"type": "http.request", "body": body, "more_body": not complete}
+        return await receive()
+
+    return replay

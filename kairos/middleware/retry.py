@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.config.retry import RetryConfig
 from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.context import has_body, route_policy
+from kairos.middleware.context import read_prefix, replaying, route_policy
 from kairos.resilience.retry import (
     FAILOVER_ONLY,
     RetryBudget,
@@ -93,38 +93,17 @@ class _Body:
 
     @classmethod
     async def read(cls, scope: Scope, receive: Receive, limit: int) -> _Body | None:
-        if not has_body(scope):
-            return cls([], True, receive)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:  # sent once; the rest (if any) still streams from the client
-                return cls(chunks, False, receive, complete=not message.get("more_body", False))
-            if not message.get("more_body", False):
-                return cls(chunks, True, receive)
+        read = await read_prefix(scope, receive, limit)
+        if read is None:
+            return None
+        chunks, complete = read
+        # Over the limit it is sent once; the rest (if any) still streams from the client.
+        return cls(chunks, sum(map(len, chunks)) <= limit, receive, complete)
 
     def receiver(self) -> Receive:
         """A fresh ``receive`` for one attempt: the buffered body, then the client's channel (the
         rest of an oversized body, or the eventual disconnect)."""
-        pending = list(self.chunks)
-        more = not self.complete
-        if not pending:
-            return self.receive
-
-        async def receive() -> Message:
-            if pending:
-                body = b"".join(pending)
-                pending.clear()
-                return {"type": "http.request", "body": body, "more_body": more}
-            return await self.receive()
-
-        return receive
+        return replaying(self.chunks, self.complete, self.receive)
 
 
 def _picked(exchange: Exchange) -> Backend | None:
