@@ -27,7 +27,7 @@ identity health and circuit state are shared by) with the routes using it.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -39,14 +39,12 @@ from kairos.admin.redact import redact
 from kairos.admin.responses import error_response
 from kairos.cache.policy import url_key
 from kairos.config.model import HTTP_METHODS, GatewayConfig
+from kairos.gateway import RESERVED_PATHS, Gateway
 from kairos.middleware.transform import safe_upstream_path
 from kairos.resilience.breaker import OPEN
 from kairos.resilience.retry import IDEMPOTENT_METHODS
 from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
 from kairos.routing.route import Backend, Route
-
-if TYPE_CHECKING:
-    from kairos.gateway import Gateway
 
 _RAW_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in "?#")
 _TRUE = ("1", "true", "yes", "on")
@@ -269,7 +267,7 @@ def explain(
             f"and {', '.join(STREAM_PATHS)}): "
             "never proxied, whatever the routes say",
         }
-    if path in ("/health", "/ready", "/live", "/metrics"):
+    if path in RESERVED_PATHS:
         return {
             "request": request,
             "matched": False,
