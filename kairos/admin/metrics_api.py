@@ -31,6 +31,7 @@ shutdown ends every stream with close 1001 (``MetricsHistory.streams``).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -273,7 +274,7 @@ def _post(inbox: asyncio.Queue[object], marker: object) -> None:
     inbox.put_nowait(marker)
 
 
-class _Stream:
+class _Stream(abc.ABC):
     """One client: ``opening()`` on connect, ``tick()`` every ``interval`` seconds, ``answer()``
     to each client message; heartbeats, back-pressure and the ending are handled here."""
 
@@ -286,8 +287,9 @@ class _Stream:
     def opening(self) -> list[dict[str, Any]]:
         return self.tick()
 
+    @abc.abstractmethod
     def tick(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The events to send every ``interval`` seconds (each stream kind has its own)."""
 
     def answer(self, text: str) -> list[dict[str, Any]]:
         return []
