@@ -12,18 +12,17 @@ trap: ``Gateway.apply`` logs this warning for every route it concerns, and the r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kairos.admin import ADMIN_SECTIONS, STREAM_PATHS
-from kairos.routing.template import CatchAll, Literal, Param, Pattern, parse_template
+from kairos.routing.template import CatchAll, Literal, Param, Pattern, Segment, parse_template
 
 
-def _reaches(external_path: str, target: str, exact: bool) -> str | None:
-    """How the template meets ``target`` (``exact``) or the paths below it: ``"literal"`` when its
-    leading segments spell ``target`` (every request of the route is concerned), ``"pattern"`` when
-    parameters or a catch-all merely can match it (some requests are), None when it cannot."""
-    try:
-        segments = parse_template(external_path).segments
-    except ValueError:
-        return None
+def _reaches(segments: Sequence[Segment], target: str, exact: bool) -> str | None:
+    """How a template's segments meet ``target`` (``exact``) or the paths below it: ``"literal"``
+    when its leading segments spell ``target`` (every request of the route is concerned),
+    ``"pattern"`` when parameters or a catch-all merely can match it (some requests are), None when
+    it cannot."""
     wanted = target.split("/")[1:]
     how = "literal"
     for position, text in enumerate(wanted):
@@ -53,9 +52,13 @@ def admin_shadow_warning(external_path: object, prefix: str) -> str | None:
     """A warning when requests for ``external_path`` would go to the admin API instead."""
     if not isinstance(external_path, str) or not external_path.startswith("/"):
         return None
+    try:
+        segments = parse_template(external_path).segments  # once: apply() checks every route
+    except ValueError:
+        return None
     for section in sorted(ADMIN_SECTIONS):
         target = f"{prefix}/{section}"
-        how = _reaches(external_path, target, exact=section == "openapi.json")
+        how = _reaches(segments, target, exact=section == "openapi.json")
         if how == "literal":
             return (
                 f"external_path {external_path} is the admin API's {target} (KAIROS_ADMIN_PREFIX={prefix}): "
@@ -67,7 +70,7 @@ def admin_shadow_warning(external_path: object, prefix: str) -> str | None:
                 "answered by the admin API, not by this route"
             )
     for stream in STREAM_PATHS:
-        if _reaches(external_path, stream, exact=True) is not None:
+        if _reaches(segments, stream, exact=True) is not None:
             return (
                 f"external_path {external_path} matches the admin stream {stream}: "
                 "requests for that path are answered by the admin API and never reach this route"
