@@ -53,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.config.transform import (
     BodyOps,
     DottedPath,
+    HeaderPass,
     RequestPlan,
     RequestTransformation,
     ResponsePlan,
@@ -72,6 +73,8 @@ Headers = list[tuple[bytes, bytes]]
 _NO_BODY_STATUS = frozenset({204, 304})
 # What a rewritten body makes wrong: its length, and the upstream's validator for the old bytes.
 _STALE_AFTER_REWRITE = frozenset({b"content-length", b"etag"})
+# A rewritten request body is sent whole, with its own length.
+_REQUEST_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class TransformMiddleware:
@@ -122,11 +125,13 @@ class TransformMiddleware:
         if inbound is not None:
             if kind == "websocket":
                 if inbound.headers:
-                    headers = _apply_header_rules(inbound.headers, scope["headers"], context)
+                    headers = _rewrite_headers(
+                        inbound.headers, inbound.header_pass, scope["headers"], context
+                    )
                     scope = {**scope, "headers": headers}
             else:
-                prepared = await _transform_request(inbound, scope, receive, context)
-                if prepared is None:
+                transformed = _transform_request(inbound, scope, context)
+                if transformed is None:
                     await send_error(
                         send,
                         "config",
@@ -134,9 +139,14 @@ class TransformMiddleware:
                         context.request_id,
                     )
                     return
-                scope, receive = prepared
+                scope = transformed
+                if inbound.body is not None:
+                    scope, receive = await _transform_body(inbound, scope, receive, context)
         if outbound is not None:
-            send = _ResponseRewriter(outbound, context, send, scope["method"] == "HEAD").send
+            if outbound.body is None:
+                send = _header_rewriter(outbound, context, send)
+            else:
+                send = _ResponseRewriter(outbound, context, send, scope["method"] == "HEAD").send
         await self.app(scope, receive, send)
 
 
@@ -221,14 +231,12 @@ def _header(headers: Headers, key: bytes) -> str | None:
 # request
 
 
-async def _transform_request(
-    rules: RequestPlan, scope: Scope, receive: Receive, context: _Context
-) -> tuple[Scope, Receive] | None:
-    """The scope and receive for the inner app; None when the path rewrite is unsafe."""
+def _transform_request(rules: RequestPlan, scope: Scope, context: _Context) -> Scope | None:
+    """The scope for the inner app with the header, query and path rules applied; None when the path
+    rewrite is unsafe. Synchronous: only a body rule (``_transform_body``) has anything to wait for."""
     changes: dict[str, Any] = {}
-    headers = scope["headers"]
     if rules.headers:
-        headers = changes["headers"] = _apply_header_rules(rules.headers, headers, context)
+        changes["headers"] = _rewrite_headers(rules.headers, rules.header_pass, scope["headers"], context)
     query: bytes = scope.get("query_string", b"")
     if rules.query:
         query = changes["query_string"] = _apply_query_rules(rules.query, query, context)
@@ -251,21 +259,24 @@ async def _transform_request(
                     return None
                 changes["raw_path"] = rewritten.encode("latin-1")
                 changes["path"] = unquote(rewritten)
-    if rules.body is not None and _wants_body(headers, rules.max_body_bytes):
-        body = await _read_bounded(receive, rules.max_body_bytes)
-        messages, complete = body
-        rewritten_body = _rewrite_json(_joined(messages), rules.body, context) if complete else None
-        if rewritten_body is not None:
-            messages = [{"type": "http.request", "body": rewritten_body, "more_body": False}]
-            changes["headers"] = [
-                (name, value)
-                for name, value in headers
-                if name != b"content-length" and name != b"transfer-encoding"
-            ] + [(b"content-length", str(len(rewritten_body)).encode())]
-        receive = _replay(messages, receive)
-    if changes:
-        scope = {**scope, **changes}
-    return scope, receive
+    return {**scope, **changes} if changes else scope
+
+
+async def _transform_body(
+    rules: RequestPlan, scope: Scope, receive: Receive, context: _Context
+) -> tuple[Scope, Receive]:
+    """The JSON body rules applied to a body that may fit the bound; any other body untouched."""
+    assert rules.body is not None
+    headers = scope["headers"]
+    if not _wants_body(headers, rules.max_body_bytes):
+        return scope, receive
+    messages, complete = await _read_bounded(receive, rules.max_body_bytes)
+    rewritten_body = _rewrite_json(_joined(messages), rules.body, context) if complete else None
+    if rewritten_body is not None:
+        messages = [{"type": "http.request", "body": rewritten_body, "more_body": False}]
+        kept = [(name, value) for name, value in headers if name not in _REQUEST_FRAMING]
+        scope = {**scope, "headers": [*kept, (b"content-length", str(len(rewritten_body)).encode())]}
+    return scope, _replay(messages, receive)
 
 
 def _apply_header_rules(
@@ -289,10 +300,7 @@ def _apply_header_rules(
                 if name == key:
                     out[index] = (name, encode_header_value(rule.substitute(raw.decode("latin-1"))))
         else:
-            value = rule.constant
-            if value is None:
-                assert rule.template is not None
-                value = encode_header_value(clean_header_value(context.render(rule.template)))
+            value = rule.constant if rule.constant is not None else _rendered(rule, context)
             if action == "add":
                 for name, _ in out:
                     if name == key:
@@ -303,6 +311,43 @@ def _apply_header_rules(
                 out = [header for header in out if header[0] != key]
                 out.append((key, value))
     return out
+
+
+def _rewrite_headers(
+    rules: tuple[RuleOp, ...],
+    one_pass: HeaderPass | None,
+    headers: Headers,
+    context: _Context,
+    status: int | None = None,
+    response_headers: Headers | None = None,
+) -> Headers:
+    """``rules`` applied to ``headers``: in one walk when the plan allows it (see HeaderPass)."""
+    if one_pass is None:
+        return _apply_header_rules(rules, headers, context, status, response_headers)
+    by_key = one_pass.by_key
+    out: Headers = []
+    present: set[bytes] = set()  # the names of `add` rules the request already carries
+    for header in headers:
+        rule = by_key.get(header[0])
+        if rule is None:
+            out.append(header)
+            continue
+        action = rule.action
+        if action == "replace":
+            out.append((header[0], encode_header_value(rule.substitute(header[1].decode("latin-1")))))
+        elif action == "add":
+            out.append(header)
+            present.add(rule.key)
+        # remove and set: dropped here (set appends its own below)
+    for rule in one_pass.appended:
+        if rule.action == "set" or rule.key not in present:
+            out.append((rule.key, rule.constant if rule.constant is not None else _rendered(rule, context)))
+    return out
+
+
+def _rendered(rule: RuleOp, context: _Context) -> bytes:
+    assert rule.template is not None
+    return encode_header_value(clean_header_value(context.render(rule.template)))
 
 
 def _apply_query_rules(rules: tuple[RuleOp, ...], query: bytes, context: _Context) -> bytes:
@@ -475,6 +520,33 @@ def _put(document: dict[str, Any], path: DottedPath, value: Any, overwrite: bool
 # response
 
 
+def _header_rewriter(rules: ResponsePlan, context: _Context, send: Send) -> Send:
+    """The response's status and headers rewritten, for plans without body rules (most): a closure
+    is all it takes."""
+
+    async def rewrite(message: Message) -> None:
+        if message["type"] == "http.response.start" and not message.get(GENERATED):
+            message = _rewritten_start(rules, context, message)
+        await send(message)
+
+    return rewrite
+
+
+def _rewritten_start(rules: ResponsePlan, context: _Context, message: Message) -> Message:
+    status: int = message["status"]
+    headers: Headers = [(name.lower(), value) for name, value in message.get("headers", ())]
+    new_status = status
+    for mapping in rules.mappings:
+        if mapping.from_status == status:
+            condition = mapping.condition
+            if condition is None or context.holds(condition, status, headers):
+                new_status = mapping.to_status
+                break
+    if rules.headers:
+        headers = _rewrite_headers(rules.headers, rules.header_pass, headers, context, status, headers)
+    return {**message, "status": new_status, "headers": headers}
+
+
 class _ResponseRewriter:
     __slots__ = ("_head", "_held", "_parts", "_rules", "_send", "_size", "context")
 
@@ -493,7 +565,7 @@ class _ResponseRewriter:
             if message.get(GENERATED):
                 await self._send(message)
                 return
-            message = self._start(message)
+            message = _rewritten_start(self._rules, self.context, message)
             if self._should_hold(message):
                 self._held = message
                 return
@@ -503,21 +575,6 @@ class _ResponseRewriter:
             await self._collect(message)
             return
         await self._send(message)
-
-    def _start(self, message: Message) -> Message:
-        rules, context = self._rules, self.context
-        status: int = message["status"]
-        headers: Headers = [(name.lower(), value) for name, value in message.get("headers", ())]
-        new_status = status
-        for mapping in rules.mappings:
-            if mapping.from_status == status:
-                condition = mapping.condition
-                if condition is None or context.holds(condition, status, headers):
-                    new_status = mapping.to_status
-                    break
-        if rules.headers:
-            headers = _apply_header_rules(rules.headers, headers, context, status, headers)
-        return {**message, "status": new_status, "headers": headers}
 
     def _should_hold(self, message: Message) -> bool:
         rules = self._rules

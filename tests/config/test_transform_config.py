@@ -95,3 +95,24 @@ def test_free_text_status_conditions_are_a_warning() -> None:
         "(kairos-rs ignored it too): the mapping applies to every response; write an object such as "
         '{"header": "x-legacy", "equals": "1"}'
     ]
+
+
+def test_replacements_read_groups_as_the_rust_regex_crate_does() -> None:
+    """``$1``, ``${1}``, ``${name}``, ``$$``; literal ``%`` and ``\\`` kept as text; an unmatched group
+    inserts nothing (each replacement shape: no group, one group, several)."""
+    import re
+
+    from kairos.config.transform import compile_replacement
+
+    cases = [
+        ("^(.*)$", "$1 via-kairos", "wrk", "wrk via-kairos"),
+        ("^/v1/(.*)$", "/v2/$1%s%%", "/v1/a%db", "/v2/a%db%s%%"),
+        ("(a)|(b)", "x${2}y", "ab", "xyxby"),
+        ("(?P<n>\\d+)", "<${n}>", "a12b3", "a<12>b<3>"),
+        ("(a)(b)", "$2$1", "abab", "baba"),
+        ("a", "\\$$", "cat", "c\\$t"),
+        ("(a)", "${1}\\1", "a", "a\\1"),
+    ]
+    for pattern, replacement, value, expected in cases:
+        regex = re.compile(pattern)
+        assert regex.sub(compile_replacement(replacement, regex), value) == expected, (pattern, replacement)

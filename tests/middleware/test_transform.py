@@ -183,3 +183,48 @@ def test_a_lifespan_scope_passes_through() -> None:
 
     asyncio.run(TransformMiddleware(inner, request={"headers": []})({"type": "lifespan"}, receive, send))
     assert events == ["lifespan"]
+
+
+def test_one_walk_gives_what_rule_by_rule_gives() -> None:
+    """HeaderPass (rules on distinct headers, no condition, applied in one walk) must equal applying
+    the rules one after another, on every mix of actions and of headers present, repeated or not."""
+    import random
+
+    from kairos.config.transform import RequestTransformation
+    from kairos.middleware.transform import _apply_header_rules, _Context, _rewrite_headers
+
+    chooser = random.Random(20261124)
+    names = ["X-A", "X-B", "User-Agent", "X-Tenant", "Accept"]
+    rule_shapes = [
+        lambda name: {"action": "set", "name": name, "value": "set-${request_id}"},
+        lambda name: {"action": "add", "name": name, "value": "added"},
+        lambda name: {"action": "remove", "name": name},
+        lambda name: {"action": "replace", "name": name, "pattern": "^(.*)$", "replacement": "$1 via"},
+        lambda name: {"action": "replace", "name": name, "pattern": "a", "replacement": "A"},
+    ]
+    walked = 0
+    for _ in range(400):
+        chosen = chooser.sample(names, chooser.randint(1, len(names)))
+        rules = [chooser.choice(rule_shapes)(name) for name in chosen]
+        plan = RequestTransformation.model_validate({"headers": rules}).plan
+        assert plan.header_pass is not None, rules
+        headers = [
+            (chooser.choice(names).lower().encode(), chooser.choice([b"alpha", b"b", b""]))
+            for _ in range(chooser.randint(0, 6))
+        ]
+        scope: Scope = {"type": "http", "headers": headers, "path": "/", "client": ("127.0.0.1", 1)}
+        context = _Context(scope, None)
+        one_walk = _rewrite_headers(plan.headers, plan.header_pass, headers, context)
+        rule_by_rule = _apply_header_rules(plan.headers, headers, context)
+        assert one_walk == rule_by_rule, (rules, headers)
+        walked += 1
+    assert walked == 400
+    # Two rules on one header, or a condition, are applied rule by rule.
+    twice = RequestTransformation.model_validate(
+        {"headers": [{"action": "remove", "name": "X-A"}, {"action": "add", "name": "x-a", "value": "1"}]}
+    )
+    assert twice.plan.header_pass is None
+    conditional = RequestTransformation.model_validate(
+        {"headers": [{"action": "set", "name": "X-A", "value": "1", "condition": {"path": "^/v1"}}]}
+    )
+    assert conditional.plan.header_pass is None
