@@ -21,13 +21,18 @@ The context is the method, the path (with its query), a safe subset of the heade
 Whitespace runs of the preview are collapsed (kairos-rs replaced CR/LF by spaces): it is shorter,
 and two requests that differ only in formatting get the same fingerprint, so the same cached
 decision.
+
+Redaction costs more than a cached decision saves: ``ContextMemo`` remembers, for a request seen
+before (same method, path, query, non-volatile headers and body prefix), the context built from it,
+so a repeated request costs a dict lookup instead of redaction and fingerprinting.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 SENSITIVE_PARTS = ("auth", "cookie", "token", "key", "secret", "session", "passw", "csrf", "signature")
@@ -95,6 +100,8 @@ def is_sensitive_header(name: str) -> bool:
 
 _NAMES: dict[bytes, str | None] = {}  # raw header name -> name to send, or None: never sent
 _NAMES_LIMIT = 1024
+_UNSEEN = object()  # not yet in _NAMES
+_blake2s = hashlib.blake2s
 
 
 def _header_name(raw: bytes) -> str | None:
@@ -147,6 +154,7 @@ class RequestContext:
     path: str  # with the query string, redacted
     headers: dict[str, str]
     body: str  # the redacted preview
+    digest: bytes | None = field(default=None, compare=False, repr=False)  # fingerprint(), once computed
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "path": self.path, "headers": self.headers, "body_preview": self.body}
@@ -158,10 +166,17 @@ class RequestContext:
     def fingerprint(self) -> bytes:
         """A digest of the normalised context: equal contexts get the same cached decision. The
         parts are joined with control characters that the parts cannot hold unescaped (headers and
-        paths never do; the preview is whitespace-collapsed), so different contexts stay different."""
-        parts = [self.method, self.path, *(f"{name}\x1e{value}" for name, value in self.headers.items())]
-        canonical = "\x1f".join([*parts, "\x1d", self.body])
-        return hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        paths never do; the preview is whitespace-collapsed), so different contexts stay different.
+        Computed once: a memoised context (``ContextMemo``) serves many requests, and the same
+        ``bytes`` object each time also keeps its hash, so the cache lookup does not rehash it."""
+        digest = self.digest
+        if digest is None:
+            parts = [self.method, self.path, *(f"{name}\x1e{value}" for name, value in self.headers.items())]
+            canonical = "\x1f".join([*parts, "\x1d", self.body])
+            digest = self.digest = hashlib.blake2b(
+                canonical.encode("utf-8", "surrogatepass"), digest_size=16
+            ).digest()
+        return digest
 
 
 def build_context(
@@ -177,3 +192,107 @@ def build_context(
         headers=safe_headers(headers),
         body=body_preview(body, limit, content_type),
     )
+
+
+MemoKey = tuple[int | str | bytes, ...]
+
+
+def body_bytes_used(limit: int) -> int:
+    """How many leading bytes of the body ``body_preview`` can depend on: it decodes (UTF-8, at most
+    4 bytes a character, each replaced invalid byte at least 1) and keeps ``limit + REDACT_MARGIN``
+    characters, so the ones after that many times 4 never change the preview."""
+    return 4 * (max(limit, 0) + REDACT_MARGIN)
+
+
+def raw_key(
+    method: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes, limit: int
+) -> MemoKey:
+    """Everything ``build_context`` reads, taken before any redaction, as a dict key: equal keys mean
+    equal contexts (a tuple compares part by part, so parts cannot run into each other).
+
+    - the headers that ``safe_headers`` drops (volatile, sensitive) are left out, so a per-request
+      ``x-request-id`` does not make every key unique and a client's credentials are never kept;
+      the others go in as sent (name, value), in order, each value cut where the context cuts it
+      (``content-type`` whole: ``is_textual`` reads all of it);
+    - the path and query are cut at ``MAX_PATH`` bytes (the context keeps that many characters of
+      ``path?query``, one per byte);
+    - the body is kept as a digest (blake2s) of the bytes the preview can depend on: a key holds no
+      body, so no body secret outlives its request here, and a key stays small."""
+    names = _NAMES
+    if body:
+        used = body_bytes_used(limit)
+        body = _blake2s(body if len(body) <= used else body[:used]).digest()
+    key: list[int | str | bytes] = [limit, method, raw_path[:MAX_PATH], query[:MAX_PATH], body]
+    for name, value in headers:
+        verdict = names.get(name, _UNSEEN)
+        if verdict is _UNSEEN:
+            verdict = _header_name(name)
+        if verdict is not None:
+            key.append(name)
+            key.append(
+                value
+                if len(value) <= MAX_HEADER_VALUE or name == b"content-type"
+                else value[:MAX_HEADER_VALUE]
+            )
+    return tuple(key)
+
+
+DEFAULT_MEMO_ENTRIES = 1024
+MEMO_MAX_ENTRY_BYTES = 8192  # key parts + preview: a larger request is not remembered (built each time)
+
+
+class ContextMemo:
+    """Raw request inputs (``raw_key``) -> the ``RequestContext`` built from them, its fingerprint
+    computed: a client repeating a request (the case the decision cache is for) skips redaction,
+    normalisation and fingerprinting, which cost more than the cached decision saves otherwise.
+
+    It remembers a pure function of the request, never a decision: every request still asks the
+    decision cache, so its TTL, the per-plan keys (a reload that changes a route's plan keys new
+    decisions), single-flight and the metrics outcomes are exactly as without it, and nothing here
+    needs to expire. Bounded: least recently used entries go first, and a request whose key and
+    preview together exceed ``MEMO_MAX_ENTRY_BYTES`` is not remembered, so an entry stays under
+    ~12 KB (the context adds at most a 1000-character path and 10 x 200-character headers) and the
+    whole memo under ~15 MB whatever the clients send; usually an entry is well under 1 KB.
+
+    An entry keeps the raw path, query and the header values that are not credentials (a secret in
+    a query string is redacted in the context but kept in the key, in memory, never sent), never
+    a raw body nor an ``Authorization``/``Cookie``/``*-key`` header."""
+
+    __slots__ = ("_entries", "hits", "max_entries")
+
+    def __init__(self, max_entries: int = DEFAULT_MEMO_ENTRIES) -> None:
+        self._entries: OrderedDict[MemoKey, RequestContext] = OrderedDict()
+        self.max_entries = max_entries
+        self.hits = 0
+
+    def context(
+        self,
+        method: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        limit: int,
+    ) -> RequestContext:
+        """The context of this request: remembered, or built (and remembered)."""
+        key = raw_key(method, raw_path, query, headers, body, limit)
+        entries = self._entries
+        context = entries.get(key)
+        if context is not None:
+            entries.move_to_end(key)
+            self.hits += 1
+            return context
+        context = build_context(method, raw_path, query, headers, body, limit)
+        context.fingerprint()
+        size = len(context.body) + sum(len(part) for part in key if not isinstance(part, int))
+        if size <= MEMO_MAX_ENTRY_BYTES:
+            entries[key] = context
+            if len(entries) > self.max_entries:
+                entries.popitem(last=False)
+        return context
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kairos.ai.cache import DecisionCache
-from kairos.ai.context import RequestContext
+from kairos.ai.context import ContextMemo, RequestContext
 from kairos.ai.latency import FAILURE_PENALTY, PeakEwma
 from kairos.ai.prompt import InvalidAnswer
 from kairos.ai.provider import (
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     from kairos.routing.route import Route
 
 logger = logging.getLogger("kairos.ai")
+perf_counter = time.perf_counter
+monotonic = time.monotonic
 
 OUTCOMES = (
     "chosen",
@@ -101,6 +103,7 @@ class RoutePlan:
 
     __slots__ = (
         "backends",
+        "cached_key",
         "config",
         "debug_header",
         "fallback",
@@ -116,6 +119,7 @@ class RoutePlan:
     def __init__(self, route: Route, policy: AiPolicy, strategy: ContentAnalysis | Semantic | None) -> None:
         self.config: RouteConfig = route.config
         self.name = route.name
+        self.cached_key = (self.name, "cached")  # AiStats.decisions key of a cache hit
         self.backends = len(route.backends)
         self.strategy = strategy  # None: latency_prediction (no provider)
         self.fallback = policy.fallback_backend_index
@@ -149,6 +153,7 @@ class AiRouter:
     def __init__(self) -> None:
         self.stats = AiStats()
         self.cache = DecisionCache()
+        self.contexts = ContextMemo()  # raw request -> its redacted context (pure: kept across reloads)
         self.latency = PeakEwma()
         self.providers: dict[str, Provider] = {}
         self.ai: AiConfig | None = None
@@ -271,6 +276,28 @@ class AiRouter:
         if chosen is None or plan.shadow:
             return Decision(plan.fallback if not plan.shadow else None, outcome, chosen)
         return Decision(chosen, outcome, chosen)
+
+    def cached(self, plan: RoutePlan, context: RequestContext) -> int | None:
+        """The hit path of ``decide``, for a request routed by its decision (not shadow mode): the
+        cached backend index, counted as ``cached`` with its duration exactly as ``decide`` counts
+        it, or None when the cache holds no live decision (then ``decide``). Synchronous and inlined
+        (no coroutine, no Decision): a repeated request is the common
+        case, and it should cost little more than a route without AI routing."""
+        if plan.ttl <= 0.0 or plan.shadow:
+            return None
+        started = perf_counter()
+        index = self.cache.get((plan.signature, context.fingerprint()), monotonic())
+        if index is None:
+            return None
+        stats = self.stats
+        decisions = stats.decisions
+        key = plan.cached_key
+        decisions[key] = decisions.get(key, 0) + 1
+        histogram = stats.durations.get(plan.name)
+        if histogram is None:
+            histogram = stats.durations[plan.name] = Histogram()
+        histogram.observe(perf_counter() - started)
+        return index
 
     def decide_in_background(
         self, plan: RoutePlan, route: Route, context: RequestContext | None

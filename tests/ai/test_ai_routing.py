@@ -80,6 +80,7 @@ def config(fake: Server, a: Server, b: Server) -> dict[str, Any]:
             ai_route("/ai/latency", "/whoami", [backend(a), backend(fake)], ("GET",),
                      strategy="latency_prediction"),
             ai_route("/ai/single", "/echo", [backend(b)], model="single-model"),
+            ai_route("/ai/ttl", "/echo", two, model="ttl-model", cache_ttl_secs=2),
         ],
     }  # fmt: skip
 
@@ -159,6 +160,32 @@ def test_cached_decision_makes_no_provider_call(client: httpx.Client, provider: 
         assert ai_header(response) == ("1", "cached")
         assert served_by(response) == "b"
     assert hits(provider, "gpt-4o-mini") == before + 1
+
+
+def test_a_repeated_request_still_asks_the_cache_and_its_ttl(
+    client: httpx.Client, provider: httpx.Client
+) -> None:
+    """A repeat skips redaction (its context is memoised, kairos/ai/context.py ContextMemo) but its
+    decision still comes from the decision cache: an other e-mail redacts to the same context (one
+    decision for both), an other query does not (the model sees it), and once ``cache_ttl_secs``
+    passed the same request asks the provider again."""
+    jane = {"message": "refund the order of jane.doe@example.com"}
+    before = hits(provider, "ttl-model")
+    memo_hits = metric(client.get("/metrics").text, "kairos_ai_context_memo_hits_total")
+    assert ai_header(client.post("/ai/ttl", json=jane)) == ("1", "chosen")
+    assert ai_header(client.post("/ai/ttl", json=jane)) == ("1", "cached")
+    john = {"message": "refund the order of john.roe@example.org"}
+    assert ai_header(client.post("/ai/ttl", json=john)) == ("1", "cached")
+    assert hits(provider, "ttl-model") == before + 1
+    assert ai_header(client.post("/ai/ttl?order=7", json=jane)) == ("1", "chosen")
+    assert hits(provider, "ttl-model") == before + 2
+    time.sleep(2.2)  # past cache_ttl_secs: the memoised context no longer finds a decision
+    assert ai_header(client.post("/ai/ttl", json=jane)) == ("1", "chosen")
+    assert hits(provider, "ttl-model") == before + 3
+    text = client.get("/metrics").text
+    assert metric(text, "kairos_ai_decisions_total", route="/ai/ttl", outcome="cached") == 2
+    assert metric(text, "kairos_ai_decision_duration_seconds_count", route="/ai/ttl") == 5
+    assert metric(text, "kairos_ai_context_memo_hits_total") == memo_hits + 2  # jane's two repeats
 
 
 def test_provider_never_receives_secrets(client: httpx.Client, provider: httpx.Client) -> None:
@@ -416,10 +443,16 @@ def test_reload_keeps_provider_breakers_and_applies_new_ai_routes(
         raise AssertionError("breaker-model's circuit did not open")
     updated = config(fake, upstream, upstream_b)
     updated["routers"].append(ai_route("/ai/added", "/echo", [backend(upstream), backend(upstream_b)]))
+    # /ai/route now asks another model: its plan changed, so its cached decisions are not reused.
+    assert ai_header(client.post("/ai/route", json=REFUND))[0] == "1"  # decided (cached) before the reload
+    updated["routers"][0]["ai_policy"]["strategy"] = {"content_analysis": {"model": "reloaded-model"}}
     (module_tmp / f"config-{gateway.port}.json").write_text(json.dumps(updated))
     reloaded = client.post("/api/config/reload")
     assert reloaded.status_code == 200, reloaded.text
     assert ai_header(client.post("/ai/added", json=REFUND)) == ("1", "chosen")
+    assert ai_header(client.post("/ai/route", json=REFUND)) == ("1", "chosen")
+    assert hits(provider, "reloaded-model") == 1
+    assert ai_header(client.post("/ai/route", json=REFUND)) == ("1", "cached")
     before = hits(provider, "breaker-model")
     assert ai_header(client.post("/ai/breaker", json=REFUND)) == ("0", "fallback_circuit_open")
     assert hits(provider, "breaker-model") == before
