@@ -292,6 +292,10 @@ class ResponsePlan:
     body: BodyOps | None
     max_body_bytes: int
     empty: bool
+    # Whether something reads the response headers by name (a condition, rules applied one by one,
+    # a body rule's content-type check), so their names are lower-cased first; a one-walk plan
+    # lower-cases only the names it looks up.
+    lowercase: bool
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -695,13 +699,18 @@ class ResponseTransformation(ConfigModel):
     @cached_property
     def plan(self) -> ResponsePlan:
         headers = tuple(rule.compiled for rule in self.headers)
+        one_pass = header_pass(headers)
+        mappings = tuple(mapping.compiled for mapping in self.status_code_mappings)
         return ResponsePlan(
             headers=headers,
-            header_pass=header_pass(headers),
-            mappings=tuple(mapping.compiled for mapping in self.status_code_mappings),
+            header_pass=one_pass,
+            mappings=mappings,
             body=self.body.compiled if self.body is not None else None,
             max_body_bytes=self.max_body_bytes,
             empty=not (self.headers or self.status_code_mappings or self.body),
+            lowercase=(bool(headers) and one_pass is None)
+            or self.body is not None
+            or any(mapping.condition is not None for mapping in mappings),
         )
 
 

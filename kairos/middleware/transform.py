@@ -328,7 +328,7 @@ def _rewrite_headers(
     out: Headers = []
     present: set[bytes] = set()  # the names of `add` rules the request already carries
     for header in headers:
-        rule = by_key.get(header[0])
+        rule = by_key.get(header[0].lower())  # response header names may come in any case
         if rule is None:
             out.append(header)
             continue
@@ -534,7 +534,9 @@ def _header_rewriter(rules: ResponsePlan, context: _Context, send: Send) -> Send
 
 def _rewritten_start(rules: ResponsePlan, context: _Context, message: Message) -> Message:
     status: int = message["status"]
-    headers: Headers = [(name.lower(), value) for name, value in message.get("headers", ())]
+    headers: Headers = message.get("headers", [])
+    if rules.lowercase:
+        headers = [(name.lower(), value) for name, value in headers]
     new_status = status
     for mapping in rules.mappings:
         if mapping.from_status == status:

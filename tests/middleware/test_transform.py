@@ -217,6 +217,10 @@ def test_one_walk_gives_what_rule_by_rule_gives() -> None:
         one_walk = _rewrite_headers(plan.headers, plan.header_pass, headers, context)
         rule_by_rule = _apply_header_rules(plan.headers, headers, context)
         assert one_walk == rule_by_rule, (rules, headers)
+        # Response header names may come in any case: the walk matches them all the same.
+        shouted = [(name.upper(), value) for name, value in headers]
+        walked_shouted = _rewrite_headers(plan.headers, plan.header_pass, shouted, context)
+        assert [(name.lower(), value) for name, value in walked_shouted] == rule_by_rule
         walked += 1
     assert walked == 400
     # Two rules on one header, or a condition, are applied rule by rule.
