@@ -278,4 +278,10 @@ SUTS: tuple[Sut, ...] = (
         "asgiproxy", "bench/asgiproxy_app.py: asgiproxy 0.2 simple proxy", "asgiproxy_app:app", "bench"
     ),
     NginxProxy("nginx-proxy", "nginx proxy_pass with upstream keepalive"),
+    UvicornApp(
+        "asgi-floor",
+        "bench/asgi_floor.py: no proxy, the ASGI app answers the bodies itself (uvicorn's own cost)",
+        "asgi_floor:app",
+        "bench",
+    ),
 )
