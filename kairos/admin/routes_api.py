@@ -182,6 +182,17 @@ def select(routers: list[Any], path: str, query: dict[str, str]) -> int:
     return candidates[0]
 
 
+def _refuse_clash(routers: list[Any], index: int, name: object, advice: str) -> None:
+    """409 when the route now at ``index`` takes methods another route with its path already takes."""
+    clash = conflicts(routers, routers[index], skip=index)
+    if clash:
+        raise Failure(
+            409,
+            f"Route already exists: {name} "
+            f"({'; '.join(describe(i, routers[i]) for i in clash)} takes the same methods{advice})",
+        )
+
+
 def conflicts(routers: list[Any], route: dict[str, Any], skip: int | None = None) -> list[int]:
     """Routes a new/updated route would duplicate: same external_path, same kind (WebSocket or
     not) and a method in common — the second could never be reached for those methods."""
@@ -292,14 +303,9 @@ class RoutesApi:
             routers.append(route)
             index = len(routers) - 1
             check_document(document, index)
-            clash = conflicts(routers, route, skip=index)
-            if clash:
-                raise Failure(
-                    409,
-                    f"Route already exists: {route.get('external_path')} "
-                    f"({'; '.join(describe(i, routers[i]) for i in clash)} takes the same methods; "
-                    "update it with PUT, or use other methods)",
-                )
+            _refuse_clash(
+                routers, index, route.get("external_path"), "; update it with PUT, or use other methods"
+            )
             loaded = await self._save(document, index, based_on)
         return self._changed(201, "Route created successfully", route, index, loaded)
 
@@ -322,13 +328,7 @@ class RoutesApi:
             route = restore(sent, routers[index])
             routers[index] = route
             check_document(document, index)
-            clash = conflicts(routers, route, skip=index)
-            if clash:
-                raise Failure(
-                    409,
-                    f"Route already exists: {path} "
-                    f"({'; '.join(describe(i, routers[i]) for i in clash)} takes the same methods)",
-                )
+            _refuse_clash(routers, index, path, "")
             loaded = await self._save(document, index, based_on)
         return self._changed(200, "Route updated successfully", route, index, loaded)
 

@@ -147,9 +147,7 @@ class ServerSpanMiddleware:
             await self.app(scope, receive, traced_send)
         except BaseException as exc:
             if not ended and recording:
-                span.record_exception(exc)
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_status(_ERROR)
+                _failed(span, exc, type(exc).__qualname__)
             raise
         finally:
             context_api.detach(token)
@@ -222,9 +220,7 @@ class UpstreamSpanMiddleware:
             await self.app(scope, receive, traced_send)
         except BaseException as exc:
             if not ended and recording:
-                span.record_exception(exc)
-                span.set_attribute("error.type", exchange.upstream_failure or type(exc).__qualname__)
-                span.set_status(_ERROR)
+                _failed(span, exc, exchange.upstream_failure or type(exc).__qualname__)
                 ended = True
                 span.end()
             raise
@@ -233,6 +229,13 @@ class UpstreamSpanMiddleware:
                 if recording:
                     _record_attempt(span, exchange, status, generated)
                 span.end()
+
+
+def _failed(span: Span, exc: BaseException, error_type: str) -> None:
+    """An exception ended the request or the attempt: recorded on the span, which is marked failed."""
+    span.record_exception(exc)
+    span.set_attribute("error.type", error_type)
+    span.set_status(_ERROR)
 
 
 def _record_attempt(span: Span, exchange: Exchange, status: int, generated: bool) -> None:
