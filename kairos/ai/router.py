@@ -103,7 +103,6 @@ class RoutePlan:
 
     __slots__ = (
         "backends",
-        "cached_key",
         "config",
         "debug_header",
         "fallback",
@@ -119,7 +118,6 @@ class RoutePlan:
     def __init__(self, route: Route, policy: AiPolicy, strategy: ContentAnalysis | Semantic | None) -> None:
         self.config: RouteConfig = route.config
         self.name = route.name
-        self.cached_key = (self.name, "cached")  # AiStats.decisions key of a cache hit
         self.backends = len(route.backends)
         self.strategy = strategy  # None: latency_prediction (no provider)
         self.fallback = policy.fallback_backend_index
@@ -280,23 +278,16 @@ class AiRouter:
     def cached(self, plan: RoutePlan, context: RequestContext) -> int | None:
         """The hit path of ``decide``, for a request routed by its decision (not shadow mode): the
         cached backend index, counted as ``cached`` with its duration exactly as ``decide`` counts
-        it, or None when the cache holds no live decision (then ``decide``). Synchronous and inlined
-        (no coroutine, no Decision): a repeated request is the common
-        case, and it should cost little more than a route without AI routing."""
+        it, or None when the cache holds no live decision (then ``decide``). Synchronous (no
+        coroutine, no Decision): a repeated request is the common case, and it should cost little
+        more than a route without AI routing."""
         if plan.ttl <= 0.0 or plan.shadow:
             return None
         started = perf_counter()
         index = self.cache.get((plan.signature, context.fingerprint()), monotonic())
         if index is None:
             return None
-        stats = self.stats
-        decisions = stats.decisions
-        key = plan.cached_key
-        decisions[key] = decisions.get(key, 0) + 1
-        histogram = stats.durations.get(plan.name)
-        if histogram is None:
-            histogram = stats.durations[plan.name] = Histogram()
-        histogram.observe(perf_counter() - started)
+        self.stats.count(plan.name, "cached", perf_counter() - started)
         return index
 
     def decide_in_background(
