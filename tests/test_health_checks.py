@@ -128,11 +128,20 @@ def log_lines(gateway: Server, text: str) -> list[str]:
     return [line for line in gateway.output().splitlines() if text in line]
 
 
+def phase_offset(first: list[float], second: list[float]) -> float:
+    """Median time from each probe of one backend to the other's next probe within one interval."""
+    interval = INTERVAL_MS / 1000
+    offsets = [later - earlier for earlier in first for later in second if 0 <= later - earlier < interval]
+    assert len(offsets) >= 3, (first, second)
+    return statistics.median(offsets)
+
+
 def test_probes_are_spread_periodic_and_independent_of_traffic(gateway: Server, a: Server, b: Server) -> None:
     time.sleep(1.0)
-    first_a, first_b = arrivals(a)[0], arrivals(b)[0]
-    # Two backends: the second is first probed half an interval after the first (+ jitter <= 10 %).
-    assert 0.06 <= abs(first_a - first_b) <= 0.16, (first_a, first_b)
+    # Two backends: each is probed half an interval out of phase with the other (+ jitter <= 10 %).
+    # Judged on the median over every probe so far, not on the first pair, whose arrival a busy
+    # machine can delay by a few tens of ms (connection set-up at startup).
+    assert 0.06 <= phase_offset(arrivals(a), arrivals(b)) <= 0.14
     before = {name: len(arrivals(server)) for name, server in (("a", a), ("b", b))}
     began = time.time()
     assert sum(served_by(gateway, 200).values()) == 200
