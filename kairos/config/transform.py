@@ -17,8 +17,8 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Literal
+from functools import cached_property, lru_cache
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -119,6 +119,27 @@ _GROUP_REF = re.compile(r"\$(?:\$|\{([^}]*)\}|([0-9A-Za-z_]+))")
 
 Replacer = str | Callable[[re.Match[str]], str]
 
+T = TypeVar("T", str, bytes)
+
+# A rewrite memo keeps at most this many results per rule, each for an input of at most this many
+# characters, so its memory is bounded (~256 KiB per rule) whatever the traffic.
+MEMO_ENTRIES = 256
+MEMO_MAX_INPUT = 512
+
+
+def memoized(rewrite: Callable[[T], T]) -> Callable[[T], T]:
+    """``rewrite`` (a pure function of its input) answered from a bounded LRU for short inputs.
+
+    Why: the values a rule rewrites repeat (a route's few paths, the clients' few user agents), and
+    a regex substitution costs 0.7-2 µs per request where the memo's C lookup costs ~0.2 µs.
+    Longer inputs are rewritten each time, never stored."""
+    remembered = lru_cache(maxsize=MEMO_ENTRIES)(rewrite)
+
+    def answer(value: T) -> T:
+        return remembered(value) if len(value) <= MEMO_MAX_INPUT else rewrite(value)
+
+    return answer
+
 
 def _replacement_pieces(replacement: str, pattern: re.Pattern[str]) -> list[str | int]:
     """Literal text and group numbers; ``$1``, ``${1}``, ``$name``, ``${name}`` and ``$$`` as the
@@ -207,6 +228,10 @@ class Test:
         return (value is not None) is self.present
 
 
+def _not_a_header_replace(raw: bytes) -> bytes:
+    raise AssertionError("only a header rule with `pattern` rewrites header values")
+
+
 @dataclass(frozen=True, slots=True)
 class RuleOp:
     """A compiled header or query rule."""
@@ -219,6 +244,8 @@ class RuleOp:
     regex: re.Pattern[str] | None
     replacement: Replacer
     condition: Test | None
+    # ``replace`` on a header: the raw value to the rewritten raw value, memoized (see memoized()).
+    replace_header: Callable[[bytes], bytes] = _not_a_header_replace
 
     def substitute(self, value: str) -> str:
         """``replace``: every match of ``pattern`` in ``value`` replaced (Rust's ``replace_all``)."""
@@ -230,9 +257,14 @@ class RuleOp:
 class PathOp:
     regex: re.Pattern[str]
     replacement: Replacer
+    rewrite: Callable[[str], str]  # the first match replaced (Rust's ``replace``), memoized
 
-    def rewrite(self, path: str) -> str:
-        return self.regex.sub(self.replacement, path, count=1)
+
+def path_op(regex: re.Pattern[str], replacement: Replacer) -> PathOp:
+    def rewrite(path: str) -> str:
+        return regex.sub(replacement, path, count=1)
+
+    return PathOp(regex, replacement, memoized(rewrite))
 
 
 DottedPath = tuple[str, ...]
@@ -492,6 +524,9 @@ class _Rule(ConfigModel):
         constant = None
         if template is not None and template.constant is not None and isinstance(self, HeaderRule):
             constant = encode_header_value(template.constant)
+        replace_header: Callable[[bytes], bytes] = _not_a_header_replace
+        if regex is not None and isinstance(self, HeaderRule):
+            replace_header = _header_replacer(regex, replacement)
         return RuleOp(
             action=self.action,
             name=self.name,
@@ -501,7 +536,15 @@ class _Rule(ConfigModel):
             regex=regex,
             replacement=replacement,
             condition=self.condition.compiled if self.condition is not None else None,
+            replace_header=replace_header,
         )
+
+
+def _header_replacer(regex: re.Pattern[str], replacement: Replacer) -> Callable[[bytes], bytes]:
+    def replace(raw: bytes) -> bytes:
+        return encode_header_value(regex.sub(replacement, raw.decode("latin-1")))
+
+    return memoized(replace)
 
 
 class HeaderRule(_Rule):
@@ -583,7 +626,7 @@ class PathRewrite(ConfigModel):
     @cached_property
     def compiled(self) -> PathOp:
         regex = re.compile(self.pattern)
-        return PathOp(regex, _replacement_for(self.replacement, regex))
+        return path_op(regex, _replacement_for(self.replacement, regex))
 
     def rewrite(self, path: str) -> str:
         return self.compiled.rewrite(path)

@@ -298,7 +298,7 @@ def _apply_header_rules(
         elif action == "replace":
             for index, (name, raw) in enumerate(out):  # `out` is our own copy
                 if name == key:
-                    out[index] = (name, encode_header_value(rule.substitute(raw.decode("latin-1"))))
+                    out[index] = (name, rule.replace_header(raw))
         else:
             value = rule.constant if rule.constant is not None else _rendered(rule, context)
             if action == "add":
@@ -334,7 +334,7 @@ def _rewrite_headers(
             continue
         action = rule.action
         if action == "replace":
-            out.append((header[0], encode_header_value(rule.substitute(header[1].decode("latin-1")))))
+            out.append((header[0], rule.replace_header(header[1])))
         elif action == "add":
             out.append(header)
             present.add(rule.key)

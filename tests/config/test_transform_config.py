@@ -116,3 +116,35 @@ def test_replacements_read_groups_as_the_rust_regex_crate_does() -> None:
     for pattern, replacement, value, expected in cases:
         regex = re.compile(pattern)
         assert regex.sub(compile_replacement(replacement, regex), value) == expected, (pattern, replacement)
+
+
+def test_rewrite_memos_answer_as_the_regex_does_and_stay_bounded() -> None:
+    """Header ``replace`` and ``path`` rewrites are memoized: the same result as the substitution
+    itself for every input (first sight and repeat), at most MEMO_ENTRIES remembered per rule, and
+    inputs longer than MEMO_MAX_INPUT never stored."""
+    import random
+
+    from kairos.config.transform import MEMO_ENTRIES, MEMO_MAX_INPUT, HeaderRule, PathRewrite
+
+    header = HeaderRule.model_validate(
+        {"action": "replace", "name": "User-Agent", "pattern": "(\\w+)/([\\d.]+)", "replacement": "$2-$1"}
+    ).compiled
+    path = PathRewrite.model_validate({"pattern": "^/api/(v\\d)/", "replacement": "/$1/"}).compiled
+    rng = random.Random(5)
+    words = ["curl/8.1", "wrk/4.1.0", "Mozilla/5.0", "é", "x" * MEMO_MAX_INPUT, "y" * (MEMO_MAX_INPUT + 1)]
+    for _ in range(3000):
+        value = " ".join(rng.choice(words) for _ in range(rng.randint(0, 3))) + str(rng.randint(0, 400))
+        raw = value.encode("utf-8")
+        expected = header.regex.sub(header.replacement, raw.decode("latin-1")).encode("latin-1")
+        assert header.replace_header(raw) == expected, raw
+        route_path = f"/api/v{rng.randint(1, 3)}/{value[:40]}"
+        assert path.rewrite(route_path) == path.regex.sub(path.replacement, route_path, count=1)
+    memo = header.replace_header.__closure__  # the lru_cache inside memoized()
+    assert memo is not None
+    remembered = next(cell.cell_contents for cell in memo if hasattr(cell.cell_contents, "cache_info"))
+    info = remembered.cache_info()
+    assert info.hits > 0 and info.currsize == MEMO_ENTRIES == info.maxsize
+    long_input = b"z" * (MEMO_MAX_INPUT + 1)
+    misses = remembered.cache_info().misses
+    header.replace_header(long_input)
+    assert remembered.cache_info().misses == misses  # rewritten without being looked up or stored
