@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from kairos.resilience.retry import MIN_RETRIES
+from kairos.resilience.retry import FAILOVER_ONLY, MIN_RETRIES
 from tests.processes import Server, backend, free_port, gateway_server, route, server_process
 
 
@@ -58,6 +58,7 @@ def gateway(module_tmp: Path, scripted: list[Server]) -> Iterator[Server]:
         route("/two/{key}", "/s/{key}", [backend(a), backend(b)], ("GET", "POST"), retry=RETRY),
         route("/three/{key}", "/s/{key}", [backend(a), backend(b), backend(c)], retry=RETRY),
         route("/failover/{key}", "/s/{key}", [dead, backend(b)], ("GET", "POST")),  # no retry block
+        route("/all-dead", "/s/x", [dead, {"host": "http://127.0.0.1", "port": refused_port()}]),
         route("/small-replay/{key}", "/s/{key}", [backend(a)], ("POST",),
               retry={**RETRY, "max_replay_bytes": 10}),
         route("/deadline/{key}", "/s/{key}", [backend(a)], timeout_ms=1000,
@@ -146,6 +147,30 @@ def test_post_fails_over_on_connect_errors_without_a_retry_block(
     answers = [client.post("/failover/fo-post", content=b"order") for _ in range(6)]
     assert [a.status_code for a in answers] == [200] * 6
     assert [entry["body"] for entry in log(b, "fo-post")] == ["order"] * 6  # each exactly once
+
+
+def test_without_a_retry_block_only_connect_errors_fail_over(
+    client: httpx.Client, scripted: list[Server], gateway: Server
+) -> None:
+    """A multi-backend route with no ``retry``: an answer that reached an upstream (503 here) is
+    the answer, never retried; when every backend refuses, the client gets one 502 after
+    1 + FAILOVER_ONLY.max_retries attempts (the retries counter says so)."""
+    b = scripted[1]
+    script(b, "fo-503", [503, 200])
+    answers = [client.get("/failover/fo-503") for _ in range(2)]
+    assert [a.status_code for a in answers] == [503, 200]  # the 503 passed through, not retried
+    assert len(log(b, "fo-503")) == 2
+
+    def retries() -> float:
+        text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+        line = next(line for line in text.splitlines() if line.startswith("kairos_retries_total"))
+        return float(line.rsplit(" ", 1)[1])
+
+    before = retries()
+    answer = client.get("/all-dead")
+    assert answer.status_code == 502 and answer.json()["type"] == "upstream", answer.text
+    assert answer.json()["error"].startswith("Upstream error for http://127.0.0.1:")
+    assert retries() - before == FAILOVER_ONLY.max_retries
 
 
 def test_upstream_retry_after_is_honoured(client: httpx.Client, scripted: list[Server]) -> None:
