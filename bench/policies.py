@@ -233,16 +233,41 @@ def _check(base: str, case: Scenario, headers: list[str]) -> None:
             raise RuntimeError(f"/p/{case.name} made no AI decision: is AI routing in the pipeline?")
 
 
+class _Skipped(Exception):
+    """A reduced run (``only``) that leaves the uncached AI measurement out."""
+
+
+def selected(cases: tuple[Scenario, ...], names: frozenset[str] | None) -> tuple[Scenario, ...]:
+    """The named scenarios (all when ``names`` is None) plus the baselines their goals and table are
+    measured against, in the usual order."""
+    if names is None:
+        return cases
+    unknown = names - {case.name for case in cases}
+    if unknown:
+        known = ", ".join(case.name for case in cases)
+        raise ValueError(f"unknown policy route(s) {', '.join(sorted(unknown))}; known: {known}")
+    wanted = names | {"plain"} | {BASELINES[name] for name in names if name in BASELINES}
+    return tuple(case for case in cases if case.name in wanted)
+
+
 def run_policy_bench(
-    upstream: str, sut_cpu: int, load_cpu: int, code: Path, logs: Path, rounds: int, duration: float
+    upstream: str,
+    sut_cpu: int,
+    load_cpu: int,
+    code: Path,
+    logs: Path,
+    rounds: int,
+    duration: float,
+    only: frozenset[str] | None = None,
 ) -> PolicyResults:
+    """``only``: measure just these routes (and their baselines), e.g. to check one change."""
     results = PolicyResults()
     tmp = Path(tempfile.mkdtemp(prefix="kairos-bench-policies-"))
     redis_process = gateway = llm = None
     try:
         redis_process, redis_url = _start_redis(load_cpu, logs)
         llm, llm_port = _start_fake_llm(load_cpu, logs)
-        cases = scenarios(redis_url)
+        cases = selected(scenarios(redis_url), only)
         tokens = _tokens()
         config = tmp / "config.json"
         upstream_port = int(upstream.rsplit(":", 1)[1])
@@ -284,11 +309,12 @@ def run_policy_bench(
                     cell.error = str(exc)
                 results.cells.append(cell)
                 print(f"  policy {describe(cell)}", file=sys.stderr, flush=True)
-        try:
-            results.ai_uncached = _ai_uncached(base, load_cpu, logs, duration)
-            print(f"  policy {results.ai_uncached[0]}", file=sys.stderr, flush=True)
-        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
-            results.ai_uncached = [f"- AI route, uncached decision: FAILED: {exc}"]
+        if only is None or "ai-cached" in only:
+            try:
+                results.ai_uncached = _ai_uncached(base, load_cpu, logs, duration)
+                print(f"  policy {results.ai_uncached[0]}", file=sys.stderr, flush=True)
+            except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+                results.ai_uncached = [f"- AI route, uncached decision: FAILED: {exc}"]
     except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
         results.error = str(exc)
     finally:

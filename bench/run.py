@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from load import run_wrk
-from policies import PolicyResults, run_policy_bench, scenarios
+from policies import PolicyResults, report_lines, run_policy_bench, scenarios
 from procs import cpus, pinned
 from report import CASES, Measurement, render
 from route_match import TableResult
@@ -62,7 +62,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s measurements")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; 1 with --quick)")
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 5; 2 with --quick)")
+    parser.add_argument(
+        "--policies",
+        metavar="NAMES",
+        help="only the policy routes NAMES (comma-separated, e.g. transform,cache-hit) and their "
+        "baselines, --rounds rounds (default 5); prints the report, keeps latest.md",
+    )
     args = parser.parse_args()
+    args.only = None
+    if args.policies:
+        args.only = frozenset(name.strip() for name in args.policies.split(",") if name.strip())
+        known = [case.name for case in scenarios("")]
+        unknown = ", ".join(sorted(args.only - set(known)))
+        if unknown:
+            parser.error(f"--policies: unknown {unknown}; known: {', '.join(known)}")
+    if args.only is not None and args.rounds is None:
+        args.rounds = 5
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
     if not (1 <= args.rounds <= 20 and 0.5 <= args.duration <= 120):
@@ -177,6 +192,30 @@ def run_rounds(settings: Settings) -> tuple[list[Measurement], PolicyResults]:
     finally:
         upstream.stop()
     return measurements, policies
+
+
+def policies_only(settings: Settings, only: frozenset[str]) -> str:
+    """A reduced policy run (``--policies``): the routes asked for and their baselines, nothing else."""
+    snapshot = snapshot_kairos(settings.code)
+    upstream = start_upstream(settings.load_cpu)
+    try:
+        results = run_policy_bench(
+            upstream.base_url,
+            settings.sut_cpu,
+            settings.load_cpu,
+            settings.code,
+            settings.raw_dir,
+            settings.rounds,
+            settings.duration,
+            only,
+        )
+    finally:
+        upstream.stop()
+    head = (
+        f"Policy routes only ({', '.join(sorted(only))} and baselines), {settings.rounds} rounds x "
+        f"{settings.duration:g} s, c=50; kairos code: {snapshot}"
+    )
+    return "\n".join([head, "", *report_lines(results)])
 
 
 def run_route_bench(settings: Settings) -> tuple[list[TableResult] | None, str | None]:
@@ -318,6 +357,10 @@ def main() -> None:
             route_repeats=3 if args.quick else 5,
         )
         settings.raw_dir.mkdir(parents=True, exist_ok=True)
+        if args.only is not None:
+            print(policies_only(settings, args.only))
+            log(f"done in {time.monotonic() - started:.0f} s; raw wrk output in {settings.raw_dir}")
+            return
         machine = machine_info()
         snapshot = snapshot_kairos(settings.code)
         machine.append(f"kairos code measured: {snapshot}")
