@@ -122,7 +122,8 @@ Replacer = str | Callable[[re.Match[str]], str]
 T = TypeVar("T", str, bytes)
 
 # A rewrite memo keeps at most this many results per rule, each for an input of at most this many
-# characters, so its memory is bounded (~256 KiB per rule) whatever the traffic.
+# characters, so its memory is bounded per rule (256 inputs of <= 512 characters and their
+# rewrites, ~300 KiB for replacements of ordinary length) whatever the traffic.
 MEMO_ENTRIES = 256
 MEMO_MAX_INPUT = 512
 
