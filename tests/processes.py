@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,8 +26,40 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_EPHEMERAL = _ephemeral_range()
+_PICKER = random.Random()
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on now, for a server a test is about to start.
+
+    Chosen below the kernel's ephemeral range: a port the kernel handed out (bind to 0) can be taken
+    again as the local port of any outgoing connection before the server binds it, which once failed
+    a CI run with "address already in use". Ports below the range are only ever taken by a bind, and
+    this process never hands out the same one twice."""
+    low = 10000
+    high = min(_EPHEMERAL[0], 65536) - 1
+    for _ in range(200):
+        port = _PICKER.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as sock:  # no luck below the range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -227,16 +228,16 @@ def test_probes_arrive_spread_and_periodically_from_one_task_per_backend() -> No
             } == counts  # stopped means stopped
 
         by_port = sorted(servers, key=lambda server: server.port)
-        firsts = [server.arrivals[0] - started for server in by_port]
-        # i-th of 4 backends first probed at 400 ms * i / 4: never all at once.
-        for index, first in enumerate(firsts):
-            assert index * 0.1 - 0.02 <= first <= index * 0.1 + 0.08, firsts
         for index, server in enumerate(by_port):
-            # Then every 400 ms on the same phase (no drift, no burst), whatever the first one cost.
+            # The i-th of 4 backends first probed at 400 ms * i / 4 (never all at once), then every
+            # 400 ms on the same phase (no drift, no burst), whatever the first one cost.
             arrivals = [arrival - started for arrival in server.arrivals]
             assert 2 <= len(arrivals) <= 3, arrivals
-            for cycle, arrival in enumerate(arrivals):
-                assert -0.02 <= arrival - (index * 0.1 + cycle * 0.4) <= 0.08, arrivals
+            late = [arrival - (index * 0.1 + cycle * 0.4) for cycle, arrival in enumerate(arrivals)]
+            # Jitter is off: a probe is late only by what a busy machine adds, which may reach
+            # ~100 ms for one of them; the typical one is on its phase.
+            assert all(-0.02 <= lateness <= 0.15 for lateness in late), arrivals
+            assert -0.02 <= statistics.median(late) <= 0.08, arrivals
         assert servers[0].app[STATE]["user_agent"].startswith("Kairos-HealthCheck/")
 
     run(scenario)
