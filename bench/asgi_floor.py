@@ -17,11 +17,16 @@ _BODIES = {"/small": b"x" * 100, "/16k": b"x" * 16384}
 _NOT_FOUND = b"not found"
 
 
+async def lifespan(receive: Any, send: Any) -> None:
+    """Startup and shutdown with nothing to start (also used by minimal_hit.py)."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     body = _BODIES.get(scope["path"])
     status = 200 if body is not None else 404

@@ -21,6 +21,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from asgi_floor import lifespan
+
 from kairos.cache.entry import CachedResponse
 from kairos.cache.memory import MemoryStore
 from kairos.config import load_data
@@ -58,9 +60,7 @@ def _key(scope: dict[str, Any]) -> str:
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await lifespan(receive, send)
         return
     started = time.perf_counter()
     request_id = new_request_id().encode()
