@@ -233,13 +233,9 @@ def _check(base: str, case: Scenario, headers: list[str]) -> None:
             raise RuntimeError(f"/p/{case.name} made no AI decision: is AI routing in the pipeline?")
 
 
-class _Skipped(Exception):
-    """A reduced run (``only``) that leaves the uncached AI measurement out."""
-
-
 def selected(cases: tuple[Scenario, ...], names: frozenset[str] | None) -> tuple[Scenario, ...]:
     """The named scenarios (all when ``names`` is None) plus the baselines their goals and table are
-    measured against, in the usual order."""
+    measured against, in the usual order; ValueError names any unknown one and lists the known."""
     if names is None:
         return cases
     unknown = names - {case.name for case in cases}

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from load import run_wrk
-from policies import PolicyResults, report_lines, run_policy_bench, scenarios
+from policies import PolicyResults, report_lines, run_policy_bench, scenarios, selected
 from procs import cpus, pinned
 from report import CASES, Measurement, render
 from route_match import TableResult
@@ -72,10 +72,10 @@ def parse_args() -> argparse.Namespace:
     args.only = None
     if args.policies:
         args.only = frozenset(name.strip() for name in args.policies.split(",") if name.strip())
-        known = [case.name for case in scenarios("")]
-        unknown = ", ".join(sorted(args.only - set(known)))
-        if unknown:
-            parser.error(f"--policies: unknown {unknown}; known: {', '.join(known)}")
+        try:
+            selected(scenarios(""), args.only)
+        except ValueError as exc:
+            parser.error(f"--policies: {exc}")
     if args.only is not None and args.rounds is None:
         args.rounds = 5
     args.rounds = args.rounds or (1 if args.quick else 3)
