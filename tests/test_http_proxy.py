@@ -84,6 +84,7 @@ def test_legacy_host_port_route(client: httpx.Client) -> None:
     ("path", "upstream_path"),
     [
         ("/cats/..%2F..%2Fadmin", "/echo/cats/..%2F..%2Fadmin"),
+        ("/cats/a%2Fb", "/echo/cats/a%2Fb"),
         ("/cats/a%3Fb%23c", "/echo/cats/a%3Fb%23c"),
         ("/cats/%2E%2E", "/echo/cats/%2E%2E"),
         ("/cats/caf%C3%A9", "/echo/cats/caf%C3%A9"),
@@ -92,7 +93,7 @@ def test_legacy_host_port_route(client: httpx.Client) -> None:
 )
 def test_params_cannot_change_upstream_structure(client: httpx.Client, path: str, upstream_path: str) -> None:
     response = client.get(path)
-    if path == "/cats/%2E%2E":
+    if path in ("/cats/%2E%2E", "/cats/..%2F..%2Fadmin"):
         assert_error(response, 400, "bad_request")  # a decoded '..' segment is refused outright
         return
     assert response.status_code == 200, response.text

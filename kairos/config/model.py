@@ -165,6 +165,12 @@ class RouteConfig(ConfigModel):
     auth: Literal["any", "jwt", "api_key"] = "any"
     timeout_ms: NonNegativeInt = 30000
     connect_timeout_ms: PositiveInt = 5000
+    allow_dot_segment_params: Bool = Field(
+        False,
+        description="Let a path parameter whose decoded value holds a '.' or '..' segment (split on '/' "
+        "or '\\', e.g. '..%2F..%2Fadmin') through; by default such a request is refused with 400, so a "
+        "backend that decodes '%2F' cannot be walked out of its path.",
+    )
 
     @field_validator("external_path", "internal_path")
     @classmethod

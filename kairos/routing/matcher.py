@@ -21,7 +21,8 @@ Lookup walks a segment trie (dict lookups per segment), so its cost depends on t
 not on the number of routes. Matching uses the raw (percent-encoded) path split on ``/``; each
 segment is then decoded on its own, so an encoded ``%2F`` never creates a segment boundary.
 Template literals are decoded too, so ``/caf%C3%A9`` and ``/café`` (and ``%c3%a9``) are one path.
-A ``.`` or ``..`` segment, or a parameter value that is exactly ``.`` or ``..``, is a 400.
+A ``.`` or ``..`` segment is a 400, and so is a parameter whose decoded value holds one when split
+on ``/`` or ``\\`` (``/cats/..%2F..%2Fadmin``), unless the route sets ``allow_dot_segment_params``.
 
 ``match()`` takes the raw path as ASCII with non-ASCII bytes percent-encoded (what
 ``kairos.middleware.routing.route_path`` returns); non-ASCII characters in the string are taken
@@ -119,9 +120,8 @@ class RouteTable:
         found = _walk(self._root, segments, 0, method, websocket, allowed)
         if found is not None:
             params = _params(found, segments)
-            for value in params.values():
-                if value in (".", ".."):
-                    return NoMatch(bad_path="a path parameter is '.' or '..'")
+            if params and not found.allow_dot_segment_params and _climbs(found, segments, params):
+                return NoMatch(bad_path="a path parameter contains a '.' or '..' segment")
             return RouteMatch(found, params)
         return NoMatch(allow=_allow(allowed) if allowed else None)
 
@@ -197,6 +197,26 @@ def _params(route: Route, segments: list[str]) -> dict[str, str]:
             if match is not None:
                 params.update(match.groupdict())
     return params
+
+
+def _climbs(route: Route, segments: list[str], params: dict[str, str]) -> bool:
+    """Whether a parameter's decoded value holds a ``.`` or ``..`` segment once split on ``/`` or
+    ``\\`` (``..%2F..%2Fadmin`` is ``../../admin``): re-encoded it stays one upstream segment, but a
+    backend that decodes ``%2F`` (or treats ``\\`` as a separator) would climb out of its path. A
+    catch-all's value is already re-encoded, so its decoded segments are checked instead."""
+    tail = route.template.catch_all
+    for name, value in params.items():
+        if name == tail:
+            depth = len(route.template.segments) - 1
+            if any("." in segment and _has_dot_segment(segment) for segment in segments[depth:]):
+                return True
+        elif "." in value and _has_dot_segment(value):
+            return True
+    return False
+
+
+def _has_dot_segment(value: str) -> bool:
+    return any(part in (".", "..") for part in value.replace("\\", "/").split("/"))
 
 
 def _allow(methods: set[str]) -> str:

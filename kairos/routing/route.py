@@ -88,6 +88,7 @@ class Route:
     connect_timeout: float
     websocket: bool  # protocol "websocket": preferred for upgrades, skipped for plain requests
     key: str  # stable identity across reloads (protocol, methods, template): scopes per-route state
+    allow_dot_segment_params: bool = False  # the route's opt-out of the matcher's traversal check
 
     @property
     def name(self) -> str:
@@ -204,4 +205,5 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         connect_timeout=config.connect_timeout_ms / 1000,
         websocket=config.protocol == "websocket",
         key=f"{config.protocol} {','.join(sorted(config.methods))} {config.external_path}",
+        allow_dot_segment_params=config.allow_dot_segment_params,
     )

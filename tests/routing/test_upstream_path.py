@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from kairos.middleware.routing import route_path
-from kairos.routing.matcher import RouteMatch, RouteTable
+from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
 from kairos.routing.template import encode_segment_value, parse_template
 from tests.processes import Server, backend, gateway_server, route
 from tests.routing.util import build_table, router, single_route
@@ -30,7 +30,9 @@ def upstream_path(table: RouteTable, raw_path: str, method: str = "GET") -> str:
     return match.route.upstream_path.build(match.params)
 
 
-CATS = build_table([router("/cats/{id}", "/cats-internal/{id}")])
+CATS = build_table([router("/cats/{id}", "/cats-internal/{id}", allow_dot_segment_params=True)])
+"""With the traversal check off (``allow_dot_segment_params``), to show what the builder alone does."""
+GUARDED_CATS = build_table([router("/cats/{id}", "/cats-internal/{id}")])
 
 
 @pytest.mark.parametrize(
@@ -62,8 +64,34 @@ def test_traversal_never_reaches_admin() -> None:
     assert built.count("/") == 2 and "/admin" not in built
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/cats/..%2F..%2Fadmin",
+        "/cats/%2E%2E%2Fadmin",
+        "/cats/%2e%2e%2fadmin",
+        "/cats/a%2F..%2F..%2Fadmin",
+        "/cats/%5C..%5Cadmin",
+        "/cats/..%5Cadmin",
+        "/cats/.%2Fx",
+        "/cats/x%2F..",
+    ],
+)
+def test_parameters_holding_dot_segments_are_refused_by_default(raw: str) -> None:
+    """A backend that decodes %2F (or splits on a backslash) would see ``../../admin``: refused."""
+    match = GUARDED_CATS.match("GET", raw)
+    assert isinstance(match, NoMatch) and match.bad_path is not None, match
+
+
+@pytest.mark.parametrize("raw", ["/cats/...", "/cats/a.b", "/cats/..a", "/cats/v1.2%2F3", "/cats/%2E%2E%2E"])
+def test_dots_that_are_not_segments_pass(raw: str) -> None:
+    assert isinstance(GUARDED_CATS.match("GET", raw), RouteMatch)
+
+
 def test_random_parameter_values_never_change_the_upstream_structure() -> None:
-    table = build_table([router("/a/{x}/b/{y}.json", "/in/{x}/mid/{y}.json/end")])
+    table = build_table(
+        [router("/a/{x}/b/{y}.json", "/in/{x}/mid/{y}.json/end", allow_dot_segment_params=True)]
+    )
     alphabet = "abz09-._~/?#%&=+;:@ \\\"'<>[]{}|^`éß✓🐈\x00\x7f"
     rng = random.Random(1234)
     for _ in range(3000):
@@ -177,7 +205,7 @@ def echo(server: Server, raw: str, method: str = "GET") -> dict[str, Any]:
     ("raw", "expected"),
     [
         ("/cats/1", "/echo/cats-internal/1"),
-        ("/cats/..%2F..%2Fadmin", "/echo/cats-internal/..%2F..%2Fadmin"),
+        ("/cats/a%2Fb", "/echo/cats-internal/a%2Fb"),
         ("/cats/a%3Fb%23c", "/echo/cats-internal/a%3Fb%23c"),
         ("/cats/%C3%A9t%C3%A9", "/echo/cats-internal/%C3%A9t%C3%A9"),
         ("/files/report.json", "/echo/blob/report/data.json"),
@@ -191,6 +219,15 @@ def test_upstream_receives_the_exact_path(gateway: Server, raw: str, expected: s
     data = echo(gateway, raw)
     assert data["raw_path"] == expected
     assert data["query_string"] == ""
+
+
+@pytest.mark.parametrize("raw", ["/cats/..%2F..%2Fadmin", "/cats/..%5C..%5Cadmin", "/files/..%2Fx.json"])
+def test_a_traversal_in_a_parameter_is_refused_with_400(gateway: Server, raw: str) -> None:
+    """Re-encoded it would stay one segment, but a backend that decodes %2F would see ../../admin."""
+    response = httpx.get(gateway.url + raw, timeout=10)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["type"] == "bad_request" and "'..' segment" in body["error"] and body["request_id"]
 
 
 def test_query_is_forwarded_as_sent_and_params_cannot_add_one(gateway: Server) -> None:
