@@ -48,6 +48,8 @@ def gateway(module_tmp: Path, upstream: Server) -> Iterator[Server]:
             route("/per-route/{id}", "/echo/per-route/{id}", up, rate_limit=fixed(2, strategy="PerRoute")),
             route("/bucket", "/echo/bucket", up,
                   rate_limit={"algorithm": "token_bucket", "requests_per_second": 1, "burst_size": 2}),
+            route("/bucket-3", "/echo/bucket-3", up,
+                  rate_limit={"algorithm": "token_bucket", "requests_per_second": 2, "burst_size": 3}),
             route("/both", "/echo/both", up, rate_limit={
                 **fixed(100),
                 "strategy": {"Composite": [fixed(2, strategy="PerIP"), fixed(10, strategy="PerRoute")]},
@@ -118,7 +120,14 @@ def test_anonymous_per_user_falls_back_to_the_client_ip(client: httpx.Client) ->
 def test_a_forged_forwarded_for_does_not_buy_a_new_bucket(client: httpx.Client) -> None:
     # No trusted proxies are configured: the peer address is the client.
     answers = [client.get("/bucket", headers={"X-Forwarded-For": f"10.0.0.{n}"}) for n in range(5)]
-    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]  # 1/s + burst 2: a bucket of 3
+    assert [a.status_code for a in answers] == [200, 200, 429, 429, 429]  # burst_size 2: a bucket of 2
+
+
+def test_burst_size_is_the_buckets_capacity(client: httpx.Client) -> None:
+    """rps 2 + burst_size 3 admits 3 at once (actix-governor's and x/time/rate's reading), not 5."""
+    answers = [client.get("/bucket-3") for _ in range(6)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429, 429]
+    assert answers[0].headers["x-ratelimit-limit"] == "3"
 
 
 def test_per_route_counts_the_route_not_each_concrete_path(client: httpx.Client) -> None:

@@ -67,7 +67,17 @@ class RateLimitConfig(ConfigModel):
     # Required (a missing key is reported at its own path) but None when unused: see _unused_numbers.
     requests_per_window: PositiveInt | None
     window_duration: PositiveInt | None = Field(description="seconds")
-    burst_allowance: NonNegativeInt = 0
+    burst_allowance: NonNegativeInt = Field(
+        0,
+        description="kairos-rs's shape: extra requests on top of the quota (a window admits "
+        "requests_per_window + burst_allowance; a token bucket holds that many).",
+    )
+    burst_size: PositiveInt | None = Field(
+        None,
+        description="README shape: the most requests admitted at once. A token bucket's capacity "
+        "(refilled at the rate, as actix-governor and Go's x/time/rate read it); for the window "
+        "algorithms the most a window admits, never below requests_per_window.",
+    )
     window_type: WindowType = "SlidingWindow"
     enable_redis: Bool = False
     redis_key_prefix: Str = Field("kairos_rl", min_length=1)
@@ -83,6 +93,10 @@ class RateLimitConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _numbers_present(self) -> RateLimitConfig:
+        if self.burst_size is not None and self.burst_allowance:
+            raise ValueError(
+                "set burst_size (the most admitted at once) or burst_allowance (added to the quota), not both"
+            )
         if not self.enabled or isinstance(self.strategy, CompositeStrategy):
             return self
         if self.requests_per_window is None or self.window_duration is None:
@@ -125,8 +139,6 @@ class RateLimitConfig(ConfigModel):
         if data.get("enabled") is False or (isinstance(strategy, dict) and "Composite" in strategy):
             data.setdefault("requests_per_window", None)
             data.setdefault("window_duration", None)
-        if "burst_size" in data and "burst_allowance" not in data:
-            data["burst_allowance"] = data.pop("burst_size")
         window_type = data.get("window_type")
         if isinstance(window_type, str) and window_type.lower() in _WINDOW_NAMES:
             data["window_type"] = _WINDOW_NAMES[window_type.lower()]

@@ -28,9 +28,9 @@ _MAX_SUBJECT = 128  # longer identities (e.g. an e-mail as sub) are hashed to ke
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """One enforced limit. ``capacity`` is ``requests_per_window + burst_allowance``: the most a
-    window admits (fixed / sliding) or the bucket size (token bucket, refilled at
-    ``requests_per_window / window_duration`` per second)."""
+    """One enforced limit. ``capacity`` is the most a window admits (fixed / sliding) or the bucket
+    size (token bucket, refilled at ``requests_per_window / window_duration`` per second); see
+    ``capacity_of`` for how the config's burst keys make it."""
 
     name: str  # the IETF RateLimit-Policy item name
     strategy: str  # PerIP, PerUser, PerRoute, PerIPAndRoute, PerUserAndRoute
@@ -115,12 +115,28 @@ def _strategy_name(config: RateLimitConfig) -> str:
     return config.strategy.lower() if isinstance(config.strategy, str) else "composite"
 
 
+def capacity_of(config: RateLimitConfig) -> int:
+    """The most requests one key may have admitted at once.
+
+    ``burst_size`` (the README shape) is that number itself: a token bucket's size, refilled at the
+    rate, so ``requests_per_second: 2, burst_size: 3`` admits 3 at once and then 2 per second
+    (actix-governor's and Go x/time/rate's reading); a window admits ``burst_size`` but never fewer
+    than ``requests_per_window``. ``burst_allowance`` (kairos-rs's code shape) is added to the quota.
+    """
+    assert config.requests_per_window is not None  # validated
+    if config.burst_size is not None:
+        if config.window_type == "TokenBucket":
+            return config.burst_size
+        return max(config.requests_per_window, config.burst_size)
+    return config.requests_per_window + config.burst_allowance
+
+
 def _limit(config: RateLimitConfig, name: str) -> Limit:
     if isinstance(config.strategy, CompositeStrategy):
         raise ValueError("a Composite strategy cannot be nested inside another")
     assert config.requests_per_window is not None and config.window_duration is not None  # validated
     algorithm = _ALGORITHMS[config.window_type]
-    capacity = config.requests_per_window + config.burst_allowance
+    capacity = capacity_of(config)
     window = float(config.window_duration)
     refill = config.requests_per_window / window
     fingerprint = hashlib.blake2b(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kairos.config import BackendConfig, GatewayConfig, RouteConfig
+from kairos.config import BackendConfig, ConfigError, GatewayConfig, RouteConfig
 from kairos.config.ai import AiStrategy
 from kairos.config.ratelimit import CompositeStrategy, RateLimitConfig
 from kairos.config.retry import RetryConfig
@@ -298,14 +298,14 @@ def test_empty_retry_object_means_kairos_rs_defaults() -> None:
     [
         (
             {"algorithm": "token_bucket", "requests_per_second": 100, "burst_size": 10},
-            {**KAIROS_RS_RATE_LIMIT, "requests_per_window": 100, "window_duration": 1, "burst_allowance": 10,
-             "window_type": "TokenBucket"},
+            {**KAIROS_RS_RATE_LIMIT, "requests_per_window": 100, "window_duration": 1, "burst_allowance": 0,
+             "burst_size": 10, "window_type": "TokenBucket"},
         ),
         (
             # config_multi_protocol.json puts the algorithm in `strategy`.
             {"strategy": "sliding_window", "requests_per_minute": 100, "burst_size": 150},
             {**KAIROS_RS_RATE_LIMIT, "requests_per_window": 100, "window_duration": 60,
-             "burst_allowance": 150},
+             "burst_allowance": 0, "burst_size": 150},
         ),
         (
             {"algorithm": "fixed_window", "requests_per_minute": 30},
@@ -430,3 +430,34 @@ def test_validated_config_is_immutable() -> None:
     with pytest.raises(ValueError, match="frozen"):
         cfg.routers[0].methods = ("POST",)  # type: ignore[misc]
     assert isinstance(cfg.routers, tuple) and isinstance(cfg.routers[0].methods, tuple)
+
+
+@pytest.mark.parametrize(
+    ("limit", "capacity"),
+    [
+        ({"algorithm": "token_bucket", "requests_per_second": 2, "burst_size": 3}, 3),
+        ({"algorithm": "token_bucket", "requests_per_second": 10, "burst_size": 1}, 1),
+        ({"algorithm": "sliding_window", "requests_per_minute": 100, "burst_size": 150}, 150),
+        ({"algorithm": "fixed_window", "requests_per_minute": 100, "burst_size": 20}, 100),
+        ({**KAIROS_RS_RATE_LIMIT, "window_type": "TokenBucket"}, 120),
+        (KAIROS_RS_RATE_LIMIT, 120),
+    ],
+    ids=["bucket-burst", "bucket-burst-below-rate", "window-burst", "window-burst-below-rate",
+         "bucket-allowance", "window-allowance"],
+)  # fmt: skip
+def test_burst_size_is_the_most_admitted_at_once(limit: dict[str, Any], capacity: int) -> None:
+    from kairos.ratelimit.policy import compile_policy
+
+    config = load(config_with_limit(limit)).config
+    assert config.rate_limit is not None
+    assert compile_policy(config.rate_limit).limits[0].capacity == capacity
+
+
+def test_burst_size_and_burst_allowance_together_are_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(config_with_limit({**KAIROS_RS_RATE_LIMIT, "burst_size": 5}))
+    assert "burst_size" in str(caught.value.problems)
+
+
+def config_with_limit(limit: dict[str, Any]) -> dict[str, Any]:
+    return config(rate_limit=limit)
