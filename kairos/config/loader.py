@@ -6,6 +6,8 @@ own, then cross-route checks run on what parsed, so one run lists every error in
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import ipaddress
 import json
@@ -15,13 +17,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from kairos.config.ai import check_ai_routes
 from kairos.config.model import NO_BACKENDS, GatewayConfig, RouteConfig
-from kairos.config.problems import ConfigError, Problem, format_path, problems_from_validation_error
+from kairos.config.problems import (
+    ConfigError,
+    Problem,
+    format_path,
+    is_union_tag,
+    problems_from_validation_error,
+)
 from kairos.config.transform import check_transformations
 from kairos.routing.template import parse_template
 
@@ -93,22 +101,31 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     routes_raw = raw.get("routers")
     top_raw = {key: value for key, value in raw.items() if key != "routers"}
     top: GatewayConfig | None = None
+    # What parsed of an invalid section (its bad values pruned): used only for the checks that
+    # need a model (unknown keys, cross-field and cross-route rules), never returned.
+    salvaged_top: GatewayConfig | None = None
     try:
         top = GatewayConfig.model_validate(top_raw)
     except ValidationError as exc:
         errors.extend(_where_written(problems_from_validation_error(exc), raw))
+        top_salvage = salvage(GatewayConfig, top_raw, exc, ())
+        salvaged_top = top_salvage.model
+        errors.extend(_where_written(top_salvage.problems, raw))
     if "jwt_secret" in raw and raw.get("jwt") is not None:
         warnings.append(Problem("jwt_secret", "ignored: the `jwt` section is used instead"))
     if "version" not in raw:
         warnings.append(Problem("version", "missing; kairos-rs requires it (assuming 1)"))
 
     routes: list[tuple[int, RouteConfig]] = []
+    checked: list[tuple[int, RouteConfig]] = []  # the valid routes and what parsed of invalid ones
+    pruned: list[str] = []  # where invalid values were cut out: no cross-route finding may be about them
     if routes_raw is None:
         errors.append(Problem("routers", "is required (an array of routes; it may be empty)"))
     elif not isinstance(routes_raw, list):
         errors.append(Problem("routers", "must be an array", routes_raw))
     else:
         for index, route_raw in enumerate(routes_raw):
+            salvaged: Salvaged[RouteConfig] | None = None
             try:
                 route = RouteConfig.model_validate(route_raw)
             except ValidationError as exc:
@@ -118,36 +135,48 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
                     # pydantic skips the whole-route rule when a field failed; report it anyway.
                     found.append(Problem(here, NO_BACKENDS))
                 errors.extend(found)
-                continue
-            errors.extend(check_route(route, ("routers", index)))
-            found, noticed = check_transformations(
-                route.request_transformation,
-                route.response_transformation,
-                parse_template(route.external_path).param_names,
+                salvaged = salvage(RouteConfig, route_raw, exc, ("routers", index), _ROUTE_STAND_INS)
+                errors.extend(salvaged.problems)
+                if salvaged.model is None:
+                    continue
+            checking = salvaged.model if salvaged is not None and salvaged.model is not None else route
+            found = check_route(checking, ("routers", index))
+            found_too, noticed = check_transformations(
+                checking.request_transformation,
+                checking.response_transformation,
+                parse_template(checking.external_path).param_names,
                 ("routers", index),
             )
-            errors.extend(found)
+            found += found_too
+            errors.extend(salvaged.unaffected(found) if salvaged is not None else found)
             warnings.extend(noticed)
-            routes.append((index, route))
+            checked.append((index, checking))
+            if salvaged is None:
+                routes.append((index, route))
+            else:
+                pruned.extend(salvaged.pruned)
         if not routes_raw:
             warnings.append(Problem("routers", "is empty: every request will get 404 route_not_found"))
 
-    if top is not None:
-        warnings.extend(unknown_keys(top, ()))
-        if top.compression is not None:
-            for name in top.compression.unavailable_algorithms():
-                warnings.append(Problem("compression.algorithms", f"{name}: its package is not installed"))
+    warnings.extend(unknown_keys(GatewayConfig, top_raw, ()))
+    top_seen = top or salvaged_top
+    if top_seen is not None and top_seen.compression is not None:
+        for name in top_seen.compression.unavailable_algorithms():
+            warnings.append(Problem("compression.algorithms", f"{name}: its package is not installed"))
     # Run even when the top level failed (say `version` is wrong): what matters is whether the file
     # has the sections at all.
     has_jwt = top.jwt is not None if top is not None else bool(raw.get("jwt") or raw.get("jwt_secret"))
     has_api_keys = bool(top.api_keys if top is not None else raw.get("api_keys"))
-    errors.extend(_cross_checks(has_jwt, has_api_keys, routes))
-    ai_errors, ai_warnings = check_ai_routes(top.ai if top is not None else None, bool(raw.get("ai")), routes)
-    errors.extend(ai_errors)
-    warnings.extend(ai_warnings)
-    for index, route in routes:
-        warnings.extend(unknown_keys(route, ("routers", index)))
-    warnings.extend(route_overlaps(routes))
+    errors.extend(_outside(_cross_checks(has_jwt, has_api_keys, checked), pruned))
+    ai_errors, ai_warnings = check_ai_routes(
+        top_seen.ai if top_seen is not None else None, bool(raw.get("ai")), checked
+    )
+    errors.extend(_outside(ai_errors, pruned))
+    warnings.extend(_outside(ai_warnings, pruned))
+    if isinstance(routes_raw, list):
+        for index, route_raw in enumerate(routes_raw):
+            warnings.extend(unknown_keys(RouteConfig, route_raw, ("routers", index)))
+    warnings.extend(_outside(route_overlaps(checked), pruned))
 
     # A value whose ${VAR} is unset is reported once; what the empty string then failed as (not a
     # path, not a URL) would only be noise.
@@ -158,6 +187,130 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     assert top is not None
     config = top.model_copy(update={"routers": tuple(route for _, route in routes)})
     return LoadedConfig(config, warnings, source, document)
+
+
+Model = TypeVar("Model", bound=BaseModel)
+_SALVAGE_ROUNDS = 6
+# What stands in for a route section that had to be cut out whole, so the rest of the route can
+# still be checked (a route cannot be built without a backend). Nothing is reported about it.
+_ROUTE_STAND_INS: dict[str, Any] = {"backends": [{"host": "http://salvaged.invalid", "port": 80}]}
+
+
+@dataclass(slots=True)
+class Salvaged(Generic[Model]):
+    model: Model | None
+    problems: list[Problem]  # found by a later round, not caused by the pruning
+    pruned: list[str]  # the formatted paths cut out
+
+    def unaffected(self, problems: list[Problem]) -> list[Problem]:
+        return _outside(problems, self.pruned)
+
+
+def _outside(problems: list[Problem], pruned: list[str]) -> list[Problem]:
+    """The problems that are not about a value that was cut out (those would be artifacts)."""
+    if not pruned:
+        return problems
+    return [
+        problem
+        for problem in problems
+        if not any(problem.path == cut or problem.path.startswith((cut + ".", cut + "[")) for cut in pruned)
+    ]
+
+
+def salvage(
+    model: type[Model],
+    raw: Any,
+    error: ValidationError,
+    prefix: tuple[Any, ...],
+    stand_ins: dict[str, Any] | None = None,
+) -> Salvaged[Model]:
+    """What parsed of an invalid section, so the checks that need a model still run in this pass.
+
+    pydantic stops a model at its first failing field: the section's cross-field rules and the
+    rules across routes would otherwise wait for the next run. The values pydantic refused are
+    pruned (a required key that cannot be pruned takes its enclosing value with it; a top-level key
+    in ``stand_ins`` is then replaced by a neutral stand-in) and the rest validated again, a few
+    rounds at most. Errors a later round finds that pruning did not cause are returned too.
+    """
+    data = copy.deepcopy(raw)
+    cut_out: list[tuple[Any, ...]] = []
+    later: list[Problem] = []
+    for _ in range(_SALVAGE_ROUNDS):
+        items = error.errors(include_url=False)
+        if cut_out:
+            fresh = [
+                item
+                for item in items
+                if item["type"] != "missing" and not any(_related(_plain(item["loc"]), c) for c in cut_out)
+            ]
+            if fresh:
+                later.extend(problems_from_validation_error(_only(error, fresh, model), prefix))
+        cuts = {_prune_point(data, _plain(item["loc"])) for item in items}
+        ordered = sorted((cut for cut in cuts if cut), key=lambda cut: (len(cut), str(cut)), reverse=True)
+        if not ordered or not isinstance(data, dict):
+            break
+        for cut in ordered:
+            _prune(data, cut)
+        cut_out.extend(ordered)
+        for key, stand_in in (stand_ins or {}).items():
+            if key not in data and any(cut[0] == key for cut in cut_out):
+                data[key] = copy.deepcopy(stand_in)
+        try:
+            built = model.model_validate(data)
+        except ValidationError as exc:
+            error = exc
+            continue
+        return Salvaged(built, later, _formatted(prefix, cut_out))
+    return Salvaged(None, later, _formatted(prefix, cut_out))
+
+
+def _formatted(prefix: tuple[Any, ...], cuts: list[tuple[Any, ...]]) -> list[str]:
+    return [format_path((*prefix, *cut)) for cut in cuts]
+
+
+def _plain(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A pydantic location without the union-member and validator tags it adds between keys."""
+    return tuple(part for part in loc if not is_union_tag(part))
+
+
+def _related(loc: tuple[Any, ...], cut: tuple[Any, ...]) -> bool:
+    shorter = min(len(loc), len(cut))
+    return loc[:shorter] == cut[:shorter]
+
+
+def _prune_point(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The deepest location along ``loc`` that exists in ``data`` (a missing key's parent)."""
+    node = data
+    reached: list[Any] = []
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            reached.append(part)
+            node = node[part]
+        else:
+            break
+    return tuple(reached)
+
+
+def _prune(data: Any, cut: tuple[Any, ...]) -> None:
+    node = data
+    for part in cut[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return  # already gone with an enclosing cut
+    with contextlib.suppress(KeyError, IndexError, TypeError):
+        del node[cut[-1]]
+
+
+def _only(error: ValidationError, items: list[Any], model: type[BaseModel]) -> ValidationError:
+    """A ValidationError holding only ``items`` (rebuilt so the usual formatting applies)."""
+    line_errors = [
+        {"type": item["type"], "loc": item["loc"], "input": item.get("input"), "ctx": item.get("ctx", {})}
+        for item in items
+    ]
+    return ValidationError.from_exception_data(model.__name__, line_errors)  # type: ignore[arg-type]
 
 
 def _lacks_backends(route_raw: Any) -> bool:
@@ -304,22 +457,80 @@ def route_overlaps(routes: list[tuple[int, RouteConfig]]) -> list[Problem]:
     return warnings
 
 
-def unknown_keys(model: BaseModel, path: tuple[Any, ...]) -> Iterator[Problem]:
-    """Keys the gateway does not know; ``_comment``-style keys (leading underscore) are notes."""
-    for key in model.model_extra or {}:
-        if not key.startswith("_"):
+def unknown_keys(model: type[BaseModel], data: Any, path: tuple[Any, ...]) -> Iterator[Problem]:
+    """Keys of the document ``model`` does not know; ``_comment``-style keys (leading underscore)
+    are notes. Walks the document as written against the schema, so a section that failed
+    validation still has its typos reported in the same run (``wieght`` beside a bad ``port``).
+
+    The model's own ``before`` validators run first: they are where the aliases that rename keys
+    live (README-style rate limits, the top-level ``jwt_secret``), so the walk reads the same names
+    the model does, from one place."""
+    for decorator in model.__pydantic_decorators__.model_validators.values():
+        if decorator.info.mode == "before":
+            try:
+                data = decorator.func(data)
+            except Exception:  # a shape the validator refuses is reported by validation itself
+                return
+    if not isinstance(data, dict):
+        return
+    fields = _input_names(model)
+    for key, value in data.items():
+        if not isinstance(key, str) or key.startswith("_"):
+            continue
+        annotation = fields.get(key, _UNKNOWN)
+        if annotation is _UNKNOWN:
             yield Problem(format_path((*path, key)), "unknown key, ignored")
-    for name in type(model).model_fields:
-        yield from _unknown_in(getattr(model, name), (*path, name))
+            continue
+        yield from _unknown_in(annotation, value, (*path, key))
 
 
-def _unknown_in(value: Any, path: tuple[Any, ...]) -> Iterator[Problem]:
-    if isinstance(value, BaseModel):
-        yield from unknown_keys(value, path)
-    elif isinstance(value, tuple | list):
+_UNKNOWN = object()
+
+
+def _input_names(model: type[BaseModel]) -> dict[str, Any]:
+    """Every key a model reads (field names and their aliases) -> the field's annotation."""
+    names: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        names[name] = info.annotation
+        if info.alias:
+            names[info.alias] = info.annotation
+        alias = info.validation_alias
+        if isinstance(alias, str):
+            names[alias] = info.annotation
+        elif isinstance(alias, AliasChoices):
+            for choice in alias.choices:
+                if isinstance(choice, str):
+                    names[choice] = info.annotation
+    return names
+
+
+def _unknown_in(annotation: Any, value: Any, path: tuple[Any, ...]) -> Iterator[Problem]:
+    """Descend into ``value`` where the schema says it holds models (directly, in an array, or as
+    one member of a union: the member whose keys fit the value best)."""
+    models = _models_in(annotation)
+    if not models:
+        return
+    if isinstance(value, list):
         for index, item in enumerate(value):
-            if isinstance(item, BaseModel):
-                yield from unknown_keys(item, (*path, index))
+            yield from _unknown_in(annotation, item, (*path, index))
+        return
+    if isinstance(value, dict):
+        keys = set(value)
+        best = max(models, key=lambda model: len(keys & set(_input_names(model))))
+        yield from unknown_keys(best, value, path)
+    elif isinstance(value, str | bool):  # shorthands a before-validator expands (`true`, a name)
+        yield from unknown_keys(models[0], value, path)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for argument in get_args(annotation):
+        for model in _models_in(argument):
+            if model not in found:
+                found.append(model)
+    return found
 
 
 def client_networks(config: GatewayConfig) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

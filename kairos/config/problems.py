@@ -94,7 +94,7 @@ def problems_from_validation_error(error: ValidationError, prefix: Sequence[str 
     items = _one_branch_per_union(error.errors(include_url=False))
     parents = {tuple(item["loc"][:cut]) for item in items for cut in range(len(item["loc"]))}
     for item in items:
-        loc = [part for part in item["loc"] if not _is_union_tag(part)]
+        loc = [part for part in item["loc"] if not is_union_tag(part)]
         path = format_path([*prefix, *loc])
         kind = item["type"]
         if kind == "too_short" and tuple(item["loc"]) in parents:
@@ -127,10 +127,10 @@ def _one_branch_per_union(items: list[Any]) -> list[Any]:
     branches: dict[tuple[Any, ...], dict[str, list[tuple[int, bool]]]] = {}
     for position, item in enumerate(items):
         loc = tuple(item["loc"])
-        at = next((i for i, part in enumerate(loc) if _is_union_tag(part)), None)
+        at = next((i for i, part in enumerate(loc) if is_union_tag(part)), None)
         if at is None:
             continue
-        deeper = any(not _is_union_tag(part) for part in loc[at + 1 :])
+        deeper = any(not is_union_tag(part) for part in loc[at + 1 :])
         branches.setdefault(loc[:at], {}).setdefault(str(loc[at]), []).append((position, deeper))
     dropped: set[int] = set()
     for members in branches.values():
@@ -155,7 +155,7 @@ def _bound_message(kind: str, ctx: dict[str, Any]) -> str:
     return f"must be {word} {ctx.get(key)}"
 
 
-def _is_union_tag(part: str | int) -> bool:
+def is_union_tag(part: str | int) -> bool:
     # pydantic adds the union member / function name to the location (e.g. "function-after[...]",
     # "int", "str", "CompositeStrategy"); they mean nothing to someone editing config.json.
     return isinstance(part, str) and (

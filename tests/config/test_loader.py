@@ -189,14 +189,48 @@ def test_unknown_keys_are_warnings_with_their_path_but_underscore_keys_are_silen
         jwt={"secret": SECRET, "issuer": "me", "algorithm": "HS256"},
         rate_limt={"requests_per_window": 1},
     )
-    assert warnings(raw) == [
-        "rate_limt: unknown key, ignored",
+    assert warnings(raw) == [  # in the order the file has them
         "jwt.algorithm: unknown key, ignored",
-        "routers[0].timeout: unknown key, ignored",
+        "rate_limt: unknown key, ignored",
         "routers[0].backends[0].wieght: unknown key, ignored",
+        "routers[0].timeout: unknown key, ignored",
         "routers[0].retry.max_retires: unknown key, ignored",
         "routers[0].request_transformation.headers[0].vale: unknown key, ignored",
     ]
+
+
+def test_one_run_lists_every_problem_even_in_sections_that_failed() -> None:
+    """Type and range errors, unknown keys in the failing sections, cross-field and cross-route
+    rules: all in one run (pydantic alone stops a section at its first bad field)."""
+    raw = {
+        "version": 1,
+        "colour": "red",
+        "rate_limit": {"algorithm": "token_bucket", "requests_per_second": 0, "burst_size": 3, "foo": 1},
+        "routers": [
+            route(internal_path="/x/{nope}", external_path="/a/{id}", retyr={},
+                  backends=[backend(port=70000, wieght=2)]),
+            route(external_path="/a/{id}", internal_path="/x/{id}"),
+            route(external_path="/a/{id}", internal_path="/x/{id}", auth_required=True, timeout_ms=-1),
+            route(external_path="/b", internal_path="/b", protocol="websocket",
+                  backends=[backend(host="ftp://h")], max_body_size="x"),
+        ],
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        load(raw)
+    errors = [str(problem) for problem in caught.value.problems]
+    warned = [str(problem) for problem in caught.value.warnings]
+    assert "rate_limit.requests_per_window: must be at least 1 (got 0)" in errors
+    assert "routers[0].backends[0].port: must be between 1 and 65535 (got 70000)" in errors
+    assert any(line.startswith("routers[0].internal_path: uses {nope}") for line in errors), errors
+    assert "routers[2].timeout_ms: must be at least 0 (got -1)" in errors
+    assert any(line.startswith("routers[2].auth_required: is true but") for line in errors), errors
+    assert 'routers[3].max_body_size: must be an integer (got "x")' in errors
+    assert any(line.startswith("routers[3].backends[0].host: must use ws://") for line in errors), errors
+    for key in ("colour", "rate_limit.foo", "routers[0].retyr", "routers[0].backends[0].wieght"):
+        assert f"{key}: unknown key, ignored" in warned, warned
+    assert any(line.startswith("routers[1].external_path: duplicates routers[0]") for line in warned)
+    assert any(line.startswith("routers[2].external_path: duplicates routers[0]") for line in warned)
+    assert "routers[2]: is shadowed: no request can ever reach it" in warned
 
 
 def test_duplicate_and_shadowed_routes_are_warnings() -> None:
