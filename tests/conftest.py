@@ -8,6 +8,9 @@ import pytest
 
 from tests.processes import Server, free_port, redis_server, server_process, upstream_server
 
+# kairos-rs's own config files, OUTSIDE the repository (../shared/kairos-rs-configs/, never copied in).
+# Optional: only tests/config/test_kairos_rs_shapes.py reads it, and skips when it is absent; the
+# suite itself runs on tests/fixtures/kairos_rs/ so a bare clone passes.
 SHARED_CONFIGS = Path(__file__).resolve().parent.parent.parent / "shared" / "kairos-rs-configs"
 
 
