@@ -31,7 +31,8 @@ run: install
 # The whole suite on the default (raw) upstream engine, then the proxy suites again on the aiohttp
 # fallback engine so both stay correct.
 ENGINE_SUITES := tests/test_http_proxy.py tests/test_faults.py tests/test_streaming_memory.py \
-	tests/test_tls_upstream.py tests/test_load_balancing.py tests/routing/test_upstream_path.py
+	tests/test_tls_upstream.py tests/test_load_balancing.py tests/routing/test_upstream_path.py \
+	tests/test_edge_proxy.py
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -28,6 +28,7 @@ STATUS_BY_TYPE = {
     "route_not_found": 404,
     "method_not_allowed": 405,
     "payload_too_large": 413,
+    "headers_too_large": 431,
     "upgrade_required": 426,
     "rate_limit_error": 429,
     "rate_limit_unavailable": 503,

@@ -40,6 +40,9 @@ class Exchange:
     upstream_target: str | None = None
     # Seconds from sending the upstream request to its response head, last attempt (proxy -> metrics).
     upstream_seconds: float | None = None
+    # Seconds spent waiting on others, every attempt: the client's request body, upstream heads,
+    # retry backoff (proxy, retry -> metrics: the gateway's own time is the rest).
+    waited: float = 0.0
 
 
 def get_exchange(scope: Scope) -> Exchange:

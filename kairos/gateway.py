@@ -210,7 +210,7 @@ class Gateway:
         states = dict(self.backend_states)
         table = RouteTable(compile_route(index, route, states) for index, route in enumerate(config.routers))
         used = {backend.key for route in table.routes for backend in route.backends}
-        client_address = ClientAddress(client_networks(config))
+        client_address = ClientAddress(client_networks(config), config.forwarded_header)
         authenticator = Authenticator(
             config.jwt, config.api_keys, config.api_key_header, jwks=self._jwks_for(config)
         )
@@ -344,8 +344,10 @@ class Gateway:
     def resolve_client_ip(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
         return self.client_address.resolve(peer, headers)
 
-    def is_trusted_proxy(self, ip: str) -> bool:
-        return self.client_address.is_trusted(ip)
+    def forwarding(self) -> ClientAddress:
+        """The live trusted-proxy policy: whose forwarding headers are believed, and whether a
+        Forwarded element is added upstream."""
+        return self.client_address
 
     def engine_for(self, backend: Backend) -> UpstreamEngine:
         return self.http2_engine if backend.http2 else self.default_engine

@@ -23,6 +23,7 @@ from kairos.middleware.circuit import CircuitBreakerMiddleware
 from kairos.middleware.compression import CompressionMiddleware
 from kairos.middleware.context import ExchangeMiddleware
 from kairos.middleware.cors import CorsMiddleware
+from kairos.middleware.headguard import HeadGuardMiddleware
 from kairos.middleware.ipfilter import IpFilterMiddleware
 from kairos.middleware.metrics import MetricsMiddleware
 from kairos.middleware.ratelimit import RateLimitMiddleware
@@ -51,8 +52,8 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     def count_websockets(delta: int) -> None:
         gateway.websocket_connections += delta
 
-    http: ASGIApp = HttpProxy(gateway.engine_for, gateway.is_trusted_proxy, gateway.deadlines)
-    websocket: ASGIApp = WebSocketProxy(gateway.is_trusted_proxy, on_open=count_websockets)
+    http: ASGIApp = HttpProxy(gateway.engine_for, gateway.forwarding, gateway.deadlines)
+    websocket: ASGIApp = WebSocketProxy(gateway.forwarding, on_open=count_websockets)
     tracing = gateway.tracing  # KAIROS_TRACING; off: nothing imported, no layer
     if tracing is not None:
         from kairos.middleware.tracing import ServerSpanMiddleware, UpstreamSpanMiddleware
@@ -91,6 +92,10 @@ def build_pipeline(gateway: Gateway) -> ASGIApp:
     # Compression: inside the Exchange (its last guard covers it), outside everything that answers,
     # so cache hits and CORS/auth answers are compressed too; small gateway errors stay as they are.
     app = CompressionMiddleware(app, _live(gateway, lambda c: c.compression))
+    # Head rules (size and count limits, Host): first thing inside the Exchange (the answer has a
+    # request id), before anything reads a header.
+    settings = gateway.settings
+    app = HeadGuardMiddleware(app, settings.max_header_bytes, settings.max_headers)
     app = ExchangeMiddleware(
         app, resolve_client_ip=gateway.resolve_client_ip, before_first_request=gateway.ensure_started
     )

@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     upstream_keepalive_seconds: float = Field(4.0, gt=0)
     # Seconds between two samples of /api/metrics/history (kairos-rs: 5). Tests use a fraction.
     metrics_history_interval: float = Field(5.0, gt=0, le=3600)
+    # The request head (request line + header lines, as sent) may be at most this many bytes and
+    # header fields (Envoy's defaults); larger heads get 431. Enforced by the connection guard under
+    # `kairos run` before the app sees the request, and by HeadGuardMiddleware under any server.
+    max_header_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_headers: int = Field(100, ge=1, le=10_000)
+    # `kairos run` only (the connection guard, kairos/server.py): a connection whose request head is
+    # not complete this many seconds after it started (or after the previous response, for an idle
+    # keep-alive connection) is closed, so slow-header clients cannot hold connections forever.
+    header_timeout: float = Field(10.0, gt=0, le=3600)
+    # `kairos run` only: connections one worker holds at once; past it a new connection gets a 503
+    # and is closed at once (its file descriptor is back immediately). 0 = no cap.
+    max_connections: int = Field(10_000, ge=0)
     # OpenTelemetry tracing (kairos/observability/tracing.py, extra `otel`): off (nothing imported, no
     # layer), otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT) or console; the rest is standard OTEL_*.
     tracing: Literal["off", "otlp", "console"] = "off"

@@ -120,7 +120,9 @@ def assert_no_requests_in_flight(gateway: Server, within: float = 5.0) -> None:
 
 
 def test_upstream_closing_mid_body_is_never_a_clean_response(client: httpx.Client, gateway: Server) -> None:
-    for path in ("/raw/cut?length=500000&send=1000", "/raw/cut-chunked"):
+    # A small body is no different: the head goes out as soon as the upstream sends it (never held
+    # back for the body), so a body cut short afterwards is an aborted response too, as in nginx.
+    for path in ("/raw/cut?length=500000&send=1000", "/raw/cut-chunked", "/raw/cut?length=1000&send=100"):
         received = 0
         with (
             pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)),
@@ -130,9 +132,6 @@ def test_upstream_closing_mid_body_is_never_a_clean_response(client: httpx.Clien
             for chunk in response.iter_raw():
                 received += len(chunk)
         assert received < 500000
-    # A small body is read in one piece before the response starts, so that one becomes a 502.
-    body = assert_error(client.get("/raw/cut?length=1000&send=100"), 502, "upstream")
-    assert "not completed" in body["error"] or "payload" in body["error"].lower()
     assert_healthy(gateway)
 
 

@@ -90,7 +90,9 @@ def test_a_known_mix_is_counted_by_route_template_method_code_and_source(client:
     _, over_count, over_sum = histogram(families["kairos_overhead_duration_seconds"])
     assert over_count == 3 and over_sum >= 0
     request_sum = sum(histogram(durations, route="/users/{id}", method=m)[2] for m in ("GET", "POST"))
-    assert up_sum + over_sum == pytest.approx(request_sum, rel=1e-6, abs=1e-9)
+    # Overhead is the gateway's own time: it never exceeds what is left of the request beside the
+    # upstream's head time (body relay and the client's upload are excluded on top).
+    assert 0 < over_sum < request_sum and up_sum + over_sum <= request_sum + 1e-9
 
     assert client.get("/users/9").status_code == 200
     again = requests_total(scrape(client))

@@ -165,6 +165,17 @@ class RouteConfig(ConfigModel):
     auth: Literal["any", "jwt", "api_key"] = "any"
     timeout_ms: NonNegativeInt = 30000
     connect_timeout_ms: PositiveInt = 5000
+    rewrite_location: Bool = Field(
+        True,
+        description="Map Location, Content-Location and Refresh headers that name a backend (its "
+        "origin, or a path under internal_path) back to the gateway and external_path, as nginx's "
+        "proxy_redirect default does; the result is a relative reference.",
+    )
+    rewrite_cookies: Bool = Field(
+        False,
+        description="Map Set-Cookie Path attributes from internal_path to external_path and drop a "
+        "Domain attribute naming a backend host (nginx's proxy_cookie_path / proxy_cookie_domain).",
+    )
     allow_dot_segment_params: Bool = Field(
         False,
         description="Let a path parameter whose decoded value holds a '.' or '..' segment (split on '/' "
@@ -242,7 +253,17 @@ class GatewayConfig(ConfigModel):
     rate_limit: RateLimitConfig | None = None
     ai: AiConfig | None = None
     routers: tuple[RouteConfig, ...] = ()
-    trusted_proxies: tuple[Annotated[str, Strict(), AfterValidator(_cidr)], ...] = ()
+    trusted_proxies: tuple[Annotated[str, Strict(), AfterValidator(_cidr)], ...] = Field(
+        (),
+        description="CIDRs of the proxies in front of the gateway: their X-Forwarded-For, Forwarded, "
+        "X-Real-IP and similar headers are believed and passed on; from any other peer those headers "
+        "are replaced or dropped.",
+    )
+    forwarded_header: Bool = Field(
+        False,
+        description="Add this hop to an RFC 7239 Forwarded header on requests sent upstream "
+        "(for=the peer;host=the requested host;proto=http|https), extending a trusted proxy's.",
+    )
     api_keys: tuple[ApiKeyConsumer, ...] = ()
     api_key_header: Str = "X-API-Key"
     server: ServerConfig | None = None

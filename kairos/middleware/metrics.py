@@ -10,8 +10,11 @@ the last guard's 500). Per HTTP request it records:
 - ``kairos_request_duration_seconds{route,method}``: from the ASGI call to the end of the response;
 - ``kairos_upstream_duration_seconds{route}``: the upstream's time to its response head, which the
   HTTP proxy leaves in ``Exchange.upstream_seconds`` (the last attempt's, with retries);
-- ``kairos_overhead_duration_seconds``: request duration minus upstream duration, for requests
-  that reached an upstream (the gateway's own time, body relay included);
+- ``kairos_overhead_duration_seconds``: the gateway's own time, for requests that reached an
+  upstream: from the ASGI call to the response head going to the client, minus the time spent
+  waiting on others (``Exchange.waited``: the client's request body, every attempt's upstream head,
+  retry backoff). Streaming the response body is the upstream's and the client's time, not
+  overhead: a slow 5 s download adds nothing here;
 - ``kairos_requests_in_flight`` and its high-water mark (``peak_in_flight``, one compare per request);
 - ``upstream_failures``: requests whose answer was the proxy's own because the upstream failed
   (``Exchange.upstream_failure`` of the last attempt: ``connect``, ``timeout``, ``error``), read
@@ -231,10 +234,12 @@ class MetricsMiddleware:
         started = perf_counter()
         status = 0
         generated = False
+        head_at = 0.0
 
         async def send_watched(message: Message) -> None:
-            nonlocal status, generated
+            nonlocal status, generated, head_at
             if message["type"] == "http.response.start":
+                head_at = perf_counter()
                 status = message["status"]
                 generated = bool(message.get(GENERATED))
             await send(message)
@@ -269,17 +274,20 @@ class MetricsMiddleware:
             histogram.sum += elapsed
             if exchange is not None:
                 upstream = exchange.upstream_seconds
+                waited = exchange.waited
                 failure = exchange.upstream_failure
                 if failure is not None:
                     failures = metrics.upstream_failures
                     failures[failure] = failures.get(failure, 0) + 1
             else:
                 upstream = None
+                waited = 0.0
             if upstream is not None:
                 histogram = series.upstream
                 histogram.counts[bisect_left(BUCKETS, upstream)] += 1
                 histogram.sum += upstream
-                overhead = elapsed - upstream if elapsed > upstream else 0.0
+                own = (head_at or started + elapsed) - started - waited
+                overhead = own if own > 0.0 else 0.0
                 histogram = metrics.overhead
                 histogram.counts[bisect_left(BUCKETS, overhead)] += 1
                 histogram.sum += overhead

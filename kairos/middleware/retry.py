@@ -204,6 +204,7 @@ class _Attempts:
             self.owner.stats.retries += 1
             exchange.attempt += 1
             if self.delay > 0:
+                exchange.waited += self.delay  # backoff is not the gateway's own work
                 await asyncio.sleep(self.delay)
 
     def _should_retry(self, start: Message) -> bool:

@@ -125,7 +125,9 @@ def _requests(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFam
     yield upstream
     overhead = HistogramMetricFamily(
         "kairos_overhead_duration_seconds",
-        "The gateway's own time on proxied requests: request duration minus upstream duration",
+        "The gateway's own time on proxied requests: request in to response head out, minus the "
+        "time spent waiting on the client's body, upstream heads and retry backoff (body streaming "
+        "excluded)",
     )
     overhead.add_metric([], metrics.overhead.cumulative(), metrics.overhead.sum)
     yield overhead

@@ -36,6 +36,12 @@ class AiohttpResponse:
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamError(f"reading the upstream body failed: {exc!r}") from exc
 
+    def ready_body(self) -> bytes | None:
+        content = self._response.content
+        if not content.is_eof():
+            return None
+        return content.read_nowait()
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
         try:

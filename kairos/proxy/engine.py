@@ -49,6 +49,10 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
+    def ready_body(self) -> bytes | None:
+        """The whole body if it has already arrived, without waiting; None if more is to come (or
+        the engine cannot tell). Lets the proxy answer in one message without delaying the head."""
+
     def iter_chunks(self) -> AsyncIterator[bytes]: ...
 
     async def close(self) -> None:

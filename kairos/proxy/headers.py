@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,9 +34,31 @@ HOP_BY_HOP = frozenset(
 _REPLACED_UPSTREAM = frozenset(
     {b"host", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 )
-# The ASGI server writes its own Date (as nginx does by default, the upstream's is dropped), and
+# Headers in which a client names a source address, host or scheme that an upstream may believe
+# (RFC 7239's Forwarded, nginx's X-Real-IP, the CDN and load-balancer spellings, the X-Forwarded-*
+# extras frameworks read). Passed on only from a trusted proxy, which vouches for them; from anyone
+# else they are dropped, so a client cannot pose as another address to the upstream.
+CLIENT_SOURCE_HEADERS = frozenset(
+    {
+        b"forwarded",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-original-forwarded-for",
+        b"x-forwarded",
+        b"forwarded-for",
+        b"x-forwarded-server",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+    }
+)
+# The ASGI server writes its own Date and Server (as nginx does by default: the upstream's are
+# dropped, so a response carries one of each and does not advertise the backend's software), and
 # the gateway writes X-Request-ID.
-_SET_BY_SERVER = frozenset({b"date", b"x-request-id"})
+_SET_BY_SERVER = frozenset({b"date", b"server", b"x-request-id"})
 _WEBSOCKET_HANDSHAKE = frozenset(
     {b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol"}
 )
@@ -50,11 +73,13 @@ class ClientAddress:
     that is not an IP address ends the walk: the last address vouched for is used instead, so a
     malformed header can never become a rate-limit or ip_hash key."""
 
-    __slots__ = ("_cache", "_networks")
+    __slots__ = ("_cache", "_networks", "forwarded_header")
 
-    def __init__(self, trusted: Sequence[IpNetwork]) -> None:
+    def __init__(self, trusted: Sequence[IpNetwork], forwarded_header: bool = False) -> None:
         self._networks = tuple(trusted)
         self._cache: dict[str, bool | None] = {}
+        # Whether requests going upstream carry an RFC 7239 Forwarded element for this hop.
+        self.forwarded_header = forwarded_header
 
     @property
     def enabled(self) -> bool:
@@ -111,7 +136,7 @@ class UpstreamHeaders:
 
 
 # Headers skipped on the way up, so the common case (a header we forward) costs one set lookup.
-_SKIP_UP = HOP_BY_HOP | _REPLACED_UPSTREAM
+_SKIP_UP = HOP_BY_HOP | _REPLACED_UPSTREAM | CLIENT_SOURCE_HEADERS
 _SKIP_UP_WEBSOCKET = _SKIP_UP | _WEBSOCKET_HANDSHAKE
 _SKIP_DOWN = HOP_BY_HOP | _SET_BY_SERVER
 # Connection tokens that name no extra header (the common values): nothing more to strip.
@@ -126,15 +151,19 @@ def upstream_request_headers(
     scheme: str,
     request_id: str,
     websocket: bool = False,
+    emit_forwarded: bool = False,
 ) -> UpstreamHeaders:
     """Client headers minus hop-by-hop ones, plus X-Forwarded-* and X-Request-ID, in one pass.
 
-    From a trusted proxy the incoming ``X-Forwarded-For`` chain is extended; from anyone else it is
-    replaced by the peer address, so an upstream that trusts the header is not lied to.
+    From a trusted proxy the incoming ``X-Forwarded-For`` chain is extended and the other
+    source-address headers (``CLIENT_SOURCE_HEADERS``) pass; from anyone else the chain is replaced
+    by the peer address and those headers are dropped, so an upstream that trusts them is not lied
+    to. ``emit_forwarded`` adds this hop to RFC 7239 ``Forwarded`` (extending a trusted one).
     """
     skip = _SKIP_UP_WEBSOCKET if websocket else _SKIP_UP
     out: list[tuple[str, str]] = []
     forwarded: list[str] = []
+    rfc7239: list[str] = []
     proto = forwarded_host = host = None
     connection: list[bytes] = []
     content_length: int | None = None
@@ -154,6 +183,10 @@ def upstream_request_headers(
                     proto = value.decode("latin-1")
                 elif name == b"x-forwarded-host":
                     forwarded_host = value.decode("latin-1")
+                elif name == b"forwarded":
+                    rfc7239.append(value.decode("latin-1"))
+                elif name in CLIENT_SOURCE_HEADERS:
+                    out.append((name.decode("latin-1"), value.decode("latin-1")))
             continue
         if name == b"content-length":
             content_length = int(value) if value.isdigit() else None
@@ -172,21 +205,60 @@ def upstream_request_headers(
     out.append(("x-forwarded-proto", proto or scheme))
     if forwarded_host or host:
         out.append(("x-forwarded-host", forwarded_host or host or ""))
+    if emit_forwarded:
+        rfc7239.append(forwarded_element(peer, host, scheme))
+    if rfc7239:
+        out.append(("forwarded", ", ".join(rfc7239)))
     out.append(("x-request-id", request_id))
     return UpstreamHeaders(out, content_length, chunked)
 
 
+# RFC 9110 tchar: a parameter value made only of these needs no quotes in Forwarded (RFC 7239 §4).
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def forwarded_element(peer: str, host: str | None, scheme: str) -> str:
+    """This hop's RFC 7239 element: ``for`` the peer (an IPv6 address bracketed and quoted, a
+    non-address as ``unknown``), the ``host`` the client asked for, and the ``proto``."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        node = "unknown"
+    else:
+        node = f'"[{address}]"' if address.version == 6 else str(address)
+    parts = [f"for={node}"]
+    if host:
+        parts.append(f"host={_quoted(host)}")
+    parts.append(f"proto={_quoted(scheme)}")
+    return ";".join(parts)
+
+
+def _quoted(value: str) -> str:
+    """A token as it is; anything else as an RFC 9110 quoted-string."""
+    if value and all(char in _TOKEN for char in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def downstream_response_headers(
-    raw_headers: Iterable[tuple[bytes, bytes]], request_id: bytes
+    raw_headers: Iterable[tuple[bytes, bytes]],
+    request_id: bytes,
+    rewrite: Callable[[bytes, bytes], bytes] | None = None,
+    rewritable: frozenset[bytes] = frozenset(),
 ) -> list[tuple[bytes, bytes]]:
     """Upstream response headers minus hop-by-hop ones, repeated headers kept (two Set-Cookie stay
-    two), plus X-Request-ID. One pass; a second only when ``Connection`` names extra headers."""
+    two), plus X-Request-ID. One pass; a second only when ``Connection`` names extra headers.
+    Headers named in ``rewritable`` are passed through ``rewrite(name, value)`` (the redirect
+    mapping); the common header costs the same single set lookup as without it."""
     out: list[tuple[bytes, bytes]] = []
     connection: list[bytes] = []
+    special = _skip_or_rewrite(rewritable) if rewritable else _SKIP_DOWN
     for raw_name, value in raw_headers:
         name = raw_name.lower()
-        if name in _SKIP_DOWN or name.startswith(b"proxy-"):
-            if name == b"connection":
+        if name in special or name.startswith(b"proxy-"):
+            if name in rewritable and rewrite is not None:
+                out.append((name, rewrite(name, value)))
+            elif name == b"connection":
                 connection.append(value)
             continue
         out.append((name, value))
@@ -198,6 +270,11 @@ def downstream_response_headers(
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _skip_or_rewrite(rewritable: frozenset[bytes]) -> frozenset[bytes]:
+    return _SKIP_DOWN | rewritable
+
+
 def _named_by_connection(values: list[bytes]) -> frozenset[bytes]:
     tokens = {token.strip().lower() for value in values for token in value.split(b",")}
     return frozenset(tokens - _PLAIN_CONNECTION)
@@ -207,10 +284,11 @@ _HTTP_SCHEME = {"ws": "http", "wss": "https"}  # X-Forwarded-Proto speaks of htt
 
 
 def prepare_upstream(
-    scope: Scope, exchange: Exchange, is_trusted: Callable[[str], bool], websocket: bool = False
+    scope: Scope, exchange: Exchange, forwarding: Callable[[], ClientAddress], websocket: bool = False
 ) -> tuple[str, UpstreamHeaders]:
     """The upstream URL (backend + built internal path + the query as sent) and the headers to send,
-    for the route and backend already chosen for this request."""
+    for the route and backend already chosen for this request. ``forwarding`` gives the live
+    trusted-proxy policy (it changes on reload)."""
     route, backend = exchange.route, exchange.backend
     assert route is not None and backend is not None
     base = backend.ws_base if websocket else backend.http_base
@@ -224,12 +302,14 @@ def prepare_upstream(
     client = scope.get("client")
     peer = client[0] if client else "unknown"
     scheme: str = scope.get("scheme") or "http"
+    policy = forwarding()
     prepared = upstream_request_headers(
         scope["headers"],
         peer=peer,
-        peer_trusted=is_trusted(peer),
+        peer_trusted=policy.is_trusted(peer),
         scheme=_HTTP_SCHEME.get(scheme, scheme),
         request_id=exchange.request_id,
         websocket=websocket,
+        emit_forwarded=policy.forwarded_header,
     )
     return url, prepared

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -29,7 +29,8 @@ from kairos.proxy.engine import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from kairos.proxy.headers import downstream_response_headers, prepare_upstream
+from kairos.proxy.headers import ClientAddress, downstream_response_headers, prepare_upstream
+from kairos.proxy.redirects import RedirectRewriter
 from kairos.routing.route import Backend
 
 logger = logging.getLogger("kairos.proxy")
@@ -55,11 +56,11 @@ class HttpProxy:
     def __init__(
         self,
         engine_for: Callable[[Backend], UpstreamEngine],
-        is_trusted: Callable[[str], bool],
+        forwarding: Callable[[], ClientAddress],
         deadlines: DeadlineWatch | None = None,
     ) -> None:
         self._engine_for = engine_for
-        self._is_trusted = is_trusted
+        self._forwarding = forwarding
         self._deadlines = deadlines or DeadlineWatch()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,7 +69,7 @@ class HttpProxy:
         backend = exchange.backend
         assert route is not None and backend is not None
         request_id = exchange.request_id
-        url, prepared = prepare_upstream(scope, exchange, self._is_trusted)
+        url, prepared = prepare_upstream(scope, exchange, self._forwarding)
         upstream = UpstreamRequest(
             method=scope["method"],
             url=url,
@@ -81,18 +82,35 @@ class HttpProxy:
         timeout, per_try = _attempt_timeout(route.timeout, exchange.deadline, exchange.try_timeout)
         try:
             async with self._deadlines.within(timeout):
+                waiting_since = time.perf_counter()
                 upstream.body = await _request_body(prepared.content_length, prepared.chunked, receive)
                 sent_at = time.perf_counter()
-                response = await self._engine_for(backend).send(upstream)
-                exchange.upstream_seconds = time.perf_counter() - sent_at
                 try:
-                    headers = downstream_response_headers(response.headers, request_id.encode())
+                    response = await self._engine_for(backend).send(upstream)
+                finally:
+                    head_at = time.perf_counter()
+                    # The client's body and the upstream's head are others' time, not the gateway's.
+                    exchange.waited += head_at - waiting_since
+                exchange.upstream_seconds = head_at - sent_at
+                try:
+                    redirects = route.redirects
+                    if redirects is None:
+                        headers = downstream_response_headers(response.headers, request_id.encode())
+                    else:
+                        headers = downstream_response_headers(
+                            response.headers,
+                            request_id.encode(),
+                            _rewriter(redirects, exchange.params, scope.get("root_path", "")),
+                            redirects.names,
+                        )
                     length = response.content_length
                     if response.status in NO_BODY_STATUS:
                         headers = [header for header in headers if header[0] != b"content-length"]
                         length = 0
-                    if length is not None and length <= SMALL_BODY:
-                        body = await response.read()
+                    # One message when the whole (small) body is already here; otherwise the head
+                    # goes out at once and the body follows as it arrives, never held back.
+                    body = response.ready_body() if length is not None and length <= SMALL_BODY else None
+                    if body is not None:
                         started = True
                         await send(
                             {"type": "http.response.start", "status": response.status, "headers": headers}
@@ -134,6 +152,15 @@ class HttpProxy:
             kind = "connection refused" if connect_failed else "error"
             logger.warning("upstream %s for %s (%s): %s", kind, url, request_id, exc)
             await send_error(send, "upstream", f"Upstream error for {backend.key}: {exc}", request_id)
+
+
+def _rewriter(
+    redirects: RedirectRewriter, params: Mapping[str, str], root: str
+) -> Callable[[bytes, bytes], bytes]:
+    def rewrite(name: bytes, value: bytes) -> bytes:
+        return redirects.rewrite(name, value, params, root)
+
+    return rewrite
 
 
 def _attempt_timeout(

@@ -30,6 +30,9 @@ class HttpxResponse:
         except httpx.HTTPError as exc:
             raise UpstreamError(f"reading the upstream body failed: {exc!r}") from exc
 
+    def ready_body(self) -> bytes | None:
+        return None  # httpx does not say what is buffered: the body is streamed
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.aiter_raw():

@@ -402,6 +402,14 @@ class RawResponse:
             await conn.wait()
         return conn.take() if conn.body else b""
 
+    def ready_body(self) -> bytes | None:
+        conn = self._conn
+        if conn is None:
+            return b""
+        if not conn.complete:
+            return None
+        return conn.take() if conn.body else b""
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         if conn is None:

@@ -24,7 +24,7 @@ from websockets.frames import CloseCode
 
 from kairos.errors import reject
 from kairos.exchange import get_exchange
-from kairos.proxy.headers import prepare_upstream
+from kairos.proxy.headers import ClientAddress, prepare_upstream
 
 logger = logging.getLogger("kairos.websocket")
 
@@ -50,9 +50,9 @@ def _to_backend(code: int) -> int:
 
 class WebSocketProxy:
     def __init__(
-        self, is_trusted: Callable[[str], bool], on_open: Callable[[int], None] | None = None
+        self, forwarding: Callable[[], ClientAddress], on_open: Callable[[int], None] | None = None
     ) -> None:
-        self._is_trusted = is_trusted
+        self._forwarding = forwarding
         self._on_open = on_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,7 +62,7 @@ class WebSocketProxy:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        url, prepared = prepare_upstream(scope, exchange, self._is_trusted, websocket=True)
+        url, prepared = prepare_upstream(scope, exchange, self._forwarding, websocket=True)
         headers = prepared.headers
         subprotocols = [p for p in scope.get("subprotocols", ()) if p]
         try:

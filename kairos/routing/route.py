@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from kairos.config.model import HTTP_METHODS, RouteConfig
+from kairos.proxy.redirects import RedirectRewriter
 from kairos.proxy.tls import client_context
 from kairos.resilience.breaker import CircuitBreaker
 from kairos.resilience.outlier import OutlierDetector
@@ -89,6 +90,9 @@ class Route:
     websocket: bool  # protocol "websocket": preferred for upgrades, skipped for plain requests
     key: str  # stable identity across reloads (protocol, methods, template): scopes per-route state
     allow_dot_segment_params: bool = False  # the route's opt-out of the matcher's traversal check
+    # Maps Location-type headers (and, optionally, cookies) naming a backend back to the gateway;
+    # None when the route turned both off.
+    redirects: RedirectRewriter | None = None
 
     @property
     def name(self) -> str:
@@ -192,6 +196,16 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
     template = config.external_template
     tail = template.catch_all
     catch_all_names = frozenset({tail}) if tail is not None else frozenset[str]()
+    redirects = None
+    if config.rewrite_location or config.rewrite_cookies:
+        redirects = RedirectRewriter.build(
+            config.internal_template,
+            template,
+            UpstreamPath.compile(template, catch_all_names).build,
+            [(backend.scheme, backend.host, backend.port) for backend in backends],
+            locations=config.rewrite_location,
+            cookies=config.rewrite_cookies,
+        )
     return Route(
         index=index,
         config=config,
@@ -206,4 +220,5 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         websocket=config.protocol == "websocket",
         key=f"{config.protocol} {','.join(sorted(config.methods))} {config.external_path}",
         allow_dot_segment_params=config.allow_dot_segment_params,
+        redirects=redirects,
     )

@@ -105,3 +105,31 @@ def test_client_address_walks_the_chain_from_the_right() -> None:
     garbage_left = [(b"x-forwarded-for", b"203.0.113.7, junk, 10.3.3.3")]
     assert resolver.resolve("10.1.1.1", garbage_left) == "10.3.3.3"  # last address vouched for
     assert resolver.resolve("10.1.1.1", [(b"x-forwarded-for", b"2001:db8::1")]) == "2001:db8::1"
+
+
+def test_source_address_headers_pass_only_from_a_trusted_proxy() -> None:
+    sent = [(b"x-real-ip", b"6.6.6.6"), (b"forwarded", b"for=6.6.6.6"), (b"true-client-ip", b"6.6.6.6")]
+    assert not {"x-real-ip", "forwarded", "true-client-ip"} & set(up(sent))
+    trusted = up(sent, trusted=True)
+    assert trusted["x-real-ip"] == ["6.6.6.6"] and trusted["forwarded"] == ["for=6.6.6.6"]
+
+
+def test_forwarded_element_for_this_hop() -> None:
+    def element(peer: str, headers: list[tuple[bytes, bytes]], trusted: bool) -> str:
+        prepared = upstream_request_headers(
+            headers, peer=peer, peer_trusted=trusted, scheme="https", request_id="r", emit_forwarded=True
+        )
+        return dict(prepared.headers)["forwarded"]
+
+    assert element("10.0.0.9", [(b"host", b"api")], False) == "for=10.0.0.9;host=api;proto=https"
+    assert element("::1", [(b"host", b"a:8")], False) == 'for="[::1]";host="a:8";proto=https'
+    assert element("unix-socket", [], False) == "for=unknown;proto=https"
+    spoofed = [(b"forwarded", b"for=6.6.6.6"), (b"host", b"h")]
+    assert element("10.0.0.9", spoofed, False) == "for=10.0.0.9;host=h;proto=https"
+    assert element("10.0.0.9", spoofed, True) == "for=6.6.6.6, for=10.0.0.9;host=h;proto=https"
+    assert element("10.0.0.9", [(b"host", b'a"b\\')], False) == 'for=10.0.0.9;host="a\\"b\\\\";proto=https'
+
+
+def test_the_upstreams_server_header_is_dropped() -> None:
+    out = downstream_response_headers([(b"Server", b"nginx/1.2"), (b"x-a", b"1")], b"rid")
+    assert out == [(b"x-a", b"1"), (b"x-request-id", b"rid")]

@@ -202,6 +202,50 @@ def make_app(name: str) -> web.Application:
         return web.json_response(request.app[RECORDED_UPLOADS].get(request.match_info["key"]))
 
     app = web.Application(client_max_size=1024**3)
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        """A sized body sent a byte at a time after the head: for first-byte and overhead tests."""
+        size = int(request.query.get("size", "10"))
+        interval = float(request.query.get("interval", "0.3"))
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.content_length = size
+        await response.prepare(request)
+        for _ in range(size):
+            await asyncio.sleep(interval)
+            await response.write(b"x")
+        await response.write_eof()
+        return response
+
+    async def redirect(request: web.Request) -> web.Response:
+        """httpbin's /redirect/n and /absolute-redirect/n: n hops, relative or absolute, then /get."""
+        hops = int(request.match_info["n"])
+        absolute = request.path.startswith("/absolute-redirect/")
+        kind = "absolute" if absolute else "relative"
+        target = "/get" if hops <= 1 else f"/{kind}-redirect/{hops - 1}"
+        if absolute:
+            target = f"http://{request.host}{target}"
+        raise web.HTTPFound(target)
+
+    async def get(request: web.Request) -> web.Response:
+        return web.json_response({"server": name, "path": request.raw_path, "url": str(request.url)})
+
+    async def located(request: web.Request) -> web.Response:
+        """Every header that can name the backend, for the rewrite tests."""
+        response = web.Response(status=201, text="created")
+        own = f"http://{request.host}"
+        response.headers["Location"] = request.query.get("location", f"{own}/items/7?x=1#top")
+        response.headers["Content-Location"] = "/items/7"
+        response.headers["Refresh"] = f"3; url={own}/items/8"
+        response.headers.add("Set-Cookie", f"sid=1; Path=/items; Domain={request.url.host}; HttpOnly")
+        response.headers.add("Set-Cookie", "pref=2; Path=/")
+        return response
+
+    app.router.add_get("/drip", drip)
+    app.router.add_get("/redirect/{n}", redirect)
+    app.router.add_get("/relative-redirect/{n}", redirect)
+    app.router.add_get("/absolute-redirect/{n}", redirect)
+    app.router.add_get("/get", get)
+    app.router.add_get("/located", located)
     app.router.add_route("*", "/echo{tail:.*}", echo)
     app.router.add_get("/whoami", whoami)
     app.router.add_get("/cookies", cookies)
