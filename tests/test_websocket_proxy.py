@@ -49,6 +49,12 @@ def gateway(module_tmp: Path, upstream: Server, upstream_b: Server) -> Iterator[
             ),
             websocket_route("/dead", "/ws/dead", [backend(dead, scheme="ws")]),
             websocket_route("/rejecting", "/ws-reject", [backend(upstream, scheme="ws")]),
+            websocket_route(
+                "/guarded",
+                "/ws-auth",
+                [backend(upstream, scheme="ws")],
+                circuit_breaker={"failure_threshold": 3, "reset_timeout_ms": 60000},
+            ),
         ],
     }
     with gateway_server(module_tmp, config) as server:
@@ -304,12 +310,31 @@ def test_backend_not_listening_is_502_before_accept(gateway: Server) -> None:
     run(scenario())
 
 
-def test_backend_refusing_upgrade_is_502_before_accept(gateway: Server) -> None:
+def test_backend_refusing_upgrade_is_relayed_as_it_answered(gateway: Server) -> None:
+    """A backend's HTTP answer to the upgrade is its answer, not a gateway failure."""
+
     async def scenario() -> None:
-        error = await refused(ws_url(gateway, "/rejecting"))
-        assert error.response.status_code == 502
-        body = assert_error_body(error.response.body, "upstream")
-        assert "403" in body["error"]
+        error = await refused(ws_url(gateway, "/rejecting"), additional_headers={"X-Request-ID": "rej-1"})
+        assert error.response.status_code == 403
+        assert error.response.body == b"no"
+        assert error.response.headers["X-Request-ID"] == "rej-1"
+
+    run(scenario())
+
+
+def test_refused_upgrades_do_not_open_the_circuit_for_valid_clients(gateway: Server) -> None:
+    """Three anonymous clients with a bad token used to open the circuit and lock everyone out."""
+
+    async def scenario() -> None:
+        url = ws_url(gateway, "/guarded")
+        for _ in range(6):
+            error = await refused(url, additional_headers={"Authorization": "Bearer bad"})
+            assert error.response.status_code == 401
+            assert json.loads(error.response.body) == {"detail": "bad token"}
+            assert error.response.headers["WWW-Authenticate"] == 'Bearer realm="chat"'
+        async with open_ws(url, additional_headers={"Authorization": "Bearer good"}) as ws:
+            await ws.send("still welcome")
+            assert await ws.recv() == "still welcome"
 
     run(scenario())
 

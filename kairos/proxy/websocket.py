@@ -1,9 +1,14 @@
 """The WebSocket proxy endpoint.
 
-The backend connection is opened *before* the client is accepted, so a backend that refuses
-becomes an HTTP 502 on the upgrade (via the ASGI ``websocket.http.response`` extension, which
-uvicorn supports; a server without it gets a close before accept, i.e. 403). Then frames are relayed
-both ways until one side closes; the close code and reason are passed to the other side.
+The backend connection is opened *before* the client is accepted. A backend that answers the
+upgrade with an HTTP response instead of 101 (a 401 for a bad token, a 403 for a wrong
+subprotocol) has answered: its status, headers (minus hop-by-hop ones) and body are relayed to the
+client through the ASGI ``websocket.http.response`` extension, exactly as a plain request's answer
+would be, and only a 5xx counts against the backend (the circuit breaker reads the status). A
+backend that cannot be reached or does not answer in ``connect_timeout_ms`` is the gateway's 502 /
+504 and sets ``Exchange.upstream_failure``. A server without the extension gets a close before
+accept (i.e. 403). Then frames are relayed both ways until one side closes; the close code and
+reason are passed to the other side.
 
 Ping/pong: ASGI does not expose control frames, so each hop answers its own pings (uvicorn to the
 client, the ``websockets`` client to the backend) — both connections stay alive and both peers get
@@ -24,7 +29,7 @@ from websockets.frames import CloseCode
 
 from kairos.errors import reject
 from kairos.exchange import get_exchange
-from kairos.proxy.headers import ClientAddress, prepare_upstream
+from kairos.proxy.headers import ClientAddress, downstream_response_headers, prepare_upstream
 
 logger = logging.getLogger("kairos.websocket")
 
@@ -79,14 +84,18 @@ class WebSocketProxy:
                 ping_timeout=20,
                 proxy=None,
             )
+        except InvalidStatus as exc:
+            await _relay_refusal(scope, send, exc, exchange.request_id, url)
+            return
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
-            detail = f"backend answered HTTP {status}" if status else f"{type(exc).__name__}: {exc}"
-            logger.warning("websocket upstream %s refused (%s): %s", url, exchange.request_id, detail)
+            timed_out = isinstance(exc, TimeoutError)
+            exchange.upstream_failure = "timeout" if timed_out else "connect"
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            logger.warning("websocket upstream %s failed (%s): %s", url, exchange.request_id, detail)
             await reject(
                 scope,
                 send,
-                "upstream",
+                "timeout" if timed_out else "upstream",
                 f"WebSocket upstream error for {backend.key}: {detail}",
                 exchange.request_id,
             )
@@ -109,6 +118,27 @@ class WebSocketProxy:
             if self._on_open is not None and upstream.state.name != "CONNECTING":
                 self._on_open(-1)
             await upstream.close()
+
+
+async def _relay_refusal(scope: Scope, send: Send, refusal: InvalidStatus, request_id: str, url: str) -> None:
+    """Pass the backend's HTTP answer to the upgrade on to the client, as it is."""
+    response = refusal.response
+    status = response.status_code
+    level = logging.WARNING if status >= 500 else logging.DEBUG
+    logger.log(level, "websocket upstream %s answered the upgrade with %d (%s)", url, status, request_id)
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": f"upstream answered {status}"})
+        return
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers.raw_items()]
+    headers = [
+        header
+        for header in downstream_response_headers(raw, request_id.encode())
+        if header[0] != b"content-length"
+    ]
+    body = response.body or b""
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 async def _relay(upstream: ClientConnection, receive: Receive, send: Send) -> None:

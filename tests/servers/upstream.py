@@ -138,6 +138,22 @@ def make_app(name: str) -> web.Application:
     async def ws_reject(request: web.Request) -> web.Response:
         return web.Response(status=403, text="no")
 
+    async def ws_auth(request: web.Request) -> web.StreamResponse:
+        """A WebSocket echo that answers the upgrade with 401 unless the token is right."""
+        if request.headers.get("Authorization") != "Bearer good":
+            return web.Response(
+                status=401,
+                text='{"detail": "bad token"}',
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="chat"'},
+            )
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                await socket.send_str(message.data)
+        return socket
+
     async def logged_ws(request: web.Request) -> web.WebSocketResponse:
         """WebSocket echo that records the close code *and reason* it received under ``{key}``
         (read back from ``/logged-close/{key}``); text "flood" starts a stream of messages to
@@ -260,6 +276,7 @@ def make_app(name: str) -> web.Application:
     app.router.add_get("/ws{tail:.*}", ws)
     app.router.add_get("/last-close", last_close)
     app.router.add_get("/ws-reject", ws_reject)
+    app.router.add_get("/ws-auth", ws_auth)
     app.router.add_get("/logged-ws/{key}", logged_ws)
     app.router.add_get("/logged-close/{key}", logged_close)
     app.router.add_post("/recorded-upload/{key}", recorded_upload)
