@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import ssl
 from collections import deque
@@ -522,6 +523,11 @@ class RawEngine:
         key: PoolKey = (base, context)
         replayable = method in IDEMPOTENT and (body is None or isinstance(body, bytes))
         conn = await self._acquire(key, endpoint, context, request.connect_timeout, fresh=False)
+        if conn.reused and not replayable and _peer_spoke(conn):
+            # A request that may not be sent twice never goes out on a pooled connection the
+            # upstream has already closed (its FIN waiting to be read): urllib3's check, one poll.
+            conn.close()
+            conn = await self._acquire(key, endpoint, context, request.connect_timeout, fresh=True)
         try:
             return await self._exchange(conn, head, body, chunked, method == "HEAD")
         except UpstreamError:
@@ -728,6 +734,20 @@ class RawEngine:
             remaining = remaining or bool(stack)
         if remaining:
             self._sweeper = self._loop_().call_later(max(self._keepalive / 2, 0.05), self._sweep)
+
+
+def _peer_spoke(conn: _Connection) -> bool:
+    """Whether an idle pooled connection has something to read: the upstream closed it (or sent
+    data nobody asked for); either way it must not carry a request that cannot be retried."""
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 async def _write_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
