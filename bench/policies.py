@@ -271,17 +271,8 @@ def run_policy_bench(
         env = {**os.environ, "PYTHONPATH": str(code), "KAIROS_CONFIG_PATH": str(config)}
         env["KAIROS_LOG_LEVEL"] = "warning"
         port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "kairos.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        # Exactly as an operator runs it: `kairos run` (its server settings and connection guard).
+        command = [sys.executable, "-m", "kairos", "run", "--host", "127.0.0.1", "--port", str(port)]
         gateway = start(pinned(sut_cpu, command), logs / "kairos-policies.log", env, cwd=code)
         base = f"http://127.0.0.1:{port}"
         wait_ready(base + "/ready", gateway, timeout=60)  # litellm's import takes ~5 s

@@ -278,7 +278,9 @@ def method_notes(settings: Settings) -> list[str]:
         f"SUTs pinned to CPU {settings.sut_cpu} (one process, one worker); wrk (-t1), the upstream nginx "
         f"and this script pinned to CPU {settings.load_cpu}.",
         "Upstream: nginx, worker_processes 1, keep-alive, static bodies /small (100 B) and /16k (16 KiB).",
-        "Python SUTs: `uvicorn APP --loop uvloop --http httptools --no-access-log --log-level warning`.",
+        "Python SUTs: Kairos as `python -m kairos run` (uvicorn + uvloop + httptools behind the "
+        "connection guard, kairos/server.py); the others `uvicorn APP --loop uvloop --http httptools "
+        "--no-access-log --log-level warning`.",
         f"Per SUT per round: start, verify both bodies (200 + exact length), {settings.warmup:g} s warm-up "
         f"at c=50 (discarded), then {settings.duration:g} s of `wrk -t1 -cC --latency` per case "
         f"{', '.join(f'{b} c={c}' for b, c in CASES)}; then stop.",

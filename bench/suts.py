@@ -156,14 +156,16 @@ class Direct(Sut):
 
 @dataclass(frozen=True)
 class UvicornApp(Sut):
-    """An ASGI app under the exact uvicorn command line production uses (uvloop + httptools, one
-    worker, no access log), run from the kairos snapshot directory so that is what it imports."""
+    """An ASGI app under uvicorn (uvloop + httptools, one worker, no access log), run from the kairos
+    snapshot directory so that is what it imports. Kairos itself (``kairos_run``) is started with
+    ``python -m kairos run``: the production server settings, connection guard included."""
 
     app: str
     app_dir: str | None = None
     ready_path: str = "/small"
     kairos_config: bool = False
     extra_env: tuple[tuple[str, str], ...] = ()
+    kairos_run: bool = False
 
     def start(self, ctx: Context) -> Running:
         tmpdir = Path(tempfile.mkdtemp(prefix=f"kairos-bench-{self.name}-"))
@@ -179,8 +181,19 @@ class UvicornApp(Sut):
             config.write_text(json.dumps(kairos_config(int(ctx.upstream.rsplit(":", 1)[1])), indent=2))
             env["KAIROS_CONFIG_PATH"] = str(config)
         port = free_port()
-        command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(port)]
-        command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        if self.kairos_run:
+            command = [sys.executable, "-m", "kairos", "run", "--host", "127.0.0.1", "--port", str(port)]
+        else:
+            command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(port)]
+            command += [
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ]
         if self.app_dir:
             command += ["--app-dir", str(ROOT / self.app_dir)]
         log = ctx.logs / f"{self.name}.log"
@@ -262,6 +275,7 @@ SUTS: tuple[Sut, ...] = (
         "kairos.app:app",
         ready_path="/ready",
         kairos_config=True,
+        kairos_run=True,
     ),
     UvicornApp(
         "kairos-aiohttp",
@@ -270,6 +284,7 @@ SUTS: tuple[Sut, ...] = (
         ready_path="/ready",
         kairos_config=True,
         extra_env=(("KAIROS_UPSTREAM_ENGINE", "aiohttp"),),
+        kairos_run=True,
     ),
     UvicornApp(
         "bare-aiohttp", "bench/bare_proxy.py: minimal ASGI + aiohttp proxy", "bare_proxy:app", "bench"

@@ -26,6 +26,7 @@ from kairos.admin.api import STREAM_PATHS, AdminApi
 from kairos.admin.responses import json_http_error
 from kairos.gateway import RESERVED_PATHS, ConfigInput, Gateway
 from kairos.health import HealthEndpoints
+from kairos.middleware.headguard import HeadGuardMiddleware
 from kairos.observability.metrics import MetricsEndpoint
 from kairos.pipeline import build_pipeline
 from kairos.settings import Settings, load_settings
@@ -41,20 +42,31 @@ class GatewayApp(Starlette):
     traffic. The pipeline renders its own errors, including unexpected ones (a JSON 500).
     """
 
-    def __init__(self, pipeline: ASGIApp, admin: AdminApi, **kwargs: object) -> None:
+    def __init__(self, pipeline: ASGIApp, admin: AdminApi, settings: Settings, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.pipeline = pipeline
         self.admin = admin
+        # The request-head rules (size, count, Host) for the built-in endpoints; proxied traffic
+        # meets the same rules inside the pipeline, where metrics count the refusals.
+        self._built_in = HeadGuardMiddleware(self._starlette, settings.max_header_bytes, settings.max_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan" and not self.user_middleware:
+        if scope["type"] != "lifespan":
             path = scope["path"]
             root = scope.get("root_path")
             if root and path.startswith(root):
                 path = path[len(root) :]
             if path not in RESERVED_PATHS and not self.admin.owns(path):
-                await self.pipeline(scope, receive, send)
+                if self.user_middleware:
+                    await super().__call__(scope, receive, send)
+                else:
+                    await self.pipeline(scope, receive, send)
                 return
+            await self._built_in(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _starlette(self, scope: Scope, receive: Receive, send: Send) -> None:
         await super().__call__(scope, receive, send)
 
 
@@ -81,6 +93,7 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
     app = GatewayApp(
         pipeline,
         admin,
+        settings,
         routes=[
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),

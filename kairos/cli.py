@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from kairos import __version__
 
@@ -59,23 +61,46 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"  error: {problem}", file=sys.stderr)
             return 1
     temporary = _multiprocess_metrics(workers)
+    raise_open_files_limit()
     try:
         uvicorn.run(
-            "kairos.app:app",
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            log_level=level,
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
+            "kairos.app:app", host=host, port=port, workers=workers, log_level=level, **SERVER_OPTIONS
         )
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
     return 0
+
+
+# How `kairos run` serves the app (kairos/server.py says why each one): uvloop, uvicorn's httptools
+# protocol behind the connection guard, the WebSocket implementation that ends a refused upgrade
+# quietly, no access log (Kairos has its own), client addresses from the socket (Kairos resolves
+# trusted proxies itself), and one Server header naming the gateway.
+SERVER_OPTIONS: dict[str, Any] = {
+    "loop": "uvloop",
+    "http": "kairos.server:GuardedHttpToolsProtocol",
+    "ws": "kairos.server:QuietDenialWebSocketProtocol",
+    "access_log": False,
+    "proxy_headers": False,
+    "server_header": False,
+    "headers": [("server", "kairos")],
+}
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard limit, as Go's runtime and nginx's
+    ``worker_rlimit_nofile`` do: a 1024 soft limit is a gateway's first bottleneck (each proxied
+    request holds two descriptors), and the connection cap, not the OS, should say no first."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    with contextlib.suppress(ValueError, OSError):  # not allowed here: the soft limit stays
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _multiprocess_metrics(workers: int) -> Path | None:

@@ -27,6 +27,7 @@ STATUS_BY_TYPE = {
     "forbidden": 403,
     "route_not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "payload_too_large": 413,
     "headers_too_large": 431,
     "upgrade_required": 426,

@@ -208,6 +208,25 @@ def gateway_server(
         yield server
 
 
+@contextmanager
+def kairos_run(
+    tmp_path: Path, config: dict[str, Any] | None, *, env: dict[str, str] | None = None, wait: bool = True
+) -> Iterator[Server]:
+    """The real gateway started exactly as an operator starts it: ``python -m kairos run`` (the
+    production server settings of kairos/cli.py, the connection guard included), on 127.0.0.1."""
+    port = free_port()
+    config_path = tmp_path / f"config-{port}.json"
+    if config is not None:
+        config_path.write_text(json.dumps(config))
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("KAIROS_")}
+    environment.update({"KAIROS_CONFIG_PATH": str(config_path), "PYTHONPATH": str(ROOT), **(env or {})})
+    command = ["-m", "kairos", "run", "--host", "127.0.0.1", "--port", str(port)]
+    with server_process(command, port, tmp_path / f"kairos-run-{port}.log", environment, wait) as server:
+        if wait:
+            httpx.get(f"{server.url}/ready", timeout=5).raise_for_status()
+        yield server
+
+
 def rss_bytes(pid: int) -> tuple[int, int]:
     """(current RSS, peak RSS) of a process, from /proc."""
     fields = {}

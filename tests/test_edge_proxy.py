@@ -4,6 +4,7 @@ headers a client cannot forge, and an overhead metric that is the gateway's own 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +197,39 @@ def test_a_trusted_proxy_vouches_for_them_and_forwarded_gets_this_hop(behind_pro
         seen["forwarded"]
         == f'for=6.6.6.6;proto=https, for=127.0.0.1;host="127.0.0.1:{behind_proxy.port}";proto=http'
     )
+
+
+# -- 2 and 3. head limits and Host under a bare ASGI server ---------------------------------------
+
+
+def _raw(server: Server, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        (b"X-H: 1\r\n" * 100, b"431"),
+        (b"X-Big: " + b"a" * 70_000 + b"\r\n", b"431"),
+        (b"X-H: 1\r\n" * 20_000, b"431"),
+        (b"X-H: 1\r\n" * 98, b"200"),
+    ],
+    ids=["101-fields", "70kb", "20000-lines", "at-the-limit"],
+)
+def test_head_limits_hold_under_bare_uvicorn(gateway: Server, extra: bytes, status: bytes) -> None:
+    """uvicorn itself has no header limits: the app refuses what it is handed."""
+    reply = _raw(gateway, b"GET /hb/get HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
+
+
+@pytest.mark.parametrize("path", [b"/hb/get", b"/health", b"/metrics"])
+def test_host_rules_hold_under_bare_uvicorn(gateway: Server, path: bytes) -> None:
+    for head in (b"", b"Host: a\r\nHost: b\r\n"):
+        reply = _raw(gateway, b"GET " + path + b" HTTP/1.1\r\n" + head + b"Connection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+        assert b'"type": "bad_request"' in reply

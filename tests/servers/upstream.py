@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+from typing import Any
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -217,7 +218,26 @@ def make_app(name: str) -> web.Application:
     async def recorded(request: web.Request) -> web.Response:
         return web.json_response(request.app[RECORDED_UPLOADS].get(request.match_info["key"]))
 
-    app = web.Application(client_max_size=1024**3)
+    seen: list[list[str]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every request that reached this upstream (method, raw path), for the abuse tests: a
+        smuggled request would show up here."""
+        if request.path != "/seen":
+            seen.append([request.method, request.raw_path])
+            del seen[:-1000]
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def seen_requests(request: web.Request) -> web.Response:
+        answer = web.json_response(list(seen))
+        if "clear" in request.query:
+            seen.clear()
+        return answer
+
+    app = web.Application(client_max_size=1024**3, middlewares=[record])
+    app.router.add_get("/seen", seen_requests)
 
     async def drip(request: web.Request) -> web.StreamResponse:
         """A sized body sent a byte at a time after the head: for first-byte and overhead tests."""
