@@ -81,6 +81,8 @@ async def read_json(request: Request) -> Any:
         raise BadRequest(f"malformed JSON body at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise BadRequest("malformed JSON body: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise BadRequest(f"malformed JSON body: {exc}") from None
 
 
 def http_error_message(method: str, path: str, status: int, detail: str, what: str = "endpoint") -> str:

@@ -28,8 +28,11 @@ class ConfigModel(BaseModel):
 
 
 def compile_regex(pattern: str) -> re.Pattern[str]:
-    """Compile once at load; a bad pattern is a config error that names the pattern."""
+    """Compile once at load; a bad pattern is a config error that names the pattern. Besides
+    ``re.error``, ``re.compile`` fails with OverflowError on a repeat count over the engine's limit
+    (``a{4294967296}``) and RecursionError on deep nesting (``((((...``); pydantic turns only
+    ValueError into a validation error, so those would escape the loader as crashes (tests/fuzz)."""
     try:
         return re.compile(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
         raise ValueError(f"invalid regular expression: {exc}") from None

@@ -85,7 +85,52 @@ def load_text(text: str, source: str = "config") -> LoadedConfig:
         raise ConfigError(
             [Problem("(file)", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")], source
         ) from None
+    except RecursionError:
+        raise ConfigError([Problem("(file)", "invalid JSON: nested too deeply")], source) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError([Problem("(file)", f"invalid JSON: {exc}")], source) from None
     return load_data(raw, source)
+
+
+MAX_DEPTH = 64  # a config is a few levels deep; 64 leaves room and keeps every walk far from recursion limits
+
+
+def document_problems(raw: Any) -> list[Problem]:
+    """What no config can hold, found before anything walks the document recursively: nesting
+    deeper than ``MAX_DEPTH`` (a recursion bomb for every walker after this one) and strings or keys
+    with unpaired surrogates (``"\\ud800"`` escapes: valid JSON, but not text, so nothing could
+    print, encode or match them). Iterative, so it is safe on any document."""
+    problems: list[Problem] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(raw, ())]
+    while stack and len(problems) < 20:
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            problems.append(
+                Problem(format_path(path[:MAX_DEPTH]), f"nested more than {MAX_DEPTH} levels deep")
+            )
+            continue
+        if isinstance(value, str):
+            if not _is_text(value):
+                problems.append(
+                    Problem(format_path(path), "contains an unpaired surrogate escape (\\ud800-\\udfff)")
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and not _is_text(key):
+                    problems.append(Problem(format_path(path), "has a key with an unpaired surrogate escape"))
+                    continue
+                stack.append((item, (*path, key)))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, index)) for index, item in enumerate(value))
+    return problems
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -94,6 +139,9 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     warnings: list[Problem] = []
     if not isinstance(raw, dict):
         raise ConfigError([Problem("(root)", "must be a JSON object", raw)], source)
+    unusable = document_problems(raw)
+    if unusable:
+        raise ConfigError(unusable, source)
     unset_env: list[Problem] = []
     document = raw
     raw = substitute_env(raw, os.environ if environ is None else environ, unset_env, ())

@@ -27,6 +27,7 @@ from kairos.config.problems import Problem, format_path
 
 Action = Literal["add", "set", "remove", "replace"]
 
+
 # ---------------------------------------------------------------------------------------------------
 # ${variable} templates
 
@@ -154,7 +155,7 @@ def _replacement_pieces(replacement: str, pattern: re.Pattern[str]) -> list[str 
         name = match.group(1) if match.group(1) is not None else match.group(2)
         if name is None:
             pieces.append("$")
-        elif name.isdigit():
+        elif name.isascii() and name.isdigit():
             if int(name) > pattern.groups:
                 raise ValueError(f"refers to group ${name} but the pattern has {pattern.groups} group(s)")
             pieces.append(int(name))
@@ -472,7 +473,9 @@ def encode_header_value(value: str) -> bytes:
     try:
         return value.encode("latin-1")
     except UnicodeEncodeError:
-        return value.encode("utf-8")
+        # "replace": a lone surrogate (a JSON "\ud800" escape in a JWT claim or in the config) has
+        # no UTF-8 form; strict encoding would fail the request (found by tests/fuzz).
+        return value.encode("utf-8", "replace")
 
 
 class _Rule(ConfigModel):
@@ -556,9 +559,11 @@ class HeaderRule(_Rule):
             raise ValueError("not a valid HTTP header name")
         return name
 
-    @field_validator("value")
+    @field_validator("value", "replacement")
     @classmethod
     def _no_control_characters(cls, value: str | None) -> str | None:
+        # `replacement` too: its literal text lands in the header value as written, so a CR/LF there
+        # would split the request head upstream or break the response (found by tests/fuzz).
         if value is not None and clean_header_value(value) != value:
             raise ValueError("a header value must not contain control characters (CR, LF, ...)")
         return value

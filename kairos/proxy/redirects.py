@@ -244,8 +244,8 @@ def _reverse_match(template: PathTemplate, path: str) -> dict[str, str] | None:
                 return None
             found[segment.name] = value
         elif isinstance(segment, Pattern):
-            match = segment.regex.fullmatch(value)
-            if match is None:
+            values = segment.values(value)
+            if values is None:
                 return None
-            found.update(match.groupdict())
+            found.update(values)
     return found if len(raw_segments) == len(segments) else None

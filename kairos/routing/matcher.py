@@ -193,9 +193,9 @@ def _params(route: Route, segments: list[str]) -> dict[str, str]:
         if isinstance(template_segment, Param):
             params[template_segment.name] = value
         elif isinstance(template_segment, Pattern):
-            match = template_segment.regex.fullmatch(value)
-            if match is not None:
-                params.update(match.groupdict())
+            found = template_segment.values(value)
+            if found is not None:
+                params.update(found)
     return params
 
 
@@ -216,7 +216,9 @@ def _climbs(route: Route, segments: list[str], params: dict[str, str]) -> bool:
 
 
 def _has_dot_segment(value: str) -> bool:
-    return any(part in (".", "..") for part in value.replace("\\", "/").split("/"))
+    """``.``/``..`` once split on ``/`` or ``\\``, a ``;``-parameter ignored: Tomcat and other
+    servlet containers read ``..;jsessionid=x`` (or just ``..;``) as ``..``."""
+    return any(part.split(";", 1)[0] in (".", "..") for part in value.replace("\\", "/").split("/"))
 
 
 def _allow(methods: set[str]) -> str:

@@ -40,6 +40,13 @@ class Pattern:
         """Identity with the parameter names erased: patterns with equal keys match the same text."""
         return self.literals
 
+    def values(self, text: str) -> dict[str, str] | None:
+        """The parameters in a (decoded) segment, or None when the pattern does not match it."""
+        match = self.regex.fullmatch(text)
+        if match is None:
+            return None
+        return dict(zip(self.names, match.groups(), strict=True))
+
 
 @dataclass(frozen=True, slots=True)
 class CatchAll:
@@ -103,6 +110,10 @@ def parse_template(path: str) -> PathTemplate:
     """Parse and check a template; ValueError messages are written for config.json authors."""
     if not path.startswith("/"):
         raise ValueError("must start with '/'")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be text: it holds an unpaired surrogate escape (\\ud800-\\udfff)") from None
     if "?" in path or "#" in path:
         raise ValueError("must not contain '?' or '#' (the query string is forwarded as sent)")
     segments: list[Segment] = []
@@ -145,9 +156,11 @@ def parse_template(path: str) -> PathTemplate:
             if re.search(r"\}\{", raw):
                 raise ValueError(f"adjacent parameters in segment {raw!r} are ambiguous")
             literals = tuple(unquote(part) for part in PLACEHOLDER.split(raw)[::2])
+            # Positional groups, read back with ``Pattern.values``: a parameter name need not be
+            # a valid regex group name ({1}, {²} are fine parameter names).
             regex = "".join(
-                re.escape(literals[index]) + (f"(?P<{name}>.+?)" if index < len(names) else "")
-                for index, name in enumerate((*names, ""))
+                re.escape(literals[index]) + ("(.+?)" if index < len(names) else "")
+                for index in range(len(names) + 1)
             )
             segments.append(Pattern(raw, re.compile(regex), tuple(names), sum(map(len, literals)), literals))
     return PathTemplate(path, tuple(segments))

@@ -75,6 +75,8 @@ def test_traversal_never_reaches_admin() -> None:
         "/cats/..%5Cadmin",
         "/cats/.%2Fx",
         "/cats/x%2F..",
+        "/cats/..;",
+        "/cats/..;jsessionid=1%2Fadmin",
     ],
 )
 def test_parameters_holding_dot_segments_are_refused_by_default(raw: str) -> None:
