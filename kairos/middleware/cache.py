@@ -59,6 +59,7 @@ from kairos.cache.redis_store import CacheUnavailable, RedisCacheStore
 from kairos.config.policies import CacheConfig
 from kairos.errors import GENERATED
 from kairos.exchange import SCOPE_KEY
+from kairos.proxy.headers import content_length_value
 
 _METHODS = frozenset({"GET", "HEAD"})
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
@@ -340,7 +341,8 @@ class _Recorder:
             return
         for name, value in headers:
             if name.lower() == b"content-length":
-                if not value.isdigit() or int(value) > self.config.max_bytes:
+                length = content_length_value(value)
+                if length is None or length > self.config.max_bytes:
                     return  # known to be too big: relay at once
                 break
         self.held = True

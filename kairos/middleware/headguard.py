@@ -9,6 +9,8 @@
 - **Host** (RFC 9112 §3.2): an HTTP/1.1 request without ``Host``, or any request with two, is a 400
   ``bad_request`` before routing; proxies and caches that read another Host than the gateway did are
   how request-routing confusion starts.
+- **Lower-case names**: a server that hands header names in their original case gets them
+  lower-cased here, since every later layer compares lower-case names.
 
 One pass over the headers per request (a length and an equality per header); nothing is copied.
 """
@@ -65,10 +67,19 @@ class HeadGuardMiddleware:
         if query:
             size += len(query) + 1
         hosts = 0
+        upper = False
         for name, value in headers:
             size += len(name) + len(value) + _LINE_FRAMING
             if name == b"host":
                 hosts += 1
+            elif not name.islower() and name != name.lower():
+                upper = True
+        if upper:
+            # ASGI says header names "should" be lower-cased, not "must": every rule downstream
+            # compares lower-case names, so a server that keeps case would let a forged
+            # X-Forwarded-For through beside the gateway's own (found by tests/fuzz).
+            headers = scope["headers"] = [(name.lower(), value) for name, value in headers]
+            hosts = sum(1 for name, _ in headers if name == b"host")
         if size > self.max_header_bytes:
             return "headers_too_large", (
                 f"Request head is {size} bytes; the limit is {self.max_header_bytes}"

@@ -68,6 +68,7 @@ from kairos.config.transform import (
 from kairos.errors import GENERATED, send_error
 from kairos.exchange import SCOPE_KEY, Exchange
 from kairos.middleware.context import new_request_id
+from kairos.proxy.headers import content_length_value
 
 Headers = list[tuple[bytes, bytes]]
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -257,7 +258,7 @@ def _transform_request(rules: RequestPlan, scope: Scope, context: _Context) -> S
             if rewritten != current:
                 if not safe_upstream_path(rewritten):
                     return None
-                changes["raw_path"] = rewritten.encode("latin-1")
+                changes["raw_path"] = _raw_path_bytes(rewritten)
                 changes["path"] = unquote(rewritten)
     return {**scope, **changes} if changes else scope
 
@@ -370,12 +371,13 @@ def _apply_query_rules(rules: tuple[RuleOp, ...], query: bytes, context: _Contex
                     value = unquote_plus(raw_value)
                     new = rule.substitute(value)
                     if new != value:
-                        pair = (name, f"{raw_name}={quote(new, safe='')}")
+                        pair = (name, f"{raw_name}={quote(new, safe='', errors='replace')}")
                 replaced.append(pair)
             pairs = replaced
         else:
             assert rule.template is not None
-            written = f"{quote(name, safe='')}={quote(context.render(rule.template), safe='')}"
+            value = quote(context.render(rule.template), safe="", errors="replace")  # lone surrogates
+            written = f"{quote(name, safe='')}={value}"
             if action == "add":
                 if not any(pair[0] == name for pair in pairs):
                     pairs.append((name, written))
@@ -384,6 +386,17 @@ def _apply_query_rules(rules: tuple[RuleOp, ...], query: bytes, context: _Contex
                 pairs = [pair for pair in pairs if pair[0] != name]
                 pairs.insert(min(at, len(pairs)), (name, written))
     return "&".join(part for _, part in pairs).encode("latin-1")
+
+
+def _raw_path_bytes(path: str) -> bytes:
+    """``path`` (the raw path read as latin-1, then rewritten) back to bytes: characters a
+    replacement brought in beyond latin-1 (``/€``) are percent-encoded as UTF-8 instead of failing
+    the request (found by tests/fuzz)."""
+    try:
+        return path.encode("latin-1")
+    except UnicodeEncodeError:
+        wide = "".join(ch if ord(ch) < 0x100 else quote(ch, errors="replace") for ch in path)
+        return wide.encode("latin-1")
 
 
 def safe_upstream_path(path: str) -> bool:
@@ -412,8 +425,9 @@ def _is_json(headers: Headers) -> bool:
 
 
 def _content_length(headers: Headers) -> int | None:
+    """The declared length, None when absent or not one decimal number (see content_length_value)."""
     value = _header(headers, b"content-length")
-    return int(value) if value is not None and value.isdigit() else None
+    return None if value is None else content_length_value(value)
 
 
 def _wants_body(headers: Headers, limit: int) -> bool:
@@ -481,7 +495,14 @@ def _rewrite_json(body: bytes, rules: BodyOps, context: _Context) -> bytes | Non
         changed |= _put(document, path, _value(value, context), overwrite=False)
     if not changed:
         return None
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (the body's own "\ud800" escape) has no UTF-8 form: write it escaped again,
+        # as the sender did (found by tests/fuzz).
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
+    except RecursionError:
+        return None  # nested deeper than the encoder goes: the body streams on untouched
 
 
 def _value(value: Any, context: _Context) -> Any:

@@ -125,6 +125,19 @@ def forwarded_for(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
     return hops
 
 
+HUGE_LENGTH = 1 << 62  # what a Content-Length too long for int() counts as: larger than any bound
+
+
+def content_length_value(value: bytes | str) -> int | None:
+    """A ``Content-Length`` value's number; None unless it is ASCII digits only (``str.isdigit``
+    also takes ``²``). A number too long for ``int()`` (over 4300 digits: httptools passes
+    ``000…0`` of any length, found by tests/fuzz) is ``HUGE_LENGTH``, not an exception."""
+    if not value.isdigit() or not value.isascii():
+        return None
+    digits = value.lstrip(b"0") if isinstance(value, bytes) else value.lstrip("0")
+    return int(digits or "0") if len(digits) <= 18 else HUGE_LENGTH
+
+
 @dataclass(slots=True)
 class UpstreamHeaders:
     """What one pass over the client's headers yields: the headers to send upstream, and what the
@@ -189,7 +202,7 @@ def upstream_request_headers(
                     out.append((name.decode("latin-1"), value.decode("latin-1")))
             continue
         if name == b"content-length":
-            content_length = int(value) if value.isdigit() else None
+            content_length = content_length_value(value)
         out.append((name.decode("latin-1"), value.decode("latin-1")))
     if connection:
         named = _named_by_connection(connection)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from kairos.proxy.engine import UpstreamConnectError, UpstreamError, UpstreamRequest, UpstreamTimeout
+from kairos.proxy.headers import content_length_value
 
 
 class HttpxResponse:
@@ -22,7 +23,7 @@ class HttpxResponse:
         self.status = response.status_code
         self.headers = list(response.headers.raw)
         length = response.headers.get("content-length")
-        self.content_length = int(length) if length and length.isdigit() else None
+        self.content_length = content_length_value(length) if length else None
 
     async def read(self) -> bytes:
         try:

@@ -36,6 +36,7 @@ from kairos.proxy.engine import (
     UpstreamRequest,
     UpstreamTimeout,
 )
+from kairos.proxy.headers import content_length_value
 
 # Pause reading the socket when this much response body is buffered and unread; resume below LOW.
 HIGH_WATER = 256 * 1024
@@ -327,7 +328,7 @@ class _Connection(asyncio.Protocol):
         if size == 14 or size == 17 or size == 10:
             lower = name.lower()
             if lower == b"content-length":
-                self.content_length = int(value) if value.strip().isdigit() else None
+                self.content_length = content_length_value(value.strip())
             elif lower == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()
             elif lower == b"connection" and b"close" in value.lower():

@@ -70,7 +70,7 @@ def parse_retry_after(value: bytes, now: float | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
     text = value.decode("latin-1").strip()
     if text.isdigit():
-        return float(text)
+        return float(text) if len(text) <= 18 else float("inf")  # int() refuses 4300+ digits
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):

@@ -91,3 +91,30 @@ def test_the_refusal_closes_the_connection_and_covers_websocket_upgrades() -> No
     assert (b"connection", b"close") in sent[0]["headers"]
     upgrade = run([(b"host", b"a"), (b"host", b"b")], kind="websocket")
     assert upgrade[0]["type"] == "websocket.http.response.start" and upgrade[0]["status"] == 400
+
+
+def test_header_names_from_a_case_keeping_server_are_lower_cased() -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def record(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["headers"])
+        await _ok(scope, receive, send)
+
+    app = HeadGuardMiddleware(record)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "path": "/",
+        "raw_path": b"/",
+        "headers": [(b"Host", b"a"), (b"X-Forwarded-For", b"6.6.6.6"), (b"x-1", b"b")],
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    asyncio.run(app(scope, receive, send))
+    assert seen == [[(b"host", b"a"), (b"x-forwarded-for", b"6.6.6.6"), (b"x-1", b"b")]]
