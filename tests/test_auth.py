@@ -108,6 +108,9 @@ def test_valid_tokens_hs256_rs256_and_scheme_case(client: httpx.Client) -> None:
         ("HS256 signed with the RS public key", lambda: _confused_token(), "signature"),
         ("HS384 not in the allow-list", lambda: token("HS384"), "'HS384'"),
         ("garbage", lambda: "not.a.jwt", "malformed"),
+        # Another spelling of a valid token (python-jose accepts both): one token, one spelling.
+        ("padded signature", lambda: token() + "==", "malformed"),
+        ("junk in the signature", lambda: token()[:-4] + "!" + token()[-4:], "malformed"),
     ],
 )
 def test_bad_tokens_are_401_invalid_token(client: httpx.Client, name: str, make: Any, fragment: str) -> None:

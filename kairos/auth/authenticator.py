@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ class KeyRefreshNeeded(AuthFailure):
         self.wait = wait
 
 
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")  # an empty signature: alg none
+
+
 class JwtVerifier:
     def __init__(self, config: JwtConfig, jwks: JwksFetcher | None = None) -> None:
         self.algorithms = frozenset(config.effective_algorithms)
@@ -114,6 +118,15 @@ class JwtVerifier:
         cached = self._cache.get(token)
         if cached is not None and now < cached[1]:
             return cached[0]
+        # One spelling per token (RFC 7515: base64url, no padding): python-jose also accepts junk
+        # characters or "=" in the signature part, so variants of one token would each miss the
+        # cache and cost a signature check, and a deny-list keyed on the string could be dodged.
+        if not _TOKEN_SHAPE.fullmatch(token):
+            raise AuthFailure("malformed token")
+        try:
+            pss.b64url_decode(token.rsplit(".", 1)[1])
+        except pss.PssError:
+            raise AuthFailure("malformed token") from None
         try:
             header = jwt.get_unverified_header(token)
         except JWTError:
