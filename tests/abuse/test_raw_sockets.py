@@ -137,11 +137,13 @@ def test_oversized_heads_are_431_and_never_forwarded(gateway: Server, upstream: 
     assert seen(upstream) == []
 
 
-def test_a_head_at_the_limits_is_served(gateway: Server) -> None:
+def test_a_head_at_the_limits_is_served_with_one_server_header(gateway: Server) -> None:
     reply = exchange(
         gateway, b"GET /up/ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"X-H: 1\r\n" * 98 + b"\r\n"
     )
     assert statuses(reply) == [200]
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.count(b"\r\nserver: ") == 1 and b"\r\nserver: kairos" in head, head  # never the upstream's
 
 
 def test_an_oversized_pipelined_head_waits_for_the_response_before_it(gateway: Server) -> None:
