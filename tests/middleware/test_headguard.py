@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from kairos.middleware.headguard import HeadGuardMiddleware
+from tests.middleware.test_context import run as run_app
 
 
 async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
@@ -32,16 +32,7 @@ def run(
     }
     if kind == "websocket":
         scope["extensions"] = {"websocket.http.response": {}}
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    return sent
+    return run_app(app, scope)
 
 
 def status_and_type(sent: list[Message]) -> tuple[int, str | None]:
@@ -100,7 +91,6 @@ def test_header_names_from_a_case_keeping_server_are_lower_cased() -> None:
         seen.append(scope["headers"])
         await _ok(scope, receive, send)
 
-    app = HeadGuardMiddleware(record)
     scope: dict[str, Any] = {
         "type": "http",
         "http_version": "1.1",
@@ -109,12 +99,5 @@ def test_header_names_from_a_case_keeping_server_are_lower_cased() -> None:
         "raw_path": b"/",
         "headers": [(b"Host", b"a"), (b"X-Forwarded-For", b"6.6.6.6"), (b"x-1", b"b")],
     }
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        pass
-
-    asyncio.run(app(scope, receive, send))
+    run_app(HeadGuardMiddleware(record), scope)
     assert seen == [[(b"host", b"a"), (b"x-forwarded-for", b"6.6.6.6"), (b"x-1", b"b")]]
