@@ -15,12 +15,15 @@ Contract details that shape the code:
   that answers early (413 before reading the body) is heard, as with aiohttp.
 - A reused connection that dies before the first response byte was most likely closed by the
   upstream while idle; an idempotent request with a replayable body is retried once on a new one.
+- Where a connection's exchange stands is one value, ``_Connection.state`` (a _State); every move
+  between states is listed in _TRANSITIONS, and the tests check each one made against it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import select
 import socket
 import ssl
@@ -78,42 +81,112 @@ class _Endpoint:
         self.host_header = shown if self.port == default else f"{shown}:{self.port}"
 
 
+class _State(enum.Enum):
+    """Where a connection is in its exchange cycle (``_Connection.state``); one exchange at a time.
+
+    IDLE           connected, no exchange on it: just opened, or parked in the pool
+    AWAITING_HEAD  request written (a streamed body may still be going up); no final response head yet
+    INTERIM        inside a 1xx response (100, 103, ...), which is skipped
+    READING_BODY   final head parsed, its body arriving
+    COMPLETE       response received in full; the connection can carry another exchange
+    MUST_CLOSE     response received in full; the connection can't (the response said so or ended
+                   at EOF, a 101, stray bytes followed it, or it was closed by either side)
+    HEAD_FAILED    no usable response head: ``error`` is what the request fails with
+    BODY_FAILED    the head was delivered, then the body failed: readers get the bytes already
+                   buffered, then ``error``
+    CLOSED         the connection closed (or is closing) with no exchange on it
+
+    The last four are final: a connection leaves them only by being dropped. The response's readers
+    treat COMPLETE and MUST_CLOSE alike; only the pool tells them apart.
+    """
+
+    # Two groups the hot path tests, as flags on each member (set below). On CPython 3.11 a flag costs
+    # about 1.5 times a bool attribute's test, an identity test against a module global 2 times, so
+    # a group tested as two of those would cost 4.
+    head_pending: bool  # AWAITING_HEAD, INTERIM: the final response head is still to come
+    received: bool  # COMPLETE, MUST_CLOSE: the whole response is in
+
+    IDLE = "idle"
+    AWAITING_HEAD = "awaiting head"
+    INTERIM = "interim"
+    READING_BODY = "reading body"
+    COMPLETE = "complete"
+    MUST_CLOSE = "must close"
+    HEAD_FAILED = "head failed"
+    BODY_FAILED = "body failed"
+    CLOSED = "closed"
+
+
+# Module-level names for the hot path: on CPython 3.11 a test against ``_State.IDLE`` (a lookup on
+# the Enum class) costs about eight times one against a module global.
+IDLE = _State.IDLE
+AWAITING_HEAD = _State.AWAITING_HEAD
+INTERIM = _State.INTERIM
+READING_BODY = _State.READING_BODY
+COMPLETE = _State.COMPLETE
+MUST_CLOSE = _State.MUST_CLOSE
+HEAD_FAILED = _State.HEAD_FAILED
+BODY_FAILED = _State.BODY_FAILED
+CLOSED = _State.CLOSED
+for _state in _State:
+    _state.head_pending = _state is AWAITING_HEAD or _state is INTERIM
+    _state.received = _state is COMPLETE or _state is MUST_CLOSE
+del _state
+
+# Every transition there is, and what makes it. ``state`` is written only by the _Connection methods
+# named here, each guarded by the states it may leave (hence no runtime check on the hot path);
+# tests/proxy/test_raw_engine.py runs its connections through a subclass checking every write.
+_TRANSITIONS: dict[_State, frozenset[_State]] = {
+    # begin(); unsolicited bytes, close()/abort() or connection_lost() while idle
+    IDLE: frozenset({AWAITING_HEAD, CLOSED}),
+    # on_headers_complete(): a 1xx, a final head with a body to come, the whole response of a HEAD
+    # (COMPLETE or MUST_CLOSE) or a 101 (MUST_CLOSE); fail() or connection_lost()
+    AWAITING_HEAD: frozenset({INTERIM, READING_BODY, COMPLETE, MUST_CLOSE, HEAD_FAILED}),
+    # on_message_complete() of the 1xx; fail() or connection_lost()
+    INTERIM: frozenset({AWAITING_HEAD, HEAD_FAILED}),
+    # on_message_complete() (by keep_alive), or connection_lost() ending a close-delimited body
+    # (MUST_CLOSE); fail() or connection_lost() mid-body (BODY_FAILED)
+    READING_BODY: frozenset({COMPLETE, MUST_CLOSE, BODY_FAILED}),
+    # finish() parks it in the pool; stray body bytes (on_body), close()/abort(), connection_lost()
+    COMPLETE: frozenset({IDLE, MUST_CLOSE}),
+    MUST_CLOSE: frozenset(),
+    HEAD_FAILED: frozenset(),
+    BODY_FAILED: frozenset(),
+    CLOSED: frozenset(),
+}
+
+
 class _Connection(asyncio.Protocol):
     """One upstream connection: the transport, its parser, and the state of the exchange on it.
 
-    The protocol is also httptools' callback object, so parsing needs no extra indirection. One
-    exchange at a time (no pipelining); ``begin`` resets the per-exchange state.
+    The protocol is also httptools' callback object, so parsing needs no extra indirection. Where the
+    exchange stands is ``state`` alone (see _State and _TRANSITIONS); the other per-exchange fields
+    are facts about the request or response, reset by ``begin``. ``transport`` is None once the
+    connection is lost.
     """
 
     __slots__ = (
-        "active",
         "body",
         "body_sent",
         "buffered",
         "chunked",
-        "closed",
-        "complete",
         "content_length",
         "drain_waiter",
         "engine",
         "eof_body",
         "error",
-        "final_done",
-        "got_bytes",
         "head_bytes",
         "head_request",
         "headers",
-        "headers_done",
         "idle_since",
-        "interim",
         "keep_alive",
         "key",
         "loop",
         "parser",
         "parser_dirty",
         "read_paused",
-        "reusable",
         "reused",
+        "state",
         "status",
         "transport",
         "unbounded",
@@ -129,7 +202,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.parser_dirty = False
-        self.closed = False
+        self.state = IDLE
         self.reused = False
         self.idle_since = 0.0
         self.write_paused = False
@@ -140,46 +213,51 @@ class _Connection(asyncio.Protocol):
         self._reset(False)
 
     def _reset(self, head_request: bool) -> None:
-        self.active = False
         self.head_request = head_request
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.chunked = False
+        # Whether the response leaves the connection reusable: no "Connection: close", HTTP/1.1 or
+        # keep-alive, not close-delimited, not a 101. Decides COMPLETE or MUST_CLOSE at its end.
         self.keep_alive = True
-        self.eof_body = False
-        self.interim = False
-        self.headers_done = False
-        self.final_done = False
-        self.complete = False
-        self.reusable = True
-        self.got_bytes = False
-        self.head_bytes = 0
+        self.eof_body = False  # the body ends when the upstream closes (no length, not chunked)
+        self.head_bytes = 0  # response head bytes so far (0: the upstream has not said a thing)
         self.body: deque[bytes] = deque()
         self.buffered = 0
         self.unbounded = False
-        self.body_sent = True
-        self.error: UpstreamError | None = None
+        self.body_sent = True  # False while a streamed request body is still going up
+        self.error: UpstreamError | None = None  # set exactly when state becomes a *_FAILED one
 
     # -- exchange lifecycle (called by the engine and the response) --------------------------------
 
     def begin(self, head_request: bool) -> None:
+        """IDLE → AWAITING_HEAD: a new exchange (a connection closed meanwhile can't carry it)."""
+        if self.state is not IDLE:
+            raise UpstreamError("upstream connection closed before the request was sent")
         if self.parser_dirty:  # after a HEAD the parser still expects the advertised body
             self.parser = HttpResponseParser(self)
             self.parser_dirty = False
         self._reset(head_request)
         self.writer = None
-        self.active = True
+        self.state = AWAITING_HEAD
 
-    def can_pool(self) -> bool:
-        return (
-            self.complete
-            and self.reusable
-            and self.body_sent
-            and self.error is None
-            and not self.closed
-            and (self.writer is None or self.writer.done())
-        )
+    def finish(self) -> bool:
+        """The response is done with. True: COMPLETE → IDLE, the caller pools the connection.
+        False: it has been closed (politely after a complete response) or aborted."""
+        state = self.state
+        if state is COMPLETE and self.body_sent and (self.writer is None or self.writer.done()):
+            self.state = IDLE
+            self.body.clear()
+            if self.read_paused and self.transport is not None:
+                self.read_paused = False
+                self.transport.resume_reading()  # an idle connection must still notice the upstream closing
+            return True
+        if state.received:
+            self.close()
+        else:
+            self.abort()
+        return False
 
     def abort(self) -> None:
         """Drop the connection now: it is in an unknown state (cancelled, failed, half-used)."""
@@ -190,18 +268,37 @@ class _Connection(asyncio.Protocol):
         self._shut(abruptly=False)
 
     def _shut(self, abruptly: bool) -> None:
-        self.reusable = False
+        # IDLE → CLOSED, COMPLETE → MUST_CLOSE. An exchange in flight stays as it is until
+        # connection_lost settles it: it is only ever aborted, which stops reading at once.
+        state = self.state
+        if state is IDLE:
+            self.state = CLOSED
+        elif state is COMPLETE:
+            self.state = MUST_CLOSE
         if self.writer is not None and not self.writer.done():
             self.writer.cancel()
-        if not self.closed and self.transport is not None:
+        transport = self.transport
+        if transport is not None:
             if abruptly:
-                self.transport.abort()
+                transport.abort()
             else:
-                self.transport.close()
+                transport.close()
+
+    def _failed(self, error: UpstreamError) -> None:
+        """An exchange in flight fails: → HEAD_FAILED before the final head, BODY_FAILED after it.
+        In any other state the outcome is already settled and stays."""
+        state = self.state
+        if state is READING_BODY:
+            failed = BODY_FAILED
+        elif state.head_pending:
+            failed = HEAD_FAILED
+        else:
+            return
+        self.error = error
+        self.state = failed
 
     def fail(self, error: UpstreamError) -> None:
-        if self.error is None and not self.complete:
-            self.error = error
+        self._failed(error)
         self.abort()
         self._wake()
 
@@ -222,18 +319,18 @@ class _Connection(asyncio.Protocol):
         chunk = body.popleft() if len(body) == 1 else b"".join(body)
         body.clear()
         self.buffered = 0
-        if self.read_paused and not self.closed and self.transport is not None:
+        if self.read_paused and self.transport is not None:
             self.read_paused = False
             self.transport.resume_reading()
         return chunk
 
     async def drain(self) -> None:
         while self.write_paused:
-            if self.closed:
+            if self.transport is None:
                 raise self.error or UpstreamError("upstream connection closed while sending the body")
             waiter = self.drain_waiter = self.loop.create_future()
             await waiter
-        if self.closed:
+        if self.transport is None:
             raise self.error or UpstreamError("upstream connection closed while sending the body")
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
@@ -243,27 +340,31 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.active:  # unsolicited bytes on an idle connection: it is not reusable
-            self.reusable = False
-            self.close()
-            return
-        self.got_bytes = True
-        if not self.headers_done:
+        state = self.state
+        if state.head_pending:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD:
                 self.fail(UpstreamError(f"upstream response head larger than {MAX_HEAD} bytes"))
                 return
+        elif state is not READING_BODY:
+            if state is IDLE or state is CLOSED:  # unsolicited bytes: the connection is not reusable
+                self.close()
+                return
+            if state is HEAD_FAILED or state is BODY_FAILED:
+                return
+            # COMPLETE, MUST_CLOSE: the parser tells a harmless CRLF from a second response
         try:
             self.parser.feed_data(data)
         except Exception as exc:
-            if self.final_done or (self.headers_done and self.status == 101):
+            state = self.state
+            if state.received:
                 self.close()  # trailing garbage after a complete response: just don't reuse
             else:
                 ours = exc.__cause__ or exc.__context__  # a limit raised in one of our callbacks
                 if isinstance(ours, UpstreamError):
                     error = UpstreamError(str(ours))
                 else:
-                    where = "body" if self.headers_done else "status line or headers"
+                    where = "body" if state is READING_BODY else "status line or headers"
                     error = UpstreamError(f"malformed upstream response {where}: {exc!r}")
                 error.__cause__ = exc
                 self.fail(error)
@@ -276,22 +377,25 @@ class _Connection(asyncio.Protocol):
         return None  # close the transport; connection_lost settles the exchange
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.transport = None
+        state = self.state
+        if state is IDLE:
+            self.state = CLOSED
+        elif state is COMPLETE:
+            self.state = MUST_CLOSE
+        elif state is READING_BODY and self.eof_body and exc is None:
+            self.state = MUST_CLOSE  # a close-delimited body ends here
+        elif state is READING_BODY or state.head_pending:
+            # Wording as aiohttp's, which operators (and the fault tests) already know.
+            what = (
+                "response payload is not completed: the upstream closed the connection mid-body"
+                if state is READING_BODY
+                else "the upstream closed the connection before a complete response head"
+            )
+            error = UpstreamError(what if exc is None else f"{what}: {exc!r}")
+            error.__cause__ = exc
+            self._failed(error)
         self.engine._lost(self)
-        if self.active and not self.complete:
-            if self.headers_done and self.eof_body and exc is None and not self.final_done:
-                self.final_done = self.complete = True  # a close-delimited body ends here
-                self.reusable = False
-            elif self.error is None:
-                # Wording as aiohttp's, which operators (and the fault tests) already know.
-                what = (
-                    "response payload is not completed: the upstream closed the connection mid-body"
-                    if self.headers_done
-                    else "the upstream closed the connection before a complete response head"
-                )
-                error = UpstreamError(what if exc is None else f"{what}: {exc!r}")
-                error.__cause__ = exc
-                self.error = error
         self._wake()
         drain = self.drain_waiter
         if drain is not None:
@@ -310,10 +414,11 @@ class _Connection(asyncio.Protocol):
             if not drain.done():
                 drain.set_result(None)
 
-    # -- httptools callbacks ------------------------------------------------------------------------
+    # -- httptools callbacks (only while AWAITING_HEAD, INTERIM, READING_BODY, COMPLETE, MUST_CLOSE) --
 
     def on_message_begin(self) -> None:
-        if self.final_done:  # a second response to one request
+        # Every other callback follows this one, so no response is parsed outside AWAITING_HEAD.
+        if self.state is not AWAITING_HEAD:  # a second response to one request
             raise UpstreamError("unexpected data after the upstream response")
         self.headers = []
         self.content_length = None
@@ -338,44 +443,47 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # interim response (100, 103): skip it
-            self.interim = True
+            self.state = INTERIM
             return
         self.status = status
+        keep_alive = self.keep_alive
         if parser.get_http_version() != "1.1" and not any(
             name.lower() == b"connection" and b"keep-alive" in value.lower() for name, value in self.headers
         ):
-            self.keep_alive = False
+            keep_alive = False
         if self.chunked:
             self.content_length = None
         no_body = self.head_request or status in (101, 204, 304)
-        self.eof_body = not no_body and self.content_length is None and not self.chunked
-        self.reusable = self.keep_alive and not self.eof_body and status != 101
-        self.headers_done = True
-        if self.head_request:
-            # httptools cannot be told the request was a HEAD: end the message here and give the
-            # next exchange a fresh parser (the old one still waits for Content-Length bytes).
-            self.parser_dirty = True
-            self.final_done = self.complete = True
-        elif status == 101:
-            self.final_done = self.complete = True
+        self.eof_body = eof_body = not no_body and self.content_length is None and not self.chunked
+        self.keep_alive = keep_alive and not eof_body and status != 101
+        if self.head_request or status == 101:
+            if self.head_request:
+                # httptools cannot be told the request was a HEAD: end the message here and give
+                # the next exchange a fresh parser (the old one still waits for Content-Length bytes).
+                self.parser_dirty = True
+            self.state = COMPLETE if self.keep_alive else MUST_CLOSE
+        else:
+            self.state = READING_BODY
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.final_done:  # body bytes after a HEAD/101 response: stray data, don't reuse
-            self.reusable = False
-            return
-        self.body.append(body)
-        self.buffered += len(body)
-        self._wake()
+        state = self.state
+        if state is READING_BODY:
+            self.body.append(body)
+            self.buffered += len(body)
+            self._wake()
+        elif state is COMPLETE:  # body bytes after a HEAD response: stray data, don't reuse
+            self.state = MUST_CLOSE
+        # INTERIM: the body of a 1xx response (150 with a Content-Length) is no part of the final one
 
     def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        if self.final_done:
-            return
-        self.final_done = self.complete = True
-        self._wake()
+        state = self.state
+        if state is READING_BODY:
+            self.state = COMPLETE if self.keep_alive else MUST_CLOSE
+            self._wake()
+        elif state is INTERIM:
+            self.state = AWAITING_HEAD
+        # COMPLETE, MUST_CLOSE: the end of a HEAD or 101 response, settled at its head already
 
 
 class RawResponse:
@@ -395,11 +503,11 @@ class RawResponse:
         if conn is None:
             return b""
         conn.unbounded = True  # the caller wants it all: backpressure would deadlock here
-        if conn.read_paused and not conn.closed and conn.transport is not None:
+        if conn.read_paused and conn.transport is not None:
             conn.read_paused = False
             conn.transport.resume_reading()
-        while not conn.complete:
-            if conn.error is not None:
+        while not conn.state.received:
+            if conn.error is not None:  # BODY_FAILED (never HEAD_FAILED: there is a response)
                 raise conn.error
             await conn.wait()
         return conn.take() if conn.body else b""
@@ -408,7 +516,7 @@ class RawResponse:
         conn = self._conn
         if conn is None:
             return b""
-        if not conn.complete:
+        if not conn.state.received:
             return None
         return conn.take() if conn.body else b""
 
@@ -419,7 +527,7 @@ class RawResponse:
         while True:
             if conn.body:
                 yield conn.take()
-            elif conn.complete:
+            elif conn.state.received:
                 return
             elif conn.error is not None:
                 raise conn.error
@@ -532,7 +640,7 @@ class RawEngine:
         try:
             return await self._exchange(conn, head, body, chunked, method == "HEAD")
         except UpstreamError:
-            if not (conn.reused and not conn.got_bytes and replayable):
+            if not (conn.reused and not conn.head_bytes and replayable):  # not a byte of answer
                 raise
         conn = await self._acquire(key, endpoint, context, request.connect_timeout, fresh=True)
         return await self._exchange(conn, head, body, chunked, method == "HEAD")
@@ -545,10 +653,8 @@ class RawEngine:
         chunked: bool,
         head_request: bool,
     ) -> RawResponse:
-        conn.begin(head_request)
         try:
-            if conn.closed:
-                raise conn.error or UpstreamError("upstream connection closed before the request was sent")
+            conn.begin(head_request)
             transport = conn.transport
             assert transport is not None
             if body is None:
@@ -562,10 +668,11 @@ class RawEngine:
                 transport.write(head)
                 conn.body_sent = False
                 conn.writer = self._loop_().create_task(_write_body(conn, body, chunked))
-            while not conn.headers_done:
-                if conn.error is not None:
-                    raise conn.error
+            while conn.state.head_pending:
                 await conn.wait()
+            if conn.error is not None and conn.state is HEAD_FAILED:
+                raise conn.error
+            # READING_BODY, COMPLETE, MUST_CLOSE, or BODY_FAILED (the body's readers raise)
         except BaseException:
             conn.abort()
             raise
@@ -595,7 +702,9 @@ class RawEngine:
                     now = loop.time()
                     while stack:
                         conn = stack.pop()
-                        if conn.closed or now - conn.idle_since > self._keepalive:
+                        if conn.state is not IDLE:
+                            continue  # closed while pooled, its connection_lost still to come
+                        if now - conn.idle_since > self._keepalive:
                             conn.close()  # LIFO: everything under an expired one is older still
                             for older in stack:
                                 older.close()
@@ -672,17 +781,8 @@ class RawEngine:
 
     def _release(self, conn: _Connection) -> None:
         """The response is done with: pool the connection if the exchange ended cleanly, else drop it."""
-        if not conn.can_pool():
-            if conn.complete and conn.error is None:
-                conn.close()
-            else:
-                conn.abort()
+        if not conn.finish():
             return
-        conn.active = False
-        conn.body.clear()
-        if conn.read_paused and conn.transport is not None:
-            conn.read_paused = False
-            conn.transport.resume_reading()  # an idle connection must still notice the upstream closing
         loop = self._loop_()
         conn.idle_since = loop.time()
         stack = self._idle.get(conn.key)
@@ -697,7 +797,7 @@ class RawEngine:
     def _lost(self, conn: _Connection) -> None:
         """A connection closed (either side): forget it and give its slot to a waiter."""
         self._connections.discard(conn)
-        if not conn.active:
+        if conn.state is CLOSED:  # it may still sit in the pool
             stack = self._idle.get(conn.key)
             if stack is not None and conn in stack:
                 stack.remove(conn)
@@ -762,7 +862,7 @@ async def _write_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bo
         async for chunk in body:
             if not chunk:
                 continue
-            if conn.closed:
+            if conn.transport is None:
                 raise conn.error or UpstreamError("upstream connection closed while sending the body")
             if chunked:
                 transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
@@ -770,7 +870,7 @@ async def _write_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bo
                 transport.write(chunk)
             if conn.write_paused:
                 await conn.drain()
-        if chunked and not conn.closed:
+        if chunked and conn.transport is not None:
             transport.write(b"0\r\n\r\n")
         conn.body_sent = True
     except asyncio.CancelledError:
