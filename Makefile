@@ -6,13 +6,13 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 DEMO_PORT ?= 9101
 
-.PHONY: install system-deps run test test-all lint bench fuzz clean
+.PHONY: install system-deps run test lint docs reference bench fuzz clean
 
 # The venv marker is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[http2,dev,otel]'
+	$(PIP) install --quiet -e '.[http2,dev,otel,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,9 +30,9 @@ run: install
 
 # The whole suite on the default (raw) upstream engine, then the proxy suites again on the aiohttp
 # fallback engine so both stay correct.
-ENGINE_SUITES := tests/test_http_proxy.py tests/test_faults.py tests/test_streaming_memory.py \
-	tests/test_tls_upstream.py tests/test_load_balancing.py tests/routing/test_upstream_path.py \
-	tests/test_edge_proxy.py
+ENGINE_SUITES := tests/e2e/test_http_proxy.py tests/e2e/test_faults.py tests/e2e/test_streaming_memory.py \
+	tests/e2e/test_tls_upstream.py tests/e2e/test_load_balancing.py tests/routing/test_upstream_path.py \
+	tests/e2e/test_edge_proxy.py
 
 # Coverage covers the gateway processes the suite starts too (pyproject: patch = subprocess); the
 # per-package table is printed and the total may not fall below [tool.coverage.report] fail_under.
@@ -51,13 +51,26 @@ fuzz: install
 	-$(PIP) install --quiet -e '.[fuzz]'
 	$(PY) -m tests.fuzz.harness --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
+# ruff, mypy strict (kairos/ and tests/), the import contracts of the architecture
+# ([tool.importlinter] in pyproject.toml), and the docs site built strictly.
 lint: install
 	$(VENV)/bin/ruff check kairos tests bench
 	$(VENV)/bin/ruff format --check kairos tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	@$(MAKE) --no-print-directory docs
+
+# The docs site (mkdocs.yml, docs/): built strictly (a broken link or anchor, or a page missing from
+# the nav, fails) into site/ (gitignored). docs/configuration.md is generated from the config models:
+# `make reference` rewrites it, and a test fails when it is stale.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d site
+
+reference: install
+	$(PY) -m kairos.config.reference > docs/configuration.md
 
 bench: install system-deps
 	@$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .coverage .coverage.*
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .coverage .coverage.* site

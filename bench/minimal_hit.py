@@ -26,10 +26,11 @@ from asgi_floor import lifespan
 from kairos.cache.entry import CachedResponse
 from kairos.cache.memory import MemoryStore
 from kairos.config import load_data
-from kairos.middleware.context import new_request_id
-from kairos.middleware.metrics import RequestMetrics
+from kairos.observability.requests import RequestMetrics
+from kairos.request import new_request_id
+from kairos.routing.backend import BackendState
 from kairos.routing.matcher import RouteMatch, RouteTable
-from kairos.routing.route import BackendState, compile_route
+from kairos.routing.route import compile_route
 
 BODY = b"x" * 100
 _config = load_data(

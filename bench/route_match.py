@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from kairos.config import load_data
+from kairos.routing.backend import BackendState
 from kairos.routing.matcher import RouteMatch, RouteTable
-from kairos.routing.route import BackendState, compile_route
+from kairos.routing.route import compile_route
 
 SIZES = (10, 10_000)
 ROUTES_PER_SERVICE = 4

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from starlette.types import Scope
 
-    from kairos.routing.route import Backend, Route
+    from kairos.routing.backend import Backend
+    from kairos.routing.route import Route
 
 SCOPE_KEY = "kairos"
 

@@ -12,12 +12,12 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kairos import __version__
 from kairos.admin.shadow import admin_shadow_warning
@@ -35,15 +35,13 @@ from kairos.config import (
     load_text,
 )
 from kairos.config.loader import client_networks
-from kairos.config.model import IpFilterConfig
 from kairos.config.persist import render_document, write_atomically
 from kairos.config.problems import StaleConfig
-from kairos.config.ratelimit import RateLimitConfig
 from kairos.heap import freeze_long_lived
 from kairos.logs import configure_logging
-from kairos.middleware.accesslog import AccessLog
-from kairos.middleware.metrics import RequestMetrics
-from kairos.observability.history import MetricsHistory
+from kairos.observability.accesslog import AccessLog
+from kairos.observability.history import MetricsHistory, Reading
+from kairos.observability.requests import RequestMetrics
 from kairos.proxy.aiohttp_engine import AiohttpEngine
 from kairos.proxy.deadline import DeadlineWatch
 from kairos.proxy.engine import UpstreamEngine
@@ -54,8 +52,9 @@ from kairos.reload import ConfigWatcher, SighupReload
 from kairos.resilience.health import HealthChecker
 from kairos.resilience.panic import PanicTracker
 from kairos.resilience.retry import RetryStats
+from kairos.routing.backend import Backend, BackendState
 from kairos.routing.matcher import RouteTable
-from kairos.routing.route import Backend, BackendState, compile_route
+from kairos.routing.route import compile_route
 from kairos.settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +67,8 @@ logger = logging.getLogger("kairos")
 RESERVED_PATHS = ("/health", "/ready", "/live", "/metrics")
 
 ConfigInput = GatewayConfig | LoadedConfig | dict[str, Any] | str | Path | None
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -148,7 +149,7 @@ class Gateway:
         self.retry_stats = RetryStats()  # kept by the RetryMiddleware, for /metrics
         self.request_metrics = RequestMetrics()  # kept by the MetricsMiddleware, for /metrics
         # Sampled series for /api/metrics/history and the /ws/metrics streams (task from startup()).
-        self.metrics_history = MetricsHistory.for_gateway(self, settings.metrics_history_interval)
+        self.metrics_history = MetricsHistory(self.history_reading, settings.metrics_history_interval)
         # Response cache stores (memory per route, Redis per URL) + coalescing; purge() for admin.
         self.cache = ResponseCache(settings.redis_url, routes=lambda: self.table.routes)
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
@@ -326,20 +327,36 @@ class Gateway:
             self.jwks.start()
         return self.jwks
 
+    # -- live accessors: what the pipeline's layers read per request, so a reload applies at once --
+
+    def live(self, pick: Callable[[GatewayConfig], T | None]) -> Callable[[], T | None]:
+        """An accessor for a top-level policy of the running config, e.g.
+        ``gateway.live(lambda config: config.cors)``: None while no config is loaded."""
+
+        def current() -> T | None:
+            config = self.config
+            return pick(config) if config is not None else None
+
+        return current
+
     def current_table(self) -> RouteTable:
+        """The route table apply() compiled (not a config policy: built from all of it)."""
         return self.table
 
     def current_authenticator(self) -> Authenticator | None:
+        """The authenticator apply() built from ``jwt`` and ``api_keys`` (with its JWKS fetcher)."""
         return self.authenticator
 
-    def current_config(self) -> GatewayConfig | None:
-        return self.config
-
-    def current_rate_limit(self) -> RateLimitConfig | None:
-        return self.config.rate_limit if self.config is not None else None
-
-    def current_ip_filter(self) -> IpFilterConfig | None:
-        return self.config.ip_filter if self.config is not None else None
+    def history_reading(self) -> Reading:
+        """What the metrics history samples: the MetricsMiddleware's totals and a few counters."""
+        metrics = self.request_metrics
+        return Reading(
+            totals=metrics.totals(),
+            active=metrics.in_flight,
+            websockets=self.websocket_connections,
+            upstream_errors=sum(metrics.upstream_failures.values()),
+            rate_limited=sum(self.rate_limiter.rejected.values()),
+        )
 
     def resolve_client_ip(self, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
         return self.client_address.resolve(peer, headers)

@@ -6,7 +6,7 @@ uvicorn, which has no header timeout; 300 such sockets exhaust a normal descript
 header is buffered whole by the parser before any app sees it. nginx (``client_header_timeout``,
 ``large_client_header_buffers``, ``limit_conn``) and Envoy (``request_headers_timeout``,
 ``max_request_headers_kb``, overload manager) refuse these at the connection. This module does the
-same for uvicorn's httptools protocol, which `kairos run` keeps (see the README's "Running it" for
+same for uvicorn's httptools protocol, which `kairos run` keeps (see docs/operating.md for
 the measurements against hypercorn and granian that chose it):
 
 - **Head timeout** (``KAIROS_HEADER_TIMEOUT``, 10 s): a connection whose request head is not complete
@@ -22,7 +22,7 @@ the measurements against hypercorn and granian that chose it):
   being served.
 
 Why uvicorn and this guard rather than another server (measured here, the same Kairos and config,
-interleaved rounds, see the README's "Running it"): granian used ~15% less CPU per request at 50
+interleaved rounds, see docs/operating.md): granian used ~15% less CPU per request at 50
 connections but was slower at one (p50 0.45 against 0.35 ms), never closes a connection that sends
 nothing, caps header lines at a fixed 100, always adds ``server: granian`` and relays WebSocket
 frames at more CPU; hypercorn cost twice uvicorn's CPU. The guard measured within noise of plain
@@ -32,7 +32,7 @@ What it relies on: uvicorn's ``HttpToolsProtocol`` internals (``connection_made`
 and the ``parser`` / ``cycle`` / ``connections`` / ``server_state`` attributes, ``on_message_begin``,
 ``on_url``, ``on_header``, ``on_headers_complete``, ``on_body``, ``on_message_complete``,
 ``send_400_response``, ``handle_websocket_upgrade``), so pyproject pins uvicorn's minor version and
-tests/abuse fails if they change. Refusals are the gateway's JSON errors (``error``, ``type``,
+tests/e2e/abuse fails if they change. Refusals are the gateway's JSON errors (``error``, ``type``,
 ``timestamp``, ``request_id``) with ``Connection: close``, and each kind is logged at most once per
 10 s, so an attack cannot flood the log.
 """
@@ -50,7 +50,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from kairos.errors import STATUS_BY_TYPE, error_body
-from kairos.middleware.context import new_request_id
+from kairos.request import new_request_id
 
 logger = logging.getLogger("kairos.server")
 

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "text"
     # One access-log line per request on stderr (kairos.access logger, written by a thread); false
     # leaves the AccessLogMiddleware out of the pipeline.
-    access_log: bool = False  # ~60 us of CPU per request here: opt in (see README, Metrics)
+    access_log: bool = False  # ~60 us of CPU per request here: opt in (docs/observability.md)
     admin_token: SecretStr | None = None
     # Where the admin API lives (kairos-rs: /api). The WebSocket streams /ws/metrics and
     # /ws/admin/metrics keep their kairos-rs paths.
@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     upstream_max_connections: int = Field(0, ge=0, description="0 = unlimited")
     # HTTP/1.1 engine for backends without "http2": the lean httptools-based engine
-    # (kairos/proxy/raw_engine.py, ~2x aiohttp's throughput here, see the README's Performance
-    # section) or aiohttp, kept as a tested fallback.
+    # (kairos/proxy/raw_engine.py, ~2x aiohttp's throughput here, see docs/performance.md) or
+    # aiohttp, kept as a tested fallback.
     upstream_engine: Literal["raw", "aiohttp"] = "raw"
     # Idle pooled upstream connections are closed after this long. Below the 5 s that uvicorn and
     # Node close idle keep-alive connections at, so the gateway closes first and rarely reuses a

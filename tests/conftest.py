@@ -6,12 +6,22 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.asgi import AsgiClients
 from tests.processes import Server, free_port, redis_server, server_process, upstream_server
 
 # kairos-rs's own config files, OUTSIDE the repository (../shared/kairos-rs-configs/, never copied in).
 # Optional: only tests/config/test_kairos_rs_shapes.py reads it, and skips when it is absent; the
 # suite itself runs on tests/fixtures/kairos_rs/ so a bare clone passes.
 SHARED_CONFIGS = Path(__file__).resolve().parent.parent.parent / "shared" / "kairos-rs-configs"
+
+
+@pytest.fixture
+def asgi_client() -> Iterator[AsgiClients]:
+    """Calls an ASGI app in process (no server): ``asgi_client(app).get("/x", headers=...)`` returns an
+    httpx.Response, ``.raw(...)`` the body as sent, ``.async_client()`` an httpx.AsyncClient. Options:
+    ``client=(host, port)``, ``raise_app_exceptions``, ``base_url``. See tests/asgi.py."""
+    with AsgiClients() as clients:
+        yield clients
 
 
 @pytest.fixture(scope="module")

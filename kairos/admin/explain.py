@@ -40,11 +40,11 @@ from kairos.admin.responses import error_response
 from kairos.cache.policy import url_key
 from kairos.config.model import HTTP_METHODS, GatewayConfig
 from kairos.gateway import RESERVED_PATHS, Gateway
-from kairos.middleware.transform import safe_upstream_path
 from kairos.resilience.breaker import OPEN
 from kairos.resilience.retry import IDEMPOTENT_METHODS
+from kairos.routing.backend import Backend
 from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
-from kairos.routing.route import Backend, Route
+from kairos.routing.route import Route, safe_upstream_path
 
 _RAW_SAFE = "".join(chr(code) for code in range(0x21, 0x7F) if chr(code) not in "?#")
 _TRUE = ("1", "true", "yes", "on")

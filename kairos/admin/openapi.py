@@ -1,23 +1,30 @@
 """The OpenAPI 3.1 document of the admin API, served at ``{prefix}/openapi.json``.
 
-Hand-written rather than generated: the endpoints are plain Starlette handlers, and the document
-is the contract operators and the schemathesis test (tests/admin/test_openapi_fuzz.py) read, so it
-is kept next to them and checked against the live gateway. Paths carry the configured prefix.
-The route object is described with its common keys; every other config.json route key is allowed
-(``additionalProperties``) and validated by the gateway, which answers 400 with every problem.
+The paths are written here, next to the plain Starlette handlers they describe: they are the
+contract operators and the schemathesis test (tests/admin/test_openapi_fuzz.py) read, checked
+against the live gateway. Paths carry the configured prefix. The config components (``Route``,
+``Backend`` and every section a route holds) are generated from the config models
+(kairos/config/schema.py: pydantic's validation-mode schemas with the models' descriptions), so
+they cannot drift from what the gateway accepts; the admin API's own answers (status, explain,
+purge, ...) are not config and are written here. The gateway still validates every route it is
+given and answers 400 with every problem.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, get_args
 
-from kairos.config.model import HTTP_METHODS
+from kairos.config.model import HTTP_METHODS, BackendConfig, Protocol, RouteConfig
+from kairos.config.schema import config_schemas
+from kairos.observability.history import INTERVALS
 
 _JSON = "application/json"
+_COMPONENTS = "#/components/schemas/"
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+    return {"$ref": _COMPONENTS + name}
 
 
 def _answer(description: str, schema: str = "Error") -> dict[str, Any]:
@@ -65,7 +72,7 @@ _SELECTORS: list[dict[str, Any]] = [
         "name": "protocol",
         "in": "query",
         "required": False,
-        "schema": {"type": "string", "enum": ["http", "websocket", "ftp", "dns"]},
+        "schema": {"type": "string", "enum": list(get_args(Protocol))},
     },
     {
         "name": "index",
@@ -91,59 +98,6 @@ _SCHEMAS: dict[str, Any] = {
             "errors": {"type": "array", "items": {"type": "string"}},
         },
         "required": ["error", "type"],
-    },
-    "Backend": {
-        "type": "object",
-        "properties": {
-            "host": {
-                "type": "string",
-                "description": "scheme://hostname, e.g. http://10.0.0.5",
-                "pattern": "^(https?|wss?)://[A-Za-z0-9][A-Za-z0-9.-]*$",
-            },
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "weight": {"type": "integer", "minimum": 1},
-            "health_check_path": {"type": ["string", "null"]},
-            "http2": {"type": "boolean"},
-        },
-        "required": ["host", "port"],
-        "additionalProperties": True,
-    },
-    "Route": {
-        "type": "object",
-        "description": "A config.json route (kairos-rs Router); any other route key of the config "
-        "format is accepted and validated.",
-        "properties": {
-            "external_path": {
-                "type": "string",
-                "description": "starts with /; {name} placeholders",
-                "pattern": "^/",
-                "examples": ["/cats/{id}"],
-            },
-            "internal_path": {"type": "string", "pattern": "^/", "examples": ["/cats/{id}"]},
-            "methods": {
-                "type": "array",
-                "minItems": 1,
-                "items": {"type": "string", "enum": list(HTTP_METHODS)},
-            },
-            "backends": {"type": "array", "minItems": 1, "items": _ref("Backend")},
-            "host": {"type": "string", "description": "legacy single backend"},
-            "port": {"type": "integer"},
-            "protocol": {"type": "string", "enum": ["http", "websocket", "ftp", "dns"]},
-            "auth_required": {"type": "boolean"},
-            "load_balancing_strategy": {
-                "type": "string",
-                "enum": ["round_robin", "least_connections", "random", "weighted", "ip_hash"],
-            },
-            "timeout_ms": {"type": "integer", "minimum": 0},
-            "retry": {"type": "object"},
-            "cache": {"type": "object"},
-            "cors": {"type": "object"},
-            "rate_limit": {"type": "object"},
-            "request_transformation": {"type": "object"},
-            "response_transformation": {"type": "object"},
-        },
-        "required": ["external_path", "internal_path", "methods"],
-        "additionalProperties": True,
     },
     "RouteResponse": {
         "type": "object",
@@ -260,6 +214,17 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["success", "purged"],
     },
 }
+
+
+@functools.cache
+def _config_components() -> dict[str, Any]:
+    """A route as config.json holds it, its backends, and every section they use (RetryConfig, ...);
+    generated on first use (~20 ms), not when the gateway imports this module."""
+    schemas = config_schemas({"Route": RouteConfig, "Backend": BackendConfig}, _COMPONENTS)
+    taken = sorted(schemas.keys() & _SCHEMAS.keys())
+    if taken:  # pragma: no cover - a config model named like one of the answers above
+        raise RuntimeError(f"component names taken twice: {taken}")
+    return schemas
 
 
 def document(prefix: str, version: str) -> dict[str, Any]:
@@ -465,10 +430,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                         "name": "interval",
                         "in": "query",
                         "required": False,
-                        "schema": {
-                            "type": "string",
-                            "enum": ["one_minute", "five_minutes", "one_hour", "one_day"],
-                        },
+                        "schema": {"type": "string", "enum": list(INTERVALS)},
                     },
                 ],
                 "responses": {
@@ -494,7 +456,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_config_components()},
         },
         "security": [{"bearerAuth": []}],
         "paths": paths,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kairos.admin import ADMIN_SECTIONS, STREAM_PATHS
-from kairos.routing.template import CatchAll, Literal, Param, Pattern, Segment, parse_template
+from kairos.config.path_template import CatchAll, Literal, Param, Pattern, Segment, parse_template
 
 
 def _reaches(segments: Sequence[Segment], target: str, exact: bool) -> str | None:

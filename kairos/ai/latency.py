@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from kairos.routing.route import Backend
+from kairos.routing.backend import Backend
 
 TAU = 10.0
 FAILURE_PENALTY = 5.0

@@ -47,7 +47,7 @@ from kairos.ai.provider import (
 from kairos.ai.strategies import ContentAnalysis, ProviderChain, Semantic, backend_lines
 from kairos.config.ai import PROVIDER_STRATEGIES, AiConfig, AiPolicy, AiProviderConfig
 from kairos.heap import freeze_long_lived
-from kairos.middleware.metrics import Histogram
+from kairos.observability.requests import Histogram
 
 if TYPE_CHECKING:
     from kairos.config.model import GatewayConfig, RouteConfig

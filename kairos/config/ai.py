@@ -9,16 +9,12 @@ flight; beyond it requests fall back at once instead of queueing), ``ai.fallback
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kairos.config.base import Bool, ConfigModel, NonNegativeInt, PositiveInt, Str
 from kairos.config.policies import CircuitBreakerConfig
-from kairos.config.problems import Problem, format_path
-
-if TYPE_CHECKING:
-    from kairos.config.model import RouteConfig
 
 KNOWN_STRATEGIES = ("content_analysis", "semantic", "latency_prediction")
 PROVIDER_KEY_ENV = {
@@ -33,10 +29,27 @@ PROVIDER_KEY_ENV = {
 
 
 class AiProviderConfig(ConfigModel):
-    provider: Str = Field(min_length=1)
-    model: Str = Field(min_length=1)
-    api_key: SecretStr | None = None
-    api_base: Str | None = None
+    """An AI provider and model, called through litellm (so any provider it supports) as
+    `provider/model`."""
+
+    provider: Str = Field(
+        min_length=1,
+        description="litellm provider name (`openai`, `anthropic`, `cohere`, `perplexity`, `mistral`, "
+        "`groq`, `xai`, `ollama`, `azure`, ...); any case.",
+    )
+    model: Str = Field(min_length=1, description="The provider's model name, e.g. `gpt-4o-mini`.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="The provider's API key; use `${NAME}`. Never shown in logs, metrics, errors or "
+        "`/api/config`. Unset: the provider's environment variable ("
+        + ", ".join(f"`{name}`" for name in PROVIDER_KEY_ENV.values())
+        + ", or litellm's own lookup).",
+    )
+    api_base: Str | None = Field(
+        None,
+        description="`http(s)://` base URL of an OpenAI-compatible server (vLLM, llama.cpp, LM Studio, a "
+        "local proxy). Unset: the provider's own endpoint.",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -52,21 +65,73 @@ class AiProviderConfig(ConfigModel):
 
 
 class AiConfig(AiProviderConfig):
-    timeout_ms: PositiveInt = 1500
+    """The AI provider that routes with an `ai_policy` ask which backend should serve a request. A
+    decision is bounded by `timeout_ms`, cached, redacted (credentials, e-mail addresses, card numbers,
+    secrets never reach the model) and never an error for the client: a failed decision falls back to
+    normal balancing. litellm is imported only when a route needs a provider."""
+
+    timeout_ms: PositiveInt = Field(
+        1500,
+        description="The whole decision's budget in milliseconds (provider calls and fallbacks included): "
+        "past it the request is balanced normally.",
+    )
     # Provider calls in flight at once (cache hits are free); beyond it a request falls back at once.
-    max_concurrency: PositiveInt = 64
-    fallback_providers: tuple[AiProviderConfig, ...] = ()
+    max_concurrency: PositiveInt = Field(
+        64,
+        description="Provider calls in flight at once; beyond it a request falls back at once instead of "
+        "queueing (cached decisions are not counted).",
+    )
+    fallback_providers: tuple[AiProviderConfig, ...] = Field(
+        (), description="Providers tried in order when the one before fails."
+    )
     # The provider's own breaker (consecutive failures / timeouts open it; its calls are skipped).
-    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(
+        default_factory=CircuitBreakerConfig,
+        description="The provider's own circuit breaker (the backends' options): failures and timeouts open "
+        "it, and an open provider is skipped without a call.",
+    )
 
 
 class AiStrategy(ConfigModel):
-    """Normalised form of kairos-rs's externally tagged enum: ``"latency_prediction"`` or
-    ``{"content_analysis": {"model": "gpt-4o"}}`` both become ``kind`` plus options."""
+    """How the backend is chosen: a strategy name (`"latency_prediction"`), or one
+    `{"<name>": {"model": ...}}` object (`{"content_analysis": {"model": "gpt-4o-mini"}}`).
+    `content_analysis` makes one chat call per uncached request; `semantic` compares an embedding of
+    the request with the backends' `description`/`examples` (no chat call); `latency_prediction`
+    needs no provider: the lowest peak-EWMA latency times in-flight load, as measured by the gateway.
+    `anomaly_detection` (kairos-rs) is refused."""
 
-    kind: Str
-    model: Str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    # kairos-rs's externally tagged enum, normalised by _untag into `kind` plus options.
+    input_shorthands = (
+        {"type": "string", "enum": list(KNOWN_STRATEGIES), "description": "A strategy by name, no options."},
+        {
+            "type": "object",
+            "description": 'A strategy by name with its options: `{"<name>": {"model": ...}}` (or `null` '
+            "options).",
+            "propertyNames": {"enum": list(KNOWN_STRATEGIES)},
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "properties": {"model": {"type": "string", "description": "Overrides `ai.model`."}},
+                    },
+                    {"type": "null"},
+                ]
+            },
+        },
+    )
+
+    kind: Str = Field(
+        description="The strategy's name (the normalised form).",
+        json_schema_extra={"enum": list(KNOWN_STRATEGIES)},
+    )
+    model: Str | None = Field(
+        None, description="Model for the strategy's calls, overriding the first provider's `model`."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The strategy's other options (kept, not used by Kairos)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -97,51 +162,44 @@ class AiStrategy(ConfigModel):
 
 
 class AiPolicy(ConfigModel):
-    enabled: Bool
-    strategy: AiStrategy
-    provider: Str | None = None
-    fallback_backend_index: NonNegativeInt | None = None
-    cache_ttl_secs: NonNegativeInt = 60
-    body_preview_chars: NonNegativeInt = 500
-    shadow: Bool = False
-    streaming: Bool = False
-    fallback_providers: tuple[AiProviderConfig, ...] = ()
-    debug_header: Bool = False  # answer with X-Kairos-AI-Backend: "<index|none>; outcome=<outcome>"
+    """AI routing for one route: each request's backend is chosen by the `strategy`; the balancer
+    honours the choice when that backend is available (circuit, health), else balances as usual. A
+    route with a single backend makes no decision."""
+
+    enabled: Bool = Field(description="`false` keeps the block but routes normally.")
+    strategy: AiStrategy = Field(description="How the backend is chosen.")
+    provider: Str | None = Field(
+        None,
+        description="Another provider for this route, with `ai.model` (its key comes from its own "
+        "environment variable: `ai.api_key` is only sent to `ai.provider`). Unset: `ai.provider`.",
+    )
+    fallback_backend_index: NonNegativeInt | None = Field(
+        None,
+        description="Index in `backends` of the backend used when a decision fails. Unset: normal balancing.",
+    )
+    cache_ttl_secs: NonNegativeInt = Field(
+        60,
+        description="Seconds a decision is cached, keyed by a fingerprint of the normalised, redacted "
+        "request; identical concurrent requests share one provider call. `0`: no cache.",
+    )
+    body_preview_chars: NonNegativeInt = Field(
+        500,
+        description="Body characters sent to the model; the body is read that far, then replayed, so the "
+        "backend gets it whole.",
+    )
+    shadow: Bool = Field(
+        False,
+        description="Decide and record the decision (`kairos_ai_shadow_decisions_total`) but route "
+        "normally; the request never waits for it.",
+    )
+    streaming: Bool = Field(False, description="Accepted for kairos-rs; not acted on.")
+    fallback_providers: tuple[AiProviderConfig, ...] = Field(
+        (), description="Replaces `ai.fallback_providers` for this route. Empty: `ai.fallback_providers`."
+    )
+    debug_header: Bool = Field(
+        False,
+        description="Add `X-Kairos-AI-Backend: <index or none>; outcome=<outcome>` to the response.",
+    )
 
 
 PROVIDER_STRATEGIES = ("content_analysis", "semantic")  # the strategies that call a provider
-
-
-def check_ai_routes(
-    ai: AiConfig | None, ai_given: bool, routes: list[tuple[int, RouteConfig]]
-) -> tuple[list[Problem], list[Problem]]:
-    """(errors, warnings) across ``ai`` and the routes' ``ai_policy``.
-
-    A strategy that calls a provider without an ``ai`` section is a warning, not an error: kairos-rs
-    accepts such files (and silently routes normally); Kairos routes normally too, but says so.
-    ``semantic`` (a Kairos strategy) needs something to compare requests with on every backend."""
-    errors: list[Problem] = []
-    warnings: list[Problem] = []
-    for index, route in routes:
-        policy = route.ai_policy
-        if policy is None or not policy.enabled:
-            continue
-        kind = policy.strategy.kind
-        if kind in PROVIDER_STRATEGIES and ai is None and not ai_given:
-            warnings.append(
-                Problem(
-                    format_path(("routers", index, "ai_policy", "strategy")),
-                    f"{kind!r} calls an AI provider but the config has no top-level `ai` section: "
-                    "the route is balanced without AI routing",
-                )
-            )
-        if kind == "semantic":
-            for position, backend in enumerate(route.upstreams):
-                if not backend.description and not backend.examples:
-                    errors.append(
-                        Problem(
-                            format_path(("routers", index, "backends", position)),
-                            "needs a `description` or `examples` for the 'semantic' AI strategy",
-                        )
-                    )
-    return errors, warnings

@@ -21,17 +21,63 @@ _KAIROS_RS_DEFAULT_SECRET = "please-change-this-secret"
 
 
 class JwtConfig(ConfigModel):
-    secret: Str | None = None
-    public_key: Str | None = None
-    jwks_url: Str | None = None
-    jwks_refresh_secs: Int = Field(300, ge=5, le=86_400)
-    jwks_min_refresh_secs: Int = Field(30, ge=1, le=3_600)
-    jwks_timeout_secs: Float = Field(5.0, gt=0, le=60)
-    algorithms: tuple[Algorithm, ...] | None = None
-    issuer: Str | None = None
-    audience: Str | tuple[Str, ...] | None = None
-    required_claims: tuple[Str, ...] = ()
-    leeway_secs: NonNegativeInt = Field(30, le=600)
+    """How bearer tokens (`Authorization: Bearer <token>`) are verified, for routes with
+    `auth_required`. At least one of `secret`, `public_key` or `jwks_url`; each algorithm needs its
+    key (`HS*` a `secret`, the others a `public_key` or `jwks_url`). A valid token's `sub` and `roles`
+    become the request's identity. Failures get 401 `authentication_error` with `WWW-Authenticate`."""
+
+    secret: Str | None = Field(
+        None,
+        description="HMAC key for HS256/384/512, at least 32 characters (not kairos-rs's sample value); use "
+        "`${JWT_SECRET}`. The top-level `jwt_secret` is an alias.",
+    )
+    public_key: Str | None = Field(
+        None,
+        description="PEM public key for RS256/384/512, ES256/384/512 and PS256/384/512 (PS: RSASSA-PSS, "
+        "salt length = hash size).",
+    )
+    jwks_url: Str | None = Field(
+        None,
+        description="`http(s)://` URL of a JWKS document: RS/PS/ES keys looked up by the token's `kid`, "
+        "fetched in the background and refreshed; an unknown `kid` triggers one bounded refresh.",
+    )
+    jwks_refresh_secs: Int = Field(
+        300,
+        ge=5,
+        le=86_400,
+        description="Seconds between two JWKS refreshes when the answer has no `Cache-Control: max-age` (a "
+        "`max-age` is honoured within 60 s - 24 h).",
+    )
+    jwks_min_refresh_secs: Int = Field(
+        30,
+        ge=1,
+        le=3_600,
+        description="Least time in seconds between two refreshes caused by unknown `kid`s; in between, such "
+        "tokens are refused at once.",
+    )
+    jwks_timeout_secs: Float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="JWKS fetch timeout in seconds, also the longest a request waits for a refresh.",
+    )
+    algorithms: tuple[Algorithm, ...] | None = Field(
+        None,
+        description="Allow-list of token algorithms; a token whose `alg` is not in it (and `none`, always) "
+        "is rejected. Unset: `HS256` with a `secret`, else `RS256`.",
+    )
+    issuer: Str | None = Field(None, description="Required `iss` claim. Unset: not checked.")
+    audience: Str | tuple[Str, ...] | None = Field(
+        None,
+        description="Accepted `aud` value(s): the token's `aud` (a string or a list) must name one. Unset: "
+        "not checked.",
+    )
+    required_claims: tuple[Str, ...] = Field(
+        (), description="Claims every token must carry (`iat` is never required)."
+    )
+    leeway_secs: NonNegativeInt = Field(
+        30, le=600, description="Clock skew allowed on `exp` and `nbf`, in seconds (at most 600)."
+    )
 
     @field_validator("secret")
     @classmethod

@@ -21,8 +21,9 @@ from typing import Any, Generic, TypeVar, get_args
 
 from pydantic import AliasChoices, BaseModel, ValidationError
 
-from kairos.config.ai import check_ai_routes
-from kairos.config.model import NO_BACKENDS, GatewayConfig, RouteConfig
+from kairos.config.ai import PROVIDER_STRATEGIES, AiConfig
+from kairos.config.model import NO_BACKENDS, PROTOCOL_SCHEMES, GatewayConfig, RouteConfig
+from kairos.config.path_template import parse_template
 from kairos.config.problems import (
     ConfigError,
     Problem,
@@ -31,7 +32,6 @@ from kairos.config.problems import (
     problems_from_validation_error,
 )
 from kairos.config.transform import check_transformations
-from kairos.routing.template import parse_template
 
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 # ${NAME} or ${NAME:-default}; upper-case names only, so lower-case runtime variables such as
@@ -403,14 +403,6 @@ def substitute_env(
     return value
 
 
-_SCHEMES = {
-    "http": ("http", "https"),
-    "websocket": ("ws", "wss", "http", "https"),
-    "ftp": ("ftp", "ftps", "http", "https"),
-    "dns": ("", "udp", "tcp", "dns"),
-}
-
-
 def check_route(route: RouteConfig, prefix: tuple[Any, ...]) -> list[Problem]:
     """Rules that need more than one field of a route."""
     problems: list[Problem] = []
@@ -424,7 +416,7 @@ def check_route(route: RouteConfig, prefix: tuple[Any, ...]) -> list[Problem]:
                     route.internal_path,
                 )
             )
-    allowed = _SCHEMES[route.protocol]
+    allowed = PROTOCOL_SCHEMES[route.protocol]
     wanted = " or ".join(f"{s}://" if s else "a bare IP/hostname" for s in allowed)
     legacy = route.host is not None and "backends" not in route.model_fields_set
     for index, backend in enumerate(route.upstreams):
@@ -465,6 +457,41 @@ def _cross_checks(has_jwt: bool, has_api_keys: bool, routes: list[tuple[int, Rou
                 Problem(format_path(("routers", index, "auth")), "is 'api_key' but `api_keys` is empty")
             )
     return problems
+
+
+def check_ai_routes(
+    ai: AiConfig | None, ai_given: bool, routes: list[tuple[int, RouteConfig]]
+) -> tuple[list[Problem], list[Problem]]:
+    """(errors, warnings) across ``ai`` and the routes' ``ai_policy``.
+
+    A strategy that calls a provider without an ``ai`` section is a warning, not an error: kairos-rs
+    accepts such files (and silently routes normally); Kairos routes normally too, but says so.
+    ``semantic`` (a Kairos strategy) needs something to compare requests with on every backend."""
+    errors: list[Problem] = []
+    warnings: list[Problem] = []
+    for index, route in routes:
+        policy = route.ai_policy
+        if policy is None or not policy.enabled:
+            continue
+        kind = policy.strategy.kind
+        if kind in PROVIDER_STRATEGIES and ai is None and not ai_given:
+            warnings.append(
+                Problem(
+                    format_path(("routers", index, "ai_policy", "strategy")),
+                    f"{kind!r} calls an AI provider but the config has no top-level `ai` section: "
+                    "the route is balanced without AI routing",
+                )
+            )
+        if kind == "semantic":
+            for position, backend in enumerate(route.upstreams):
+                if not backend.description and not backend.examples:
+                    errors.append(
+                        Problem(
+                            format_path(("routers", index, "backends", position)),
+                            "needs a `description` or `examples` for the 'semantic' AI strategy",
+                        )
+                    )
+    return errors, warnings
 
 
 def route_overlaps(routes: list[tuple[int, RouteConfig]]) -> list[Problem]:

@@ -3,7 +3,8 @@
 A template is split on ``/`` into segments. A segment is a literal, a whole-segment parameter
 (``{id}``, matching one non-empty segment) or a mixed pattern (``{name}.json``). Parameters never
 span a ``/``. Parsed once at config load; the matcher and the upstream-path builder use the parsed
-form, never the string.
+form, never the string. It lives in ``config`` because a path template is config syntax: the
+config models validate with it and routing compiles from it, so config imports nothing above it.
 """
 
 from __future__ import annotations

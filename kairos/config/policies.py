@@ -24,21 +24,48 @@ from kairos.config.base import (
 
 
 class CacheConfig(ConfigModel):
-    """``cache`` per route (kairos/middleware/cache.py). ``max_size`` entries and ``memory_bytes``
-    bound the route's in-memory LRU; ``max_bytes`` bounds one stored response (larger ones stream
-    through uncached); ``ttl_secs`` applies when the upstream sends no ``max-age``/``s-maxage``
-    (0: cache only what the upstream marks fresh). ``storage_uri``: ``memory://`` or a Redis URL
-    (default: ``KAIROS_REDIS_URL`` when set, else memory)."""
+    """A shared HTTP cache for one route (RFC 9111 rules: `GET` responses with cacheable statuses,
+    never `Set-Cookie`, `no-store`, `private` or `no-cache` ones). Answers carry `X-Cache: HIT`,
+    `MISS` or `BYPASS`; stored responses get an `ETag` and `If-None-Match` is answered with 304."""
 
-    enabled: Bool = True
-    ttl_secs: NonNegativeInt = 60
-    max_size: PositiveInt = 1000
-    max_bytes: PositiveInt = 1024 * 1024
-    memory_bytes: PositiveInt = 64 * 1024 * 1024
-    coalesce: Bool = False
-    vary_headers: tuple[Str, ...] = ()
-    cache_authenticated: Bool = False
-    storage_uri: Str | None = None
+    enabled: Bool = Field(True, description="`false` turns the cache off for the route.")
+    ttl_secs: NonNegativeInt = Field(
+        60,
+        description="Seconds a response stays fresh when the upstream sends no `s-maxage`, `max-age` or "
+        "`Expires`; `0`: cache only what the upstream marks fresh.",
+    )
+    max_size: PositiveInt = Field(
+        1000, description="Entries the route's in-memory store keeps (least recently used go first)."
+    )
+    max_bytes: PositiveInt = Field(
+        1024 * 1024,
+        description="Largest response, in bytes, that is stored; a bigger one streams through uncached (at "
+        "most this much is held while deciding).",
+    )
+    memory_bytes: PositiveInt = Field(
+        64 * 1024 * 1024,
+        description="Bytes (bodies, headers, keys) the route's in-memory store keeps.",
+    )
+    coalesce: Bool = Field(
+        False,
+        description="Concurrent misses for one key make one upstream request; the others wait and answer "
+        "from it (per gateway process).",
+    )
+    vary_headers: tuple[Str, ...] = Field(
+        (),
+        description="Request headers that are part of the cache key, besides those the upstream's `Vary` "
+        "names.",
+    )
+    cache_authenticated: Bool = Field(
+        False,
+        description="Cache a route with `auth_required`, keyed by the verified identity (two users never "
+        "share an entry). `false`: such requests bypass the cache.",
+    )
+    storage_uri: Str | None = Field(
+        None,
+        description="`memory://`, or `redis://`, `rediss://` or `unix://` to share one cache between "
+        "replicas. Unset: `KAIROS_REDIS_URL` when set, else memory.",
+    )
 
     @field_validator("vary_headers")
     @classmethod
@@ -61,26 +88,47 @@ COMPRESSION_MODULES: dict[str, tuple[str, ...]] = {"brotli": ("brotli", "brotlic
 
 
 class CompressionConfig(ConfigModel):
-    """``compression``, top level (kairos/middleware/compression.py). ``level`` (1-9) is used as is
-    by every algorithm (gzip/deflate level, brotli quality, zstd level); ``algorithms`` is the
-    server's order of preference; ``content_types`` are media types (``text/*`` allowed), matched
-    without parameters. An algorithm whose package is missing is skipped (a warning at load)."""
+    """Compression of responses on their way out, negotiated with `Accept-Encoding` (highest q-value
+    wins, the order of `algorithms` breaks ties). Left as they are: HEAD responses, 1xx/204/206/304,
+    bodies already encoded or ranged, `Cache-Control: no-transform`, `text/event-stream`, other
+    media types, and bodies smaller than `min_size`."""
 
-    enabled: Bool = True
-    level: int = Field(6, ge=1, le=9, strict=True)
-    min_size: NonNegativeInt = 1024
-    content_types: tuple[Str, ...] = (
-        "text/plain",
-        "text/html",
-        "text/css",
-        "text/javascript",
-        "application/json",
-        "application/javascript",
-        "application/xml",
-        "application/x-yaml",
-        "image/svg+xml",
+    enabled: Bool = Field(True, description="`false` turns compression off (as does leaving the block out).")
+    level: int = Field(
+        6,
+        ge=1,
+        le=9,
+        strict=True,
+        description="1 (fastest) to 9 (smallest), used as is by every algorithm: gzip/deflate level, brotli "
+        "quality, zstd level.",
     )
-    algorithms: tuple[Literal["gzip", "brotli", "deflate", "zstd"], ...] = Field(("gzip",), min_length=1)
+    min_size: NonNegativeInt = Field(
+        1024,
+        description="Bodies smaller than this many bytes go out uncompressed; for a streamed body of "
+        "unknown length up to this many bytes are held while deciding.",
+    )
+    content_types: tuple[Str, ...] = Field(
+        (
+            "text/plain",
+            "text/html",
+            "text/css",
+            "text/javascript",
+            "application/json",
+            "application/javascript",
+            "application/xml",
+            "application/x-yaml",
+            "image/svg+xml",
+        ),
+        description="Media types to compress, matched without parameters (`application/json; charset=utf-8` "
+        "is `application/json`); `text/*` covers a whole type.",
+    )
+    algorithms: tuple[Literal["gzip", "brotli", "deflate", "zstd"], ...] = Field(
+        ("gzip",),
+        min_length=1,
+        description="Codings offered, in the server's order of preference: `gzip`, `deflate` (zlib), "
+        "`brotli` (`br`, needs the `brotli` package), `zstd` (needs `zstandard`). An algorithm whose "
+        "package is missing is skipped with a warning at load.",
+    )
 
     @field_validator("content_types")
     @classmethod
@@ -110,21 +158,41 @@ class CompressionConfig(ConfigModel):
 
 
 class CorsConfig(ConfigModel):
-    """``cors``, top level and per route (a route's block replaces the global one).
+    """Cross-origin resource sharing, top level and per route (a route's block replaces the top-level
+    one; off unless configured). Preflights are answered by the gateway (200 with the CORS headers,
+    or 400 `bad_request` when refused), never proxied; actual responses, the gateway's own errors
+    included, get `Access-Control-Allow-Origin` for allowed origins only."""
 
-    ``allowed_origins`` may hold ``"*"``; with ``allow_credentials`` the actual origin is echoed
-    instead (browsers refuse ``*`` with credentials). ``enabled: false`` on a route turns CORS off there.
-    """
-
-    enabled: Bool = True
-    allowed_origins: tuple[Str, ...] = ()
-    allowed_methods: tuple[Str, ...] = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
-    allowed_headers: tuple[Str, ...] = ()
-    exposed_headers: tuple[Str, ...] = Field(
-        (), validation_alias=AliasChoices("exposed_headers", "expose_headers")
+    enabled: Bool = Field(
+        True,
+        description="`false` on a route turns CORS off there (preflights then get the route's usual 405 "
+        "unless it lists `OPTIONS`).",
     )
-    allow_credentials: Bool = False
-    max_age: NonNegativeInt = 600
+    allowed_origins: tuple[Str, ...] = Field(
+        (),
+        description='Exact origins (`scheme://host[:port]`), or `"*"` for any. Empty: no origin is allowed.',
+    )
+    allowed_methods: tuple[Str, ...] = Field(
+        ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"),
+        description='Methods a preflight may ask for; `"*"` for all.',
+    )
+    allowed_headers: tuple[Str, ...] = Field(
+        (),
+        description="Request headers a preflight may ask for besides the CORS-safelisted ones (`Accept`, "
+        '`Accept-Language`, `Content-Language`, `Content-Type`), which are always allowed; `["*"]` '
+        "reflects whatever is asked. Empty: only the safelisted ones.",
+    )
+    exposed_headers: tuple[Str, ...] = Field(
+        (),
+        validation_alias=AliasChoices("exposed_headers", "expose_headers"),
+        description="Response headers a browser script may read, sent as `Access-Control-Expose-Headers`.",
+    )
+    allow_credentials: Bool = Field(
+        False,
+        description='Send `Access-Control-Allow-Credentials: true`; with `"*"` origins the request\'s '
+        "origin is then echoed instead of `*` (browsers refuse `*` with credentials).",
+    )
+    max_age: NonNegativeInt = Field(600, description="Seconds a browser may cache a preflight's answer.")
 
 
 # kairos-rs's DefaultHeaders set (reference §3.1), added only where a response lacks the header.
@@ -139,16 +207,28 @@ DEFAULT_SECURITY_HEADERS: dict[str, str] = {
 
 
 class SecurityHeadersConfig(ConfigModel):
-    """``security_headers``, top level and per route; ``true``/``false`` is shorthand for ``enabled``.
+    """Security headers, top level and per route (a route's setting replaces the top-level one);
+    `true`/`false` is shorthand for `{"enabled": true/false}`. A header already on the response is
+    never overridden."""
 
-    On by default for responses the gateway generates itself (errors, preflights); ``proxied``
-    opts in for upstream responses (kairos-rs forced its CSP onto every proxied page). ``headers``
-    adds to or overrides the default set; an empty value drops that header.
-    """
+    input_shorthands = ({"type": "boolean", "description": "Shorthand for `enabled`."},)
 
-    enabled: Bool = True
-    proxied: Bool = False
-    headers: dict[Str, Str] = Field(default_factory=dict)
+    enabled: Bool = Field(
+        True,
+        description="Add the set to the gateway's own responses (errors, preflights). `false`: no security "
+        "headers at all.",
+    )
+    proxied: Bool = Field(
+        False,
+        description="Also add the set to proxied responses, only the headers the upstream did not send.",
+    )
+    headers: dict[Str, Str] = Field(
+        default_factory=dict,
+        description="Headers added to or overriding the default set, by name; an empty value drops that "
+        "header from the set. The default set: "
+        + ", ".join(f"`{name}: {value}`" for name, value in DEFAULT_SECURITY_HEADERS.items())
+        + ".",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -173,53 +253,114 @@ class SecurityHeadersConfig(ConfigModel):
 
 
 class CircuitBreakerConfig(ConfigModel):
-    failure_threshold: PositiveInt = 5
-    success_threshold: PositiveInt = 3
-    reset_timeout_ms: PositiveInt = 30000
-    failure_rate_threshold: Float | None = Field(None, gt=0, le=1)
-    window_ms: PositiveInt = 10000
-    minimum_requests: PositiveInt = 10
-    half_open_max_calls: PositiveInt = 1
-    failure_status_codes: tuple[StatusCode, ...] = (500, 502, 503, 504)
+    """A circuit breaker per backend (scheme, host and port), shared by the routes that use it and kept
+    across reloads. A failure is a gateway 502/504 for an attempt, an upstream status in
+    `failure_status_codes`, or an upstream that dies mid-body. While a backend's circuit is open the
+    balancer skips it; when every backend of a route is open the answer is 503 `circuit_open` with
+    `Retry-After`. Top level and per route (a route's block replaces the top-level one)."""
+
+    failure_threshold: PositiveInt = Field(
+        5, description="Consecutive failures that open the circuit; a success resets the count."
+    )
+    success_threshold: PositiveInt = Field(
+        3,
+        description="Successful probes in the half-open state that close the circuit again; one failed "
+        "probe re-opens it for another `reset_timeout_ms`.",
+    )
+    reset_timeout_ms: PositiveInt = Field(
+        30000, description="Milliseconds the circuit stays open before a probe may go through (half-open)."
+    )
+    failure_rate_threshold: Float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Ratio mode instead of the consecutive count: the circuit opens when the share of "
+        "failed attempts over `window_ms` reaches this value (0 < x <= 1). Unset: consecutive mode.",
+    )
+    window_ms: PositiveInt = Field(10000, description="Ratio mode: the sliding window, in milliseconds.")
+    minimum_requests: PositiveInt = Field(
+        10, description="Ratio mode: attempts needed in the window before the circuit may open."
+    )
+    half_open_max_calls: PositiveInt = Field(1, description="Probes allowed at the same time when half-open.")
+    failure_status_codes: tuple[StatusCode, ...] = Field(
+        (500, 502, 503, 504), description="Upstream statuses that count as failures."
+    )
 
 
 class PassiveHealthConfig(ConfigModel):
-    """Outlier ejection from live traffic (Envoy's outlier detection): ``consecutive_failures``
-    in a row eject a backend for ``base_ejection_ms`` x times ejected (capped at
-    ``max_ejection_ms``); at most ``max_ejection_percent`` of a route's backends are ejected."""
+    """Outlier ejection from live traffic (Envoy's outlier detection), applied where a `health_check`
+    block applies: a backend that fails `consecutive_failures` times in a row is taken out of the
+    rotation for `base_ejection_ms` times the number of times it was ejected (at most
+    `max_ejection_ms`)."""
 
-    enabled: Bool = True
-    consecutive_failures: PositiveInt = 5
-    base_ejection_ms: PositiveInt = 30000
-    max_ejection_ms: PositiveInt = 300000
-    max_ejection_percent: int = Field(50, ge=0, le=100, strict=True)
+    enabled: Bool = Field(True, description="`false` turns outlier ejection off.")
+    consecutive_failures: PositiveInt = Field(
+        5, description="Failures in a row that eject a backend; a success resets the count."
+    )
+    base_ejection_ms: PositiveInt = Field(
+        30000,
+        description="Ejection time in milliseconds, multiplied by the times the backend was ejected; the "
+        "multiplier drops by one for every `base_ejection_ms` the backend then stays in service.",
+    )
+    max_ejection_ms: PositiveInt = Field(300000, description="Longest ejection, in milliseconds.")
+    max_ejection_percent: int = Field(
+        50,
+        ge=0,
+        le=100,
+        strict=True,
+        description="Most of a route's backends, in percent, that may be ejected at once; never all of "
+        "them, so a single-backend route never ejects.",
+    )
 
 
 class HealthCheckConfig(ConfigModel):
-    """``health_check``, top level and per route. Active probes go to each backend's
-    ``health_check_path``; ``panic_mode`` (default on) sends traffic to every backend when none is
-    healthy, as Envoy does, instead of refusing everything."""
+    """Health of a route's backends, top level and per route (a route's block replaces the top-level
+    one; `{}` turns checks on with the defaults). Active probes (`GET` on each backend's
+    `health_check_path`; a backend without one is never probed) take a failing backend out of the
+    rotation; every backend starts healthy."""
 
-    interval_ms: PositiveInt = 10000
-    timeout_ms: PositiveInt = 2000
-    healthy_threshold: PositiveInt = 2
-    unhealthy_threshold: PositiveInt = 3
-    expected_statuses: tuple[StatusCode, ...] = ()  # empty: any 2xx or 3xx is healthy
-    panic_mode: Bool = True
-    passive: PassiveHealthConfig = Field(default_factory=PassiveHealthConfig)
+    interval_ms: PositiveInt = Field(10000, description="Milliseconds between two probes of a backend.")
+    timeout_ms: PositiveInt = Field(
+        2000,
+        description="Milliseconds a whole probe (connect, request, status and headers) may take before it "
+        "fails.",
+    )
+    healthy_threshold: PositiveInt = Field(
+        2, description="Consecutive passed probes that bring an unhealthy backend back."
+    )
+    unhealthy_threshold: PositiveInt = Field(
+        3, description="Consecutive failed probes that take a backend out of the rotation."
+    )
+    expected_statuses: tuple[StatusCode, ...] = Field(
+        (),
+        description="Statuses that pass a probe. Empty: any 2xx or 3xx (redirects are not followed).",
+    )
+    panic_mode: Bool = Field(
+        True,
+        description="When none of a route's backends is available (unhealthy or ejected), send traffic to "
+        "all of them except those with an open circuit, as Envoy does. `false`: answer 503 "
+        "`upstream_unavailable`.",
+    )
+    passive: PassiveHealthConfig = Field(
+        default_factory=PassiveHealthConfig, description="Outlier ejection from live traffic."
+    )
 
 
 class ServerConfig(ConfigModel):
-    """Documented by kairos-rs but never read by it; Kairos reads host/port/workers from here when
-    the matching KAIROS_* variable is unset."""
+    """kairos-rs's `server` block (documented by kairos-rs but never read by it). Kairos accepts and
+    validates it, and does not read it either: the server is configured with `kairos run`'s options and
+    the `KAIROS_HOST`, `KAIROS_PORT` and `KAIROS_WORKERS` variables."""
 
-    host: Str | None = None
-    port: int | None = Field(None, ge=1, le=65535, strict=True)
-    workers: PositiveInt | None = None
-    keep_alive: NonNegativeInt | None = None
+    host: Str | None = Field(None, description="Bind address (not read).")
+    port: int | None = Field(None, ge=1, le=65535, strict=True, description="Bind port (not read).")
+    workers: PositiveInt | None = Field(None, description="Worker processes (not read).")
+    keep_alive: NonNegativeInt | None = Field(None, description="Keep-alive seconds (not read).")
 
 
 class MetricsConfig(ConfigModel):
-    enabled: Bool = True
-    path: Str = Field("/metrics", alias="endpoint")
-    enable_per_route_metrics: Bool = True
+    """kairos-rs's `metrics` block: accepted and validated, not read by Kairos, which always serves
+    Prometheus metrics at `/metrics`, per route."""
+
+    enabled: Bool = Field(True, description="Not read: `/metrics` is always served.")
+    path: Str = Field("/metrics", alias="endpoint", description="Not read: the path is always `/metrics`.")
+    enable_per_route_metrics: Bool = Field(True, description="Not read: metrics are always per route.")

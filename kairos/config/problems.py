@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kairos.config.base import ConfigModel
+
 _MISSING = object()
 SECRET_KEYS = frozenset({"secret", "api_key", "api_keys", "keys", "password", "token", "jwt_secret"})
 
@@ -166,8 +168,6 @@ def is_union_tag(part: str | int) -> bool:
 
 
 def _model_names() -> frozenset[str]:
-    from kairos.config.base import ConfigModel
-
     names: set[str] = set()
     pending = [ConfigModel]
     while pending:

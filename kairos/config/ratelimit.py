@@ -8,11 +8,11 @@ requests_per_minute, burst_size}``, which kairos-rs itself rejects. Both normali
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from kairos.config.base import Bool, ConfigModel, NonNegativeInt, PositiveInt, Str
+from kairos.config.base import Bool, ConfigModel, NonNegativeInt, PositiveInt, Str, also_spelled
 
 SimpleStrategy = Literal["PerIP", "PerUser", "PerRoute", "PerIPAndRoute", "PerUserAndRoute"]
 WindowType = Literal["FixedWindow", "SlidingWindow", "TokenBucket"]
@@ -25,6 +25,8 @@ _WINDOW_NAMES = {
     "slidingwindow": "SlidingWindow",
     "tokenbucket": "TokenBucket",
 }
+# README shape: a quota per unit of time, as requests_per_window with window_duration in seconds.
+_PER_UNIT = {"requests_per_second": 1, "requests_per_minute": 60, "requests_per_hour": 3600}
 _STRATEGY_NAMES = {
     "perip": "PerIP",
     "per_ip": "PerIP",
@@ -39,8 +41,19 @@ _STRATEGY_NAMES = {
 }
 
 
+# The snake_case spellings, listed in the schema beside the canonical names (any case is accepted).
+_SNAKE_WINDOWS = tuple(name for name in _WINDOW_NAMES if "_" in name)
+_SNAKE_STRATEGIES = tuple(name for name in _STRATEGY_NAMES if "_" in name)
+
+
 class CompositeStrategy(ConfigModel):
-    composite: tuple[RateLimitConfig, ...] = Field(alias="Composite")
+    """`{"Composite": [limit, ...]}` as a `strategy`: every listed limit applies, each with its own
+    strategy and numbers; a request is admitted only if all of them admit it, and only then counted."""
+
+    composite: tuple[RateLimitConfig, ...] = Field(
+        alias="Composite",
+        description="The limits, at least one; each is a rate limit of its own (not another Composite).",
+    )
 
     @field_validator("composite")
     @classmethod
@@ -54,35 +67,85 @@ class CompositeStrategy(ConfigModel):
 
 
 class RateLimitConfig(ConfigModel):
-    """One policy. Kairos adds ``enabled`` (``false`` on a route exempts it from the global policy),
-    ``storage_uri`` (``memory://`` or ``redis://…``; wins over ``enable_redis`` and
-    ``KAIROS_REDIS_URL``) and ``fail_closed`` (reject instead of admit while the store is down).
+    """A rate limit, top level (every route) or per route (replacing the top-level one there). Both
+    kairos-rs shapes are accepted: `requests_per_window` + `window_duration` (+ `burst_allowance`),
+    or the README's `requests_per_second`, `_minute` or `_hour` (+ `burst_size`, `algorithm`). Every
+    answer on a limited route carries `X-RateLimit-*` and `RateLimit-Policy`/`RateLimit` headers; a
+    refused request gets 429 `rate_limit_error` with `Retry-After`. Only admitted requests count."""
 
-    With a ``Composite`` strategy every listed limit applies with its own numbers; the outer
-    ``requests_per_window``/``window_duration`` are then optional and unused.
-    """
+    input_optional = ("requests_per_window", "window_duration")
+    input_keys = {
+        **{
+            key: {
+                "type": "integer",
+                "minimum": 1,
+                "description": f"README shape: the quota per {seconds} s, i.e. `requests_per_window` with "
+                f"`window_duration: {seconds}`.",
+            }
+            for key, seconds in _PER_UNIT.items()
+        },
+        "algorithm": {
+            "type": "string",
+            "enum": [*get_args(WindowType), *_SNAKE_WINDOWS],
+            "description": "README shape: the same as `window_type` (any case).",
+        },
+    }
 
-    enabled: Bool = True
-    strategy: SimpleStrategy | CompositeStrategy = "PerIP"
-    # Required (a missing key is reported at its own path) but None when unused: see _unused_numbers.
-    requests_per_window: PositiveInt | None
-    window_duration: PositiveInt | None = Field(description="seconds")
+    enabled: Bool = Field(
+        True,
+        description="`false` turns the limit off; on a route, it exempts the route from the top-level limit.",
+    )
+    strategy: SimpleStrategy | CompositeStrategy = Field(
+        "PerIP",
+        description="What is counted: `PerIP` the client IP (after `trusted_proxies`), `PerUser` the "
+        "verified JWT `sub` or API-key consumer (anonymous requests by IP), `PerRoute` the route, "
+        "`PerIPAndRoute`, `PerUserAndRoute`, or a Composite. snake_case and lower-case spellings "
+        "(`per_ip`) are accepted; an algorithm name here (`sliding_window`) is read as `algorithm`.",
+        json_schema_extra=also_spelled(*_SNAKE_STRATEGIES, *_SNAKE_WINDOWS),
+    )
+    # Required (a missing key is reported at its own path) but None when unused: see _readme_shape.
+    requests_per_window: PositiveInt | None = Field(
+        description="The quota: requests admitted per window. Required unless the README shape, a Composite "
+        "strategy or `enabled: false` is used.",
+    )
+    window_duration: PositiveInt | None = Field(
+        description="The window, in seconds. Required with `requests_per_window`."
+    )
     burst_allowance: NonNegativeInt = Field(
         0,
-        description="kairos-rs's shape: extra requests on top of the quota (a window admits "
-        "requests_per_window + burst_allowance; a token bucket holds that many).",
+        description="kairos-rs shape: extra requests on top of the quota (a window admits "
+        "`requests_per_window + burst_allowance`; a token bucket holds that many). Not with `burst_size`.",
     )
     burst_size: PositiveInt | None = Field(
         None,
-        description="README shape: the most requests admitted at once. A token bucket's capacity "
-        "(refilled at the rate, as actix-governor and Go's x/time/rate read it); for the window "
-        "algorithms the most a window admits, never below requests_per_window.",
+        description="README shape: the most requests admitted at once. A token bucket's capacity (refilled "
+        "at the rate, as actix-governor and Go's x/time/rate read it); for the window algorithms the most "
+        "a window admits, never below `requests_per_window`. Not with `burst_allowance`.",
     )
-    window_type: WindowType = "SlidingWindow"
-    enable_redis: Bool = False
-    redis_key_prefix: Str = Field("kairos_rl", min_length=1)
-    storage_uri: Str | None = None
-    fail_closed: Bool = False
+    window_type: WindowType = Field(
+        "SlidingWindow",
+        description="`FixedWindow` windows aligned to the clock; `SlidingWindow` a sliding-window counter "
+        "(the previous window's count weighs in by the share of it still inside the window); "
+        "`TokenBucket` starts full and refills at `requests_per_window / window_duration` per second.",
+        json_schema_extra=also_spelled(*_SNAKE_WINDOWS),
+    )
+    enable_redis: Bool = Field(
+        False,
+        description="Keep the counters in Redis (`KAIROS_REDIS_URL`, default `redis://127.0.0.1:6379/0`), "
+        "so replicas share one limit.",
+    )
+    redis_key_prefix: Str = Field("kairos_rl", min_length=1, description="Prefix of the keys in Redis.")
+    storage_uri: Str | None = Field(
+        None,
+        description="`memory://`, or `redis://`, `rediss://` or `unix://` for this limit; wins over "
+        "`enable_redis` and `KAIROS_REDIS_URL`. Unset: Redis when `enable_redis` or `KAIROS_REDIS_URL` "
+        "says so, else memory.",
+    )
+    fail_closed: Bool = Field(
+        False,
+        description="While Redis is unreachable: `false` admits requests, `true` answers 503 "
+        "`rate_limit_unavailable`.",
+    )
 
     @field_validator("storage_uri")
     @classmethod
@@ -128,11 +191,7 @@ class RateLimitConfig(ConfigModel):
             data.setdefault("window_type", _WINDOW_NAMES.get(algorithm.lower(), algorithm))
         elif algorithm is not None:
             data.setdefault("window_type", algorithm)
-        for key, seconds in (
-            ("requests_per_second", 1),
-            ("requests_per_minute", 60),
-            ("requests_per_hour", 3600),
-        ):
+        for key, seconds in _PER_UNIT.items():
             if key in data and "requests_per_window" not in data:
                 data["requests_per_window"] = data.pop(key)
                 data.setdefault("window_duration", seconds)

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.ai.context import REDACT_MARGIN, RequestContext
 from kairos.ai.router import AiRouter, Decision, RoutePlan
 from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.context import has_body, read_prefix, replaying
+from kairos.request import as_accessor, has_body, read_prefix, replaying
 from kairos.routing.route import Route
 
 DEBUG_HEADER = b"x-kairos-ai-backend"
@@ -45,7 +45,7 @@ DEBUG_HEADER = b"x-kairos-ai-backend"
 class AiRoutingMiddleware:
     def __init__(self, app: ASGIApp, router: AiRouter | Callable[[], AiRouter | None]) -> None:
         self.app = app
-        self._router = (lambda: router) if isinstance(router, AiRouter) else router
+        self._router = as_accessor(router)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange: Exchange | None = scope.get(SCOPE_KEY)

@@ -22,7 +22,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kairos.auth.authenticator import Authenticator, AuthFailure, Identity, KeyRefreshNeeded
 from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY
-from kairos.middleware.context import new_request_id
+from kairos.request import as_accessor, new_request_id, route_policy
+from kairos.routing.route import AuthRule, Route
+
+
+def _auth(route: Route) -> AuthRule:
+    return route.auth  # a route's rule always wins, even when it requires nothing
 
 
 class AuthMiddleware:
@@ -36,27 +41,21 @@ class AuthMiddleware:
         accept: str = "any",
     ) -> None:
         self.app = app
-        self._authenticator = authenticator
-        self._required = required
-        self._roles = frozenset(required_roles)
-        self._accept = accept
+        self._authenticator = as_accessor(authenticator)
+        self._rule = as_accessor(AuthRule(required, frozenset(required_roles), accept))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        exchange = scope.get(SCOPE_KEY)
-        route = exchange.route if exchange is not None else None
-        if route is not None:
-            config = route.config
-            required, roles, accept = config.auth_required, config.required_roles, config.auth
-        else:
-            required, roles, accept = self._required, self._roles, self._accept
-        if not required:
+        rule = route_policy(scope, _auth, self._rule)
+        if rule is None or not rule.required:
             await self.app(scope, receive, send)
             return
+        exchange = scope.get(SCOPE_KEY)
         request_id = exchange.request_id if exchange is not None else new_request_id()
-        authenticator = self._authenticator() if callable(self._authenticator) else self._authenticator
+        accept = rule.accept
+        authenticator = self._authenticator()
         if authenticator is None:
             await reject(scope, send, "config", "authentication is required but not configured", request_id)
             return
@@ -76,7 +75,7 @@ class AuthMiddleware:
                 headers=[(b"www-authenticate", _challenge(failure, accept, authenticator))],
             )
             return
-        missing = set(roles) - identity.roles
+        missing = rule.roles - identity.roles
         if missing:
             await reject(
                 scope,

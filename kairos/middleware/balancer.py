@@ -37,12 +37,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from kairos.config.policies import CircuitBreakerConfig, HealthCheckConfig
 from kairos.errors import reject
 from kairos.exchange import Exchange, get_exchange
-from kairos.middleware.context import as_accessor
+from kairos.request import as_accessor, policy_of
 from kairos.resilience.panic import PanicTracker
-from kairos.routing.route import Backend, BackendState, Route
+from kairos.routing.backend import Backend, BackendState
+from kairos.routing.route import Route
 
 CircuitPolicy = CircuitBreakerConfig | Callable[[], CircuitBreakerConfig | None] | None
 HealthPolicy = HealthCheckConfig | Callable[[], HealthCheckConfig | None] | None
+
+
+def _circuit_breaker(route: Route) -> CircuitBreakerConfig | None:
+    return route.config.circuit_breaker
+
+
+def _health_check(route: Route) -> HealthCheckConfig | None:
+    return route.config.health_check
 
 
 class BalancerMiddleware:
@@ -75,13 +84,8 @@ class BalancerMiddleware:
         if not backends:
             await reject(scope, send, "config", f"Route {route.name} has no backends", exchange.request_id)
             return
-        config = route.config
-        breakers = config.circuit_breaker
-        if breakers is None:
-            breakers = self._breaker()
-        health = config.health_check
-        if health is None:
-            health = self._health()
+        breakers = policy_of(route, _circuit_breaker, self._breaker)
+        health = policy_of(route, _health_check, self._health)
         candidates: Sequence[Backend] = backends
         if breakers is not None or health is not None:
             checked = health is not None

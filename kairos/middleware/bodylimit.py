@@ -33,27 +33,35 @@ already settles it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.errors import reject
-from kairos.middleware.context import request_id_and_ip, route_policy
+from kairos.request import as_accessor, request_id_and_ip, route_policy
+
+if TYPE_CHECKING:
+    from kairos.routing.route import Route
 
 LimitPolicy = int | Callable[[], int | None] | None
 
 _CLOSE = [(b"connection", b"close")]
 
 
+def _max_body_size(route: Route) -> int | None:
+    return route.config.max_body_size
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_body_size: LimitPolicy = None) -> None:
         self.app = app
-        self._global = max_body_size
+        self._global = as_accessor(max_body_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit: int | None = route_policy(scope, "max_body_size", self._global)
+        limit = route_policy(scope, _max_body_size, self._global)
         if limit is None:
             await self.app(scope, receive, send)
             return

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -60,10 +60,23 @@ from kairos.config.policies import CacheConfig
 from kairos.errors import GENERATED
 from kairos.exchange import SCOPE_KEY
 from kairos.proxy.headers import content_length_value
+from kairos.request import as_accessor, policy_of
+
+if TYPE_CHECKING:
+    from kairos.routing.route import Route
 
 _METHODS = frozenset({"GET", "HEAD"})
 HIT, MISS, BYPASS = b"HIT", b"MISS", b"BYPASS"
 _LENGTH_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+
+# A route without a ``cache`` block is not cached, whatever the constructor's (standalone) default.
+_NOT_CACHED = CacheConfig(enabled=False)
+
+
+def _cache(route: Route) -> CacheConfig:
+    cache = route.config.cache
+    return cache if cache is not None else _NOT_CACHED
 
 
 class CacheMiddleware:
@@ -75,7 +88,9 @@ class CacheMiddleware:
     ) -> None:
         self.app = app
         self.cache = cache if cache is not None else ResponseCache()
-        self._default = CacheConfig.model_validate(config) if isinstance(config, Mapping) else config
+        self._default = as_accessor(
+            CacheConfig.model_validate(config) if isinstance(config, Mapping) else config
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +98,7 @@ class CacheMiddleware:
             return
         exchange = scope.get(SCOPE_KEY)
         route = exchange.route if exchange is not None else None
-        config = route.config.cache if route is not None else self._default
+        config = policy_of(route, _cache, self._default)
         if config is None or not config.enabled or scope["method"] not in _METHODS:
             await self.app(scope, receive, send)
             return

@@ -40,8 +40,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.config.policies import CircuitBreakerConfig, HealthCheckConfig, PassiveHealthConfig
 from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.context import as_accessor
-from kairos.routing.route import Backend, Route
+from kairos.request import as_accessor, policy_of
+from kairos.routing.backend import Backend
+from kairos.routing.route import Route
 
 CircuitPolicy = CircuitBreakerConfig | Callable[[], CircuitBreakerConfig | None] | None
 HealthPolicy = HealthCheckConfig | Callable[[], HealthCheckConfig | None] | None
@@ -51,6 +52,14 @@ DEFAULT_FAILURE_STATUSES = CircuitBreakerConfig().failure_status_codes
 
 
 _PROTOCOLS = {"http": ("http",), "websocket": ("http", "websocket")}
+
+
+def _circuit_breaker(route: Route) -> CircuitBreakerConfig | None:
+    return route.config.circuit_breaker
+
+
+def _health_check(route: Route) -> HealthCheckConfig | None:
+    return route.config.health_check
 
 
 class CircuitBreakerMiddleware:
@@ -74,15 +83,11 @@ class CircuitBreakerMiddleware:
             await self.app(scope, receive, send)  # no backend picked: nothing to judge
             return
         route = exchange.route
-        config = route.config
-        breaker = config.circuit_breaker
-        if breaker is None:
-            breaker = self._breaker()
-        health = config.health_check
-        if health is None:
-            health = self._health()
+        breaker = policy_of(route, _circuit_breaker, self._breaker)
+        health = policy_of(route, _health_check, self._health)
         passive = health.passive if health is not None and health.passive.enabled else None
-        if (breaker is None and passive is None) or config.protocol not in _PROTOCOLS.get(scope["type"], ()):
+        protocols = _PROTOCOLS.get(scope["type"], ())
+        if (breaker is None and passive is None) or route.config.protocol not in protocols:
             await self.app(scope, receive, send)  # off, or no upstream call below (e.g. an FTP route)
             return
         await self._attempt(scope, receive, send, exchange, route, exchange.backend, breaker, passive)

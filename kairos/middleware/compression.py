@@ -53,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.compiled import PerConfig
 from kairos.config.policies import COMPRESSION_MODULES, CompressionConfig
+from kairos.request import as_accessor
 
 CompressionPolicy = CompressionConfig | Callable[[], CompressionConfig | None] | None
 Header = tuple[bytes, bytes]
@@ -401,13 +402,12 @@ class _Responder:
 class CompressionMiddleware:
     def __init__(self, app: ASGIApp, policy: CompressionPolicy = CompressionConfig()) -> None:  # noqa: B008
         self.app = app
-        self._policy = policy
+        self._policy = as_accessor(policy)
         self._compiled: PerConfig[CompressionConfig, _Compiled] = PerConfig(_Compiled.of, limit=16)
         self._last: _Compiled | None = None  # the config of the previous request, usually this one
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        policy = self._policy
-        config = policy() if callable(policy) else policy
+        config = self._policy()
         if config is None or not config.enabled or scope["type"] != "http" or scope["method"] == "HEAD":
             # Off (one check), WebSocket/lifespan, or HEAD (no body: its headers are left as sent).
             await self.app(scope, receive, send)

@@ -33,9 +33,9 @@ headers too, so a browser can read their bodies. 404/405 come from the RouteMidd
 and carry none (there is no route, hence no route policy).
 
 In the gateway a preflight must reach this middleware even on a route that does not list
-``OPTIONS``: the pipeline gives RouteMiddleware ``answers_preflight`` as its ``preflight`` predicate,
-so a preflight that would be a 405 is matched by its requested method instead when CORS is on for
-that route. It sits before AuthMiddleware: a preflight carries no credentials.
+``OPTIONS``: the pipeline gives RouteMiddleware ``answers_preflight(policy)`` as its ``preflight``
+predicate, so a preflight that would be a 405 is matched by its requested method instead when CORS
+is on for that route. It sits before AuthMiddleware: a preflight carries no credentials.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from kairos.compiled import PerConfig
 from kairos.config.policies import CorsConfig
 from kairos.errors import GENERATED, send_error
-from kairos.middleware.context import request_id_and_ip, route_policy
+from kairos.request import as_accessor, policy_of, request_id_and_ip, route_policy
 
 if TYPE_CHECKING:
     from kairos.routing.route import Route
@@ -115,24 +115,35 @@ class _Cors(CORSMiddleware):
         return out
 
 
+def _cors(route: Route) -> CorsConfig | None:
+    return route.config.cors
+
+
+def answers_preflight(global_policy: CorsPolicy) -> Callable[[Route], bool]:
+    """Whether CORS is on for a route, with ``global_policy`` for routes without their own block:
+    the RouteMiddleware's ``preflight`` predicate (a preflight there is this middleware's to answer)."""
+    fallback = as_accessor(global_policy)
+
+    def answers(route: Route) -> bool:
+        config = policy_of(route, _cors, fallback)
+        return config is not None and config.enabled
+
+    return answers
+
+
 class CorsMiddleware:
     def __init__(self, app: ASGIApp, global_policy: CorsPolicy = None) -> None:
         self.app = app
-        self._global = global_policy
+        self._global = as_accessor(global_policy)
         self._compiled: PerConfig[CorsConfig, _Cors] = PerConfig(lambda config: _Cors(app, config))
-
-    def answers_preflight(self, route: Route) -> bool:
-        """Whether CORS is on for ``route`` (so this middleware answers its preflights)."""
-        config = route.config.cors
-        if config is None:
-            config = self._global() if callable(self._global) else self._global
-        return config is not None and config.enabled
+        # Whether CORS is on for a route (so this middleware answers its preflights).
+        self.answers_preflight = answers_preflight(self._global)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # browsers apply no CORS to WebSocket upgrades
             await self.app(scope, receive, send)
             return
-        config: CorsConfig | None = route_policy(scope, "cors", self._global)
+        config = route_policy(scope, _cors, self._global)
         if config is None or not config.enabled:
             await self.app(scope, receive, send)
             return

@@ -20,7 +20,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.errors import reject
-from kairos.middleware.context import request_id_and_ip
+from kairos.request import request_id_and_ip
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_HEADERS = 100

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.config.model import IpFilterConfig
 from kairos.errors import reject
-from kairos.middleware.context import request_id_and_ip, route_policy
+from kairos.request import as_accessor, request_id_and_ip, route_policy
+
+if TYPE_CHECKING:
+    from kairos.routing.route import Route
 
 _CACHE_LIMIT = 10_000
 
@@ -47,19 +51,23 @@ class IpFilter:
         return not self._allow or any(address in network for network in self._allow)
 
 
+def _ip_filter(route: Route) -> IpFilterConfig | None:
+    return route.config.ip_filter
+
+
 class IpFilterMiddleware:
     def __init__(
         self, app: ASGIApp, global_filter: IpFilterConfig | Callable[[], IpFilterConfig | None] | None = None
     ) -> None:
         self.app = app
-        self._global = global_filter
+        self._global = as_accessor(global_filter)
         self._compiled: dict[IpFilterConfig, IpFilter] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        config: IpFilterConfig | None = route_policy(scope, "ip_filter", self._global)
+        config = route_policy(scope, _ip_filter, self._global)
         if config is None:
             await self.app(scope, receive, send)
             return

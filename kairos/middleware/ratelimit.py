@@ -17,19 +17,26 @@ are never limited. Inside the gateway those endpoints never reach the pipeline a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.config.ratelimit import RateLimitConfig
 from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY
-from kairos.middleware.context import new_request_id
 from kairos.ratelimit.limiter import RateLimiter
+from kairos.request import as_accessor, new_request_id, policy_of
+
+if TYPE_CHECKING:
+    from kairos.routing.route import Route
 
 BUILTIN_PATHS = ("/health", "/ready", "/live", "/metrics")
 
 PolicySource = RateLimitConfig | Mapping[str, Any] | Callable[[], RateLimitConfig | None] | None
+
+
+def _rate_limit(route: Route) -> RateLimitConfig | None:
+    return route.config.rate_limit
 
 
 class RateLimitMiddleware:
@@ -43,7 +50,9 @@ class RateLimitMiddleware:
         exempt_paths: Iterable[str] = BUILTIN_PATHS,
     ) -> None:
         self.app = app
-        self._global = RateLimitConfig.model_validate(policy) if isinstance(policy, Mapping) else policy
+        self._global = as_accessor(
+            RateLimitConfig.model_validate(policy) if isinstance(policy, Mapping) else policy
+        )
         self._limiter = limiter if limiter is not None else RateLimiter(redis_url)
         self._exempt = frozenset(exempt_paths)
 
@@ -57,8 +66,7 @@ class RateLimitMiddleware:
             return
         exchange = scope.get(SCOPE_KEY)
         route = exchange.route if exchange is not None else None
-        own = route.config.rate_limit if route is not None else None
-        config = own if own is not None else (self._global() if callable(self._global) else self._global)
+        config = policy_of(route, _rate_limit, self._global)
         if config is None or not config.enabled or scope["path"] in self._exempt:
             await self.app(scope, receive, send)
             return
@@ -70,7 +78,9 @@ class RateLimitMiddleware:
             identity = scope.get("state", {}).get("identity")
         user = f"{identity.kind}:{identity.subject}" if identity is not None else None
         route_key = route.key if route is not None else scope["path"]
-        scope_key = route_key if own is not None else "global"
+        # A route's own policy has its own counters; routes on the global policy share "global".
+        own = route is not None and route.config.rate_limit is not None
+        scope_key = route_key if own else "global"
         decision = self._limiter.check_now(config, scope_key, client_ip, user, route_key)
         if decision is None:
             decision = await self._limiter.check(config, scope_key, client_ip, user, route_key)

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.config.retry import RetryConfig
 from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.context import has_body, read_prefix, replaying, route_policy
+from kairos.request import as_accessor, has_body, policy_of, read_prefix, replaying
 from kairos.resilience.retry import (
     FAILOVER_ONLY,
     RetryBudget,
@@ -34,16 +34,21 @@ from kairos.resilience.retry import (
     may_retry,
     parse_retry_after,
 )
-from kairos.routing.route import Backend
+from kairos.routing.backend import Backend
+from kairos.routing.route import Route
 
 RetryPolicy = RetryConfig | Callable[[], RetryConfig | None] | None
 _BUDGETS_LIMIT = 10_000
 
 
+def _retry(route: Route) -> RetryConfig | None:
+    return route.config.retry
+
+
 class RetryMiddleware:
     def __init__(self, app: ASGIApp, policy: RetryPolicy = None, stats: RetryStats | None = None) -> None:
         self.app = app
-        self._global = policy
+        self._global = as_accessor(policy)
         self._budgets: dict[str, RetryBudget] = {}
         self.stats = stats if stats is not None else RetryStats()
 
@@ -53,7 +58,7 @@ class RetryMiddleware:
         if scope["type"] != "http" or exchange is None or route is None:
             await self.app(scope, receive, send)
             return
-        config: RetryConfig | None = route_policy(scope, "retry", self._global)
+        config = policy_of(route, _retry, self._global)
         if config is None:
             if len(route.backends) < 2:
                 await self.app(scope, receive, send)

@@ -25,13 +25,17 @@ when the server can refuse an upgrade with a real response (``websocket.http.res
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kairos.compiled import PerConfig
 from kairos.config.policies import SecurityHeadersConfig
 from kairos.errors import GENERATED
-from kairos.middleware.context import route_policy
+from kairos.request import as_accessor, route_policy
+
+if TYPE_CHECKING:
+    from kairos.routing.route import Route
 
 SecurityPolicy = SecurityHeadersConfig | Callable[[], SecurityHeadersConfig | None] | None
 Header = tuple[bytes, bytes]
@@ -55,10 +59,14 @@ def add_missing(headers: Iterable[Header], extra: tuple[Header, ...]) -> list[He
     return result
 
 
+def _security_headers(route: Route) -> SecurityHeadersConfig | None:
+    return route.config.security_headers
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, global_policy: SecurityPolicy = None) -> None:
         self.app = app
-        self._global = global_policy
+        self._global = as_accessor(global_policy)
         self._headers: PerConfig[SecurityHeadersConfig, tuple[Header, ...]] = PerConfig(compile_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -71,7 +79,7 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] in _STARTS:
-                config: SecurityHeadersConfig | None = route_policy(scope, "security_headers", self._global)
+                config = route_policy(scope, _security_headers, self._global)
                 if config is not None and config.enabled and (config.proxied or message.get(GENERATED)):
                     extra = self._headers.get(config)
                     if extra:

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, unquote_plus
@@ -67,8 +65,9 @@ from kairos.config.transform import (
 )
 from kairos.errors import GENERATED, send_error
 from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.context import new_request_id
 from kairos.proxy.headers import content_length_value
+from kairos.request import new_request_id, read_prefix, replaying
+from kairos.routing.route import safe_upstream_path
 
 Headers = list[tuple[bytes, bytes]]
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -269,15 +268,22 @@ async def _transform_body(
     """The JSON body rules applied to a body that may fit the bound; any other body untouched."""
     assert rules.body is not None
     headers = scope["headers"]
-    if not _wants_body(headers, rules.max_body_bytes):
+    limit = rules.max_body_bytes
+    if not _wants_body(headers, limit):
         return scope, receive
-    messages, complete = await _read_bounded(receive, rules.max_body_bytes)
-    rewritten_body = _rewrite_json(_joined(messages), rules.body, context) if complete else None
-    if rewritten_body is not None:
-        messages = [{"type": "http.request", "body": rewritten_body, "more_body": False}]
-        kept = [(name, value) for name, value in headers if name not in _REQUEST_FRAMING]
-        scope = {**scope, "headers": [*kept, (b"content-length", str(len(rewritten_body)).encode())]}
-    return scope, _replay(messages, receive)
+    read = await read_prefix(scope, receive, limit)
+    if read is None:  # the client left during the upload: the app below learns it at once
+        return scope, _client_gone
+    chunks, complete = read
+    if not complete:  # larger than the bound: replayed as read, the rest streams on untouched
+        return scope, replaying(chunks, complete, receive)
+    body = b"".join(chunks)
+    rewritten_body = _rewrite_json(body, rules.body, context) if len(body) <= limit else None
+    if rewritten_body is None:
+        return scope, replaying([body], True, receive)
+    kept = [(name, value) for name, value in headers if name not in _REQUEST_FRAMING]
+    scope = {**scope, "headers": [*kept, (b"content-length", str(len(rewritten_body)).encode())]}
+    return scope, replaying([rewritten_body], True, receive)
 
 
 def _apply_header_rules(
@@ -399,19 +405,6 @@ def _raw_path_bytes(path: str) -> bytes:
         return wide.encode("latin-1")
 
 
-def safe_upstream_path(path: str) -> bool:
-    """Whether a rewritten path can only name a resource on the chosen backend: one leading ``/``
-    (``//host`` would be another authority), no ``\\``/``?``/``#``/whitespace/control characters,
-    no ``.``/``..`` segments, also once percent-decoded."""
-    if _UNSAFE_PATH.search(path) is not None:
-        return False
-    return "%" not in path or _UNSAFE_PATH.search(unquote(path)) is None
-
-
-# Not starting with exactly one "/", a forbidden character, or a dot segment.
-_UNSAFE_PATH = re.compile(r"\A(?!/(?!/))|[\\?#\x00-\x20\x7f]|(?:\A|/)\.\.?(?:/|\Z)")
-
-
 # ---------------------------------------------------------------------------------------------------
 # bodies
 
@@ -440,35 +433,8 @@ def _wants_body(headers: Headers, limit: int) -> bool:
     return _header(headers, b"transfer-encoding") is not None
 
 
-async def _read_bounded(receive: Receive, limit: int) -> tuple[list[Message], bool]:
-    """The request's messages up to ``limit`` body bytes; True when that was the whole body."""
-    messages: list[Message] = []
-    size = 0
-    while True:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            return messages, False
-        size += len(message.get("body", b""))
-        if size > limit:
-            return messages, False
-        if not message.get("more_body", False):
-            return messages, True
-
-
-def _joined(messages: list[Message]) -> bytes:
-    return b"".join(message.get("body", b"") for message in messages)
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    pending = deque(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.popleft()
-        return await receive()
-
-    return replay
+async def _client_gone() -> Message:
+    return {"type": "http.disconnect"}
 
 
 _MISSING = object()

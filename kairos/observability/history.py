@@ -20,7 +20,8 @@ Why it looks like this:
 - Timestamps are integer microseconds since the epoch, so an RFC 3339 timestamp we return parses
   back to exactly the same instant and a client can page with it without losing a point.
 - One history per Gateway (per worker process with ``--workers N``: each worker answers from its
-  own samples, like kairos-rs's per-process store).
+  own samples, like kairos-rs's per-process store). The Gateway hands it the ``read`` callable
+  (``Gateway.history_reading``), so this module knows nothing of the Gateway.
 """
 
 from __future__ import annotations
@@ -33,12 +34,9 @@ from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from kairos.middleware.metrics import RequestTotals
-
-if TYPE_CHECKING:
-    from kairos.gateway import Gateway
+from kairos.observability.requests import RequestTotals
 
 logger = logging.getLogger("kairos.metrics")
 
@@ -175,22 +173,6 @@ class Reading:
     rate_limited: int
 
 
-def gateway_reader(gateway: Gateway) -> Callable[[], Reading]:
-    """What the sampler reads from a Gateway: the MetricsMiddleware's totals and a few counters."""
-
-    def read() -> Reading:
-        metrics = gateway.request_metrics
-        return Reading(
-            totals=metrics.totals(),
-            active=metrics.in_flight,
-            websockets=gateway.websocket_connections,
-            upstream_errors=sum(metrics.upstream_failures.values()),
-            rate_limited=sum(gateway.rate_limiter.rejected.values()),
-        )
-
-    return read
-
-
 class StreamRegistry:
     """The open ``/ws/metrics`` and ``/ws/admin/metrics`` streams, each known by the callable that
     asks it to end, so the gateway can end them at shutdown instead of leaving tasks behind."""
@@ -249,10 +231,6 @@ class MetricsHistory:
         self._last_micros = 0
         self._task: asyncio.Task[None] | None = None
         self.streams = StreamRegistry()
-
-    @classmethod
-    def for_gateway(cls, gateway: Gateway, interval: float = DEFAULT_INTERVAL_SECONDS) -> MetricsHistory:
-        return cls(gateway_reader(gateway), interval)
 
     # -- sampling ------------------------------------------------------------------------------
 

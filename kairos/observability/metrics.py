@@ -5,7 +5,7 @@ Counters the hot path already keeps as plain integers (rate-limit refusals, stor
 WebSocket connections) are read at scrape time by a custom collector instead of being mirrored
 into prometheus-client objects per request: a scrape costs a few microseconds per series, a
 request nothing extra. Request counts and latency histograms work the same way: the
-MetricsMiddleware keeps plain bucket arrays (``kairos.middleware.metrics``), made cumulative here.
+MetricsMiddleware keeps plain bucket arrays (``kairos.observability.requests``), made cumulative here.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class GatewayCollector(Collector):
 
 
 def _requests(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-    """Request counts and latencies kept by the MetricsMiddleware (see kairos/middleware/metrics.py)."""
+    """Request counts and latencies kept by the MetricsMiddleware (see kairos/observability/requests.py)."""
     metrics = gateway.request_metrics
     requests = CounterMetricFamily(
         "kairos_requests",

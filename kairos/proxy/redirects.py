@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from kairos.routing.template import CatchAll, Literal, Param, PathTemplate, Pattern
+from kairos.config.path_template import CatchAll, Literal, Param, PathTemplate, Pattern
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _HTTP_OF = {"ws": "http", "wss": "https"}

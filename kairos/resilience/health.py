@@ -78,7 +78,8 @@ import httpx
 from kairos import __version__
 from kairos.config.policies import HealthCheckConfig
 from kairos.proxy.tls import client_context
-from kairos.routing.route import BackendState, Route
+from kairos.routing.backend import BackendState
+from kairos.routing.route import Route
 
 logger = logging.getLogger("kairos.health")
 

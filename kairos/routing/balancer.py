@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from typing import Protocol
 
-from kairos.routing.route import Backend
+from kairos.routing.backend import Backend
 
 
 class Balancer(Protocol):

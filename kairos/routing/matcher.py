@@ -35,8 +35,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from kairos.config.path_template import CatchAll, Literal, Param, Pattern, encode_segment_value
 from kairos.routing.route import Route, allow_header
-from kairos.routing.template import CatchAll, Literal, Param, Pattern, encode_segment_value
 
 
 @dataclass(slots=True)

@@ -1,26 +1,22 @@
-"""Compiled, immutable routes and backends: what a request is matched against and sent to.
+"""Compiled, immutable routes and their backends: what a request is matched against and sent to.
 
 Built once per config generation from the validated config. Everything a request needs is
-precomputed here (method sets, the ``Allow`` header, the upstream base URL, the path builder), so
-the hot path only reads attributes. Mutable per-backend state (in-flight counts, health, outlier
-ejection and circuit state) lives in ``BackendState``, shared by every route that uses the same
-scheme+host+port and carried across reloads by the gateway's registry.
+precomputed here (method sets, the ``Allow`` header, the auth rule, the upstream base URL, the path
+builder), so the hot path only reads attributes. Mutable per-backend state (in-flight counts,
+health, outlier ejection and circuit state) lives in ``BackendState`` (kairos/routing/backend.py),
+shared by every route that uses the same scheme+host+port and carried across reloads by the
+gateway's registry.
 """
 
 from __future__ import annotations
 
-import ssl
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from kairos.config.model import HTTP_METHODS, RouteConfig
-from kairos.proxy.redirects import RedirectRewriter
-from kairos.proxy.tls import client_context
-from kairos.resilience.breaker import CircuitBreaker
-from kairos.resilience.outlier import OutlierDetector
-from kairos.routing.template import (
+from kairos.config.path_template import (
     SEGMENT_SAFE,
     CatchAll,
     Literal,
@@ -28,51 +24,24 @@ from kairos.routing.template import (
     PathTemplate,
     encode_segment_value,
 )
-
-if TYPE_CHECKING:
-    from kairos.routing.balancer import Balancer
+from kairos.proxy.redirects import RedirectRewriter
+from kairos.proxy.tls import client_context
+from kairos.routing.backend import Backend as Backend  # re-exported: kairos/proxy/http.py imports it here
+from kairos.routing.backend import BackendState, backend_key
+from kairos.routing.balancer import Balancer, make_balancer
 
 _WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _HTTP_SCHEMES = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 
-@dataclass(slots=True, eq=False)
-class BackendState:
-    """Runtime facts about one upstream server, shared across routes and config reloads.
+@dataclass(frozen=True, slots=True)
+class AuthRule:
+    """Who may call a route: credentials ``required`` (for every listed method), every one of
+    ``roles``, and which credentials count (``accept``: any / jwt / api_key)."""
 
-    ``healthy`` is set by active health checks, ``outlier`` by passive outlier ejection and
-    ``breaker`` by the circuit breaker, each from the traffic of every route using the backend.
-    """
-
-    key: str
-    in_flight: int = 0
-    healthy: bool = True
-    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
-    outlier: OutlierDetector = field(default_factory=OutlierDetector)
-
-    def available(self, now: float) -> bool:
-        """Healthy, not ejected, and its circuit lets a call through (``now``: time.monotonic())."""
-        return self.healthy and not self.outlier.ejected(now) and not self.breaker.blocks(now)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Backend:
-    index: int
-    key: str  # scheme://host:port — the identity that state is shared by
-    scheme: str
-    host: str
-    port: int
-    weight: int
-    http2: bool
-    health_check_path: str | None
-    http_base: str  # e.g. http://10.0.0.5:8080 (ws backends mapped to http for plain requests)
-    ws_base: str  # e.g. ws://10.0.0.5:8080
-    state: BackendState
-    ssl: ssl.SSLContext | None = None  # custom upstream TLS (tls_ca_file / tls_verify), else default
-
-
-def backend_key(scheme: str, host: str, port: int) -> str:
-    return f"{scheme}://{host}:{port}"
+    required: bool = False
+    roles: frozenset[str] = frozenset()
+    accept: str = "any"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -89,6 +58,7 @@ class Route:
     connect_timeout: float
     websocket: bool  # protocol "websocket": preferred for upgrades, skipped for plain requests
     key: str  # stable identity across reloads (protocol, methods, template): scopes per-route state
+    auth: AuthRule  # auth_required, required_roles, auth: what AuthMiddleware enforces
     allow_dot_segment_params: bool = False  # the route's opt-out of the matcher's traversal check
     # Maps Location-type headers (and, optionally, cookies) naming a backend back to the gateway;
     # None when the route turned both off.
@@ -150,6 +120,19 @@ class UpstreamPath:
         return "".join(out)
 
 
+def safe_upstream_path(path: str) -> bool:
+    """Whether a rewritten path can only name a resource on the chosen backend: one leading ``/``
+    (``//host`` would be another authority), no ``\\``/``?``/``#``/whitespace/control characters,
+    no ``.``/``..`` segments, also once percent-decoded."""
+    if _UNSAFE_PATH.search(path) is not None:
+        return False
+    return "%" not in path or _UNSAFE_PATH.search(unquote(path)) is None
+
+
+# Not starting with exactly one "/", a forbidden character, or a dot segment.
+_UNSAFE_PATH = re.compile(r"\A(?!/(?!/))|[\\?#\x00-\x20\x7f]|(?:\A|/)\.\.?(?:/|\Z)")
+
+
 def allowed_methods(config: RouteConfig) -> frozenset[str]:
     methods = set(config.methods)
     if "GET" in methods:
@@ -163,8 +146,6 @@ def allow_header(methods: frozenset[str]) -> str:
 
 def compile_route(index: int, config: RouteConfig, states: dict[str, BackendState]) -> Route:
     """Compile one validated route; backend state is looked up in (or added to) ``states``."""
-    from kairos.routing.balancer import make_balancer
-
     backends: list[Backend] = []
     for position, backend in enumerate(config.upstreams):
         scheme = backend.scheme or "dns"
@@ -219,6 +200,7 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         connect_timeout=config.connect_timeout_ms / 1000,
         websocket=config.protocol == "websocket",
         key=f"{config.protocol} {','.join(sorted(config.methods))} {config.external_path}",
+        auth=AuthRule(config.auth_required, frozenset(config.required_roles), config.auth),
         allow_dot_segment_params=config.allow_dot_segment_params,
         redirects=redirects,
     )

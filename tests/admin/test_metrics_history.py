@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from kairos.middleware.metrics import RequestTotals
 from kairos.observability.history import (
     MAX_POINTS,
     SERIES,
@@ -23,6 +22,7 @@ from kairos.observability.history import (
     rfc3339,
     to_micros,
 )
+from kairos.observability.requests import RequestTotals
 from tests.processes import Server, backend, gateway_server, route
 
 KAIROS_RS_SERIES = ["requests_total", "requests_error", "active_connections", "response_time_avg"]

@@ -47,7 +47,9 @@ def ws_url(server: Server, path: str) -> str:
 
 
 def open_stream(server: Server, path: str = "/ws/metrics", **kwargs: Any) -> ClientConnection:
-    return connect(ws_url(server, path), proxy=None, open_timeout=10, **kwargs)
+    # With **kwargs (Any) both of connect's overloads can match, so mypy cannot pick the return type.
+    stream: ClientConnection = connect(ws_url(server, path), proxy=None, open_timeout=10, **kwargs)
+    return stream
 
 
 def receive(stream: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
@@ -165,7 +167,7 @@ def test_subscription_with_history_and_a_shorter_interval(gateway: Server, clien
         assert time.monotonic() - started < 4.5  # generous: 1 s intervals would need >= 5 s
 
         stream.send(json.dumps({"include_history": True, "interval_seconds": 0.2}))
-        names = []
+        names: list[str] = []
         while len(names) < len(SERIES):
             names.append(receive_until(stream, "TimeSeries")["metric_name"])
         assert names == list(SERIES)  # no metrics named: every series, in /metrics/list order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from kairos.admin.redact import MASK, redact, restore
 
@@ -17,7 +18,7 @@ SECRETS = (
     "cookie-value",
 )
 
-DOCUMENT = {
+DOCUMENT: dict[str, Any] = {
     "version": 1,
     "jwt": {"secret": SECRETS[0], "issuer": "kairos", "public_key": "-----BEGIN PUBLIC KEY-----"},
     "api_keys": [{"name": "ci", "keys": [SECRETS[1], SECRETS[2]]}],

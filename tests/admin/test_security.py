@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from kairos.admin.responses import AdminErrors
+from tests.asgi import AsgiClients
 from tests.processes import Server, backend, gateway_server, route
 
 TOKEN = "admin-token-for-tests-7d1f"
@@ -109,20 +110,12 @@ def test_the_prefix_moves_and_the_old_one_goes_to_the_proxy(module_tmp: Path, up
         assert "/admin/routes" in document["paths"] and "/api/routes" not in document["paths"]
 
 
-def test_an_unexpected_error_in_a_handler_is_a_json_500() -> None:
+def test_an_unexpected_error_in_a_handler_is_a_json_500(asgi_client: AsgiClients) -> None:
     async def broken(request: Request) -> Response:
         raise RuntimeError("boom")
 
     app = Starlette(routes=[Route("/broken", broken)])
-    transport = httpx.ASGITransport(app=AdminErrors(app.router), raise_app_exceptions=False)
-
-    async def call() -> httpx.Response:
-        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
-            return await http.get("/broken")
-
-    import asyncio
-
-    answer = asyncio.run(call())
+    answer = asgi_client(AdminErrors(app.router), raise_app_exceptions=False).get("/broken")
     assert answer.status_code == 500
     assert answer.headers["content-type"] == "application/json"
     assert answer.json()["type"] == "internal" and "boom" not in answer.text

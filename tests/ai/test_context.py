@@ -95,7 +95,7 @@ def test_preview_collapses_whitespace_and_describes_binary() -> None:
 
 
 def test_context_fingerprint_ignores_formatting_only() -> None:
-    def context(body: bytes, path: bytes = b"/orders") -> str:
+    def context(body: bytes, path: bytes = b"/orders") -> bytes:
         return build_context(
             "POST", path, b"", [(b"content-type", b"application/json")], body, 500
         ).fingerprint()

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,7 @@ def test_reload_adding_the_first_ai_route_loads_litellm_while_serving(
     module_tmp: Path, provider: Server, upstream: Server, upstream_b: Server
 ) -> None:
     two = [backend(upstream), backend(upstream_b)]
-    plain = {"version": 1, "routers": [route("/plain", "/echo", two, ("POST",))]}
+    plain: dict[str, Any] = {"version": 1, "routers": [route("/plain", "/echo", two, ("POST",))]}
     with gateway_server(module_tmp, plain, env={"KAIROS_CONFIG_WATCH": "false"}) as gateway:
         client = httpx.Client(base_url=gateway.url, timeout=30)
         assert "litellm" not in gateway.output()

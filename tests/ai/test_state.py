@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kairos.ai.cache import DecisionCache
 from kairos.ai.latency import PeakEwma
-from kairos.routing.route import BackendState
+from kairos.routing.backend import Backend, BackendState
 
 
 def test_cache_expires_and_stays_bounded() -> None:
@@ -30,16 +30,26 @@ def test_peak_ewma_believes_a_slow_sample_at_once_and_recovers_gradually() -> No
     assert (ewma.estimate("b", 60.0) or 1) < 0.02
 
 
-class _Backend:
-    def __init__(self, key: str, in_flight: int = 0) -> None:
-        self.key = key
-        self.state = BackendState(key)
-        self.state.in_flight = in_flight
+def backend(key: str) -> Backend:
+    """A backend known by ``key`` alone (the estimates are keyed by it); the address is never used."""
+    return Backend(
+        index=0,
+        key=key,
+        scheme="http",
+        host="127.0.0.1",
+        port=9,
+        weight=1,
+        http2=False,
+        health_check_path=None,
+        http_base="http://127.0.0.1:9",
+        ws_base="ws://127.0.0.1:9",
+        state=BackendState(key),
+    )
 
 
 def test_pick_weighs_latency_by_load_and_explores_unsampled_backends() -> None:
     ewma = PeakEwma()
-    fast, slow, fresh = _Backend("fast"), _Backend("slow"), _Backend("fresh")
+    fast, slow, fresh = backend("fast"), backend("slow"), backend("fresh")
     ewma.observe("fast", 0.010, 0.0)
     ewma.observe("slow", 0.100, 0.0)
     assert ewma.pick([fast, slow, fresh], 0.0) == 2  # never measured: tried first

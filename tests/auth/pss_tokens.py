@@ -1,6 +1,6 @@
 """Minting PS256/384/512 tokens by hand (python-jose cannot): base64url header and payload, then an
 RSASSA-PSS signature made with ``cryptography``. Shared by tests/auth/test_pss.py and
-tests/test_auth_pss.py; every knob a test needs to forge a bad token is a parameter."""
+tests/e2e/test_auth_pss.py; every knob a test needs to forge a bad token is a parameter."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def verifier(algorithms: tuple[str, ...] = (*PS, "RS256"), **config: Any) -> Jwt
         "required_claims": ("sub",),
         **config,
     }
-    return JwtVerifier(JwtConfig(algorithms=algorithms, **settings))  # type: ignore[arg-type]
+    return JwtVerifier(JwtConfig(algorithms=algorithms, **settings))
 
 
 def refused(check: JwtVerifier, token: str) -> str:
@@ -387,7 +387,7 @@ def test_jwks_rsa_keys_for_ps() -> None:
 def jwks_verifier(keys: KeySet, algorithms: tuple[str, ...], **config: Any) -> JwtVerifier:
     jwt_config = JwtConfig(
         jwks_url="http://idp.test/jwks.json",
-        algorithms=algorithms,  # type: ignore[arg-type]
+        algorithms=algorithms,
         issuer="kairos-tests",
         audience="api",
         **config,

@@ -72,9 +72,15 @@ def test_encoding_round_trip_and_garbage() -> None:
 
 def test_store_plan_rules() -> None:
     now = time.time()
-    assert store_plan(200, [], 60, False, now).ttl == 60  # type: ignore[union-attr]
-    assert store_plan(200, [(b"cache-control", b"max-age=5, s-maxage=9")], 60, False, now).ttl == 9  # type: ignore[union-attr]
-    assert store_plan(200, [(b"cache-control", b"max-age=10"), (b"age", b"4")], 60, False, now).ttl == 6  # type: ignore[union-attr]
+
+    def ttl(headers: list[tuple[bytes, bytes]]) -> float:
+        plan = store_plan(200, headers, 60, False, now)
+        assert plan is not None
+        return plan.ttl
+
+    assert ttl([]) == 60
+    assert ttl([(b"cache-control", b"max-age=5, s-maxage=9")]) == 9
+    assert ttl([(b"cache-control", b"max-age=10"), (b"age", b"4")]) == 6
     assert store_plan(200, [(b"cache-control", b"max-age=0")], 60, False, now) is None
     assert store_plan(206, [], 60, False, now) is None
     assert store_plan(200, [], 60, True, now) is None  # Authorization without the response's leave

@@ -428,7 +428,7 @@ def test_validated_config_is_immutable() -> None:
     cfg = load(config(route())).config
     assert isinstance(cfg, GatewayConfig)
     with pytest.raises(ValueError, match="frozen"):
-        cfg.routers[0].methods = ("POST",)  # type: ignore[misc]
+        cfg.routers[0].methods = ("POST",)  # type: ignore[misc]  # the write the test expects to fail
     assert isinstance(cfg.routers, tuple) and isinstance(cfg.routers[0].methods, tuple)
 
 

@@ -130,6 +130,7 @@ def test_rewrite_memos_answer_as_the_regex_does_and_stay_bounded() -> None:
         {"action": "replace", "name": "User-Agent", "pattern": "(\\w+)/([\\d.]+)", "replacement": "$2-$1"}
     ).compiled
     path = PathRewrite.model_validate({"pattern": "^/api/(v\\d)/", "replacement": "/$1/"}).compiled
+    assert header.regex is not None
     rng = random.Random(5)
     words = ["curl/8.1", "wrk/4.1.0", "Mozilla/5.0", "é", "x" * MEMO_MAX_INPUT, "y" * (MEMO_MAX_INPUT + 1)]
     for _ in range(3000):

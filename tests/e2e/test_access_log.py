@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kairos.middleware.accesslog import AccessLog, AccessLogMiddleware
+from kairos.middleware.accesslog import AccessLogMiddleware
+from kairos.observability.accesslog import AccessLog
 from tests.processes import Server, backend, free_port, gateway_server, route
 
 JSON_ENV = {"KAIROS_LOG_FORMAT": "json", "KAIROS_ACCESS_LOG": "true"}

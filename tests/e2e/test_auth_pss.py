@@ -138,7 +138,7 @@ def test_tampered_payload_is_rejected(client: httpx.Client) -> None:
 
 def test_salt_length_other_than_the_hash_size_is_rejected(client: httpx.Client) -> None:
     for key, kid in ((STATIC, None), (PUBLISHED, "ps-1")):
-        header = {} if kid is None else {"kid": kid}
+        header: dict[str, Any] = {} if kid is None else {"kid": kid}
         for salt in (0, 31, 33):
             token = sign(key, claims(), "PS256", salt_length=salt, **header)
             assert "signature" in refused(client.get("/me", headers=bearer(token)))

@@ -22,6 +22,7 @@ import pytest
 
 from kairos.app import create_app
 from kairos.config import load_data
+from tests.asgi import AsgiClients
 from tests.processes import Server, backend, free_port, gateway_server, route, server_process
 
 RESET_MS = 400
@@ -299,7 +300,7 @@ def test_without_panic_mode_no_healthy_backend_is_503(gateway: Server, flaky: di
     h4.mode("ok")
 
 
-def test_circuit_state_survives_a_config_reload(flaky: dict[str, Flaky]) -> None:
+def test_circuit_state_survives_a_config_reload(flaky: dict[str, Flaky], asgi_client: AsgiClients) -> None:
     upstream = flaky["reload"]
     upstream.mode("500")
     breaker = {"failure_threshold": 2, "reset_timeout_ms": 30000}
@@ -308,8 +309,7 @@ def test_circuit_state_survives_a_config_reload(flaky: dict[str, Flaky]) -> None
     gateway = app.state.gateway
 
     async def main() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with gateway.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        async with gateway.lifespan(), asgi_client(app).async_client() as client:
             assert [(await client.get("/r")).status_code for _ in range(2)] == [500, 500]
             assert (await client.get("/r")).json()["type"] == "circuit_open"
             state = gateway.backend_states[upstream.key]

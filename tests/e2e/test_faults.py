@@ -64,7 +64,7 @@ def gateway(
     module_tmp: Path, raw: Server, blackhole: int, upstream: Server, upstream_b: Server
 ) -> Iterator[Server]:
     both = [backend(upstream), backend(upstream_b)]
-    lc = {"load_balancing_strategy": "least_connections"}
+    lc: dict[str, Any] = {"load_balancing_strategy": "least_connections"}
     config = {
         "version": 1,
         "routers": [

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import Server, backend, gateway_server, route
+from tests.processes import ROOT, Server, backend, gateway_server, route
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "examples" / "grafana" / "kairos-dashboard.json"
+DASHBOARD = ROOT / "examples" / "grafana" / "kairos-dashboard.json"
 SERIES_SUFFIXES = {
     "counter": ("_total",),
     "histogram": ("_bucket", "_count", "_sum"),

@@ -59,7 +59,7 @@ def echoed_headers(response: httpx.Response) -> dict[str, list[str]]:
 def assert_error(response: httpx.Response, status: int, kind: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) == {"error", "type", "timestamp", "request_id"}
     assert body["type"] == kind
     assert body["request_id"] == response.headers["x-request-id"]

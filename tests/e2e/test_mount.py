@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.asgi import AsgiClients
 from tests.processes import ROOT, Server, backend, free_port, route, server_process
 
 PARENT_APP = '''
@@ -173,7 +174,9 @@ def test_without_the_parent_lifespan_the_gateway_starts_on_the_first_request(laz
         assert client.get("/gw/cats/2").json()["raw_path"] == "/echo/cats-internal/2"
 
 
-def test_user_middleware_added_to_the_gateway_sees_proxied_traffic(tmp_path: Path, upstream: Server) -> None:
+def test_user_middleware_added_to_the_gateway_sees_proxied_traffic(
+    tmp_path: Path, upstream: Server, asgi_client: AsgiClients
+) -> None:
     """The fast path that skips Starlette's layers steps aside once a user adds middleware."""
     import asyncio
 
@@ -195,8 +198,7 @@ def test_user_middleware_added_to_the_gateway_sees_proxied_traffic(tmp_path: Pat
     gateway.add_middleware(Recorder)
 
     async def exercise() -> None:
-        transport = httpx.ASGITransport(app=gateway, client=("127.0.0.1", 1234))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        async with asgi_client(gateway, client=("127.0.0.1", 1234)).async_client() as client:
             assert (await client.get("/who")).json()["server"] == "a"
             assert (await client.get("/health")).status_code == 200
         await gateway.state.gateway.shutdown()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import ROOT, backend, free_port, route, stop, wait_for_port
+from tests.processes import ROOT, Server, backend, free_port, route, stop, wait_for_port
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -19,10 +19,10 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def test_kairos_run_with_env_and_two_workers(tmp_path: Path, upstream: object) -> None:
+def test_kairos_run_with_env_and_two_workers(tmp_path: Path, upstream: Server) -> None:
     port = free_port()
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"version": 1, "routers": [route("/who", "/whoami", [backend(upstream)])]}))  # type: ignore[arg-type]
+    config.write_text(json.dumps({"version": 1, "routers": [route("/who", "/whoami", [backend(upstream)])]}))
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -92,7 +92,7 @@ def header_map(data: dict[str, Any]) -> dict[str, list[str]]:
     return headers
 
 
-def assert_error_body(body: bytes, kind: str, request_id: str | None = None) -> dict[str, Any]:
+def assert_error_body(body: bytes | bytearray, kind: str, request_id: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(body)
     assert set(data) == {"error", "type", "timestamp", "request_id"}
     assert data["type"] == kind
@@ -225,7 +225,7 @@ def test_subprotocol_cookies_auth_and_request_id_reach_backend(gateway: Server, 
     async def scenario() -> None:
         async with open_ws(
             ws_url(gateway, "/chat/secure"),
-            subprotocols=["chat.v2", "chat.v1"],  # type: ignore[list-item]
+            subprotocols=["chat.v2", "chat.v1"],
             additional_headers={
                 "Cookie": "session=s3cr3t; theme=dark",
                 "Authorization": "Bearer token-123",
@@ -438,7 +438,7 @@ def test_client_close_without_code_reaches_backend_as_going_away(gateway: Server
         async with open_ws(ws_url(gateway, "/logged/no-code")) as ws:
             await ws.send("hi")
             assert await ws.recv() == "hi"
-            await ws.close(code=None)  # type: ignore[arg-type]  # an empty close frame
+            await ws.close(code=None)  # an empty close frame
             assert ws.close_code == 1005  # uvicorn answered our status-less close in kind
 
     run(scenario())

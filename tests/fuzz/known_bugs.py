@@ -34,13 +34,11 @@ class KnownBug:
         return pytest.mark.xfail(strict=True, reason=f"{self.id}: {self.reason}")
 
 
-KNOWN_BUGS: dict[str, KnownBug] = {
-    bug.id: bug
-    for bug in (
-        # Every bug these tests found so far is fixed; each keeps a regression test and a
-        # `regression-<id>--*` seed in corpus/. Add new ones here as they are found.
-    )
-}
+_BUGS: tuple[KnownBug, ...] = (
+    # Every bug these tests found so far is fixed; each keeps a regression test and a
+    # `regression-<id>--*` seed in corpus/. Add new ones here as they are found.
+)
+KNOWN_BUGS: dict[str, KnownBug] = {bug.id: bug for bug in _BUGS}
 
 
 def innermost_kairos_frame(exc: BaseException) -> tuple[str, str] | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from kairos.routing.template import parse_template
+from kairos.config.path_template import parse_template
 from tests.fuzz.targets import b64url
 
 # ---------------------------------------------------------------------------------------------------

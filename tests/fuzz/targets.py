@@ -34,20 +34,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from pydantic import ValidationError
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
 from kairos.auth.authenticator import Authenticator, AuthFailure, Identity
 from kairos.config import ConfigError, LoadedConfig, Problem, load_data, load_text
 from kairos.config.jwt import JwtConfig
 from kairos.config.model import ApiKeyConsumer, RouteConfig
-from kairos.config.transform import RequestTransformation, ResponseTransformation
-from kairos.exchange import SCOPE_KEY, Exchange
-from kairos.middleware.routing import route_path
-from kairos.middleware.transform import TransformMiddleware
-from kairos.proxy.headers import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
-from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
-from kairos.routing.route import Route, compile_route
-from kairos.routing.template import (
+from kairos.config.path_template import (
     SEGMENT_SAFE,
     CatchAll,
     Literal,
@@ -57,6 +50,13 @@ from kairos.routing.template import (
     encode_segment_value,
     parse_template,
 )
+from kairos.config.transform import RequestTransformation, ResponseTransformation
+from kairos.exchange import SCOPE_KEY, Exchange
+from kairos.middleware.routing import route_path
+from kairos.middleware.transform import TransformMiddleware
+from kairos.proxy.headers import HOP_BY_HOP, downstream_response_headers, upstream_request_headers
+from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
+from kairos.routing.route import Route, compile_route
 from tests.fuzz.known_bugs import tolerated
 
 Headers = list[tuple[bytes, bytes]]
@@ -645,13 +645,13 @@ def check_transform(case: TransformInput) -> bool:
     except ValidationError:
         return False
     tainted = any(_CONTROL & set(value) for _, value in (*case.headers, *case.response_headers))
-    standalone = TransformMiddleware(_upstream_app(case), request, response)
+    standalone = TransformMiddleware(_UpstreamApp(case), request, response)
     _run_transform(standalone, case, None, tainted)
     route = _gateway_route(rules)
     if route is not None:
         exchange = Exchange("fuzz-request-id", "198.51.100.4", 0.0, route=route, params={"id": "42"})
         exchange.identity = Identity("jwt", "fuzz", frozenset(), dict(case.claims))
-        _run_transform(TransformMiddleware(_upstream_app(case)), case, exchange, tainted)
+        _run_transform(TransformMiddleware(_UpstreamApp(case)), case, exchange, tainted)
     return True
 
 
@@ -665,17 +665,20 @@ def _gateway_route(rules: dict[str, Any]) -> Route | None:
         return None  # not reached for rules that validated on their own; kept for safety
 
 
-def _upstream_app(case: TransformInput) -> Callable[..., Any]:
-    async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+class _UpstreamApp:
+    """The app behind the transform: answers with the case's response and keeps each scope it saw."""
+
+    def __init__(self, case: TransformInput) -> None:
+        self.case = case
+        self.seen: list[Scope] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "http.request"
-        seen.append(scope)
+        self.seen.append(scope)
+        case = self.case
         await send({"type": "http.response.start", "status": case.status, "headers": case.response_headers})
         await send({"type": "http.response.body", "body": case.response_body})
-
-    seen: list[dict[str, Any]] = []
-    app.seen = seen  # type: ignore[attr-defined]
-    return app
 
 
 def _run_transform(
@@ -705,7 +708,8 @@ def _run_transform(
 
     _drive(middleware(scope, receive, send))
     app = middleware.app
-    inner = app.seen  # type: ignore[attr-defined]
+    assert isinstance(app, _UpstreamApp)
+    inner = app.seen
     assert sent and sent[0]["type"] == "http.response.start", sent
     start = sent[0]
     assert isinstance(start["status"], int) and 100 <= start["status"] <= 999

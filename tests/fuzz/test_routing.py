@@ -13,8 +13,8 @@ from urllib.parse import quote
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from kairos.config.path_template import CatchAll, encode_segment_value
 from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
-from kairos.routing.template import CatchAll, encode_segment_value
 from tests.fuzz.known_bugs import tolerated
 from tests.fuzz.profiles import fuzz_settings
 from tests.fuzz.strategies import parseable_templates, raw_paths, templates

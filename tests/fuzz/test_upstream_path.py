@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kairos.routing.template import Param, encode_segment_value
+from kairos.config.path_template import Param, encode_segment_value
 from tests.fuzz.profiles import fuzz_settings
 from tests.fuzz.strategies import SPICY
 from tests.fuzz.targets import check_upstream_path, route_for, route_table

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Sequence
 
-import httpx
 from jose import jwt
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -16,6 +15,7 @@ from kairos.auth.authenticator import Authenticator
 from kairos.config.jwt import JwtConfig
 from kairos.config.model import ApiKeyConsumer
 from kairos.middleware.auth import AuthMiddleware
+from tests.asgi import AsgiClients
 
 SECRET = "standalone-secret-that-is-32-characters-or-more"
 
@@ -25,42 +25,35 @@ async def whoami(request: Request) -> JSONResponse:
     return JSONResponse({"kind": identity.kind, "subject": identity.subject, "roles": sorted(identity.roles)})
 
 
-def make_app(**policy: object) -> AuthMiddleware:
+def make_app(required_roles: Sequence[str] = ()) -> AuthMiddleware:
     authenticator = Authenticator(
         JwtConfig(secret=SECRET), [ApiKeyConsumer(name="robot", keys=("robot-key-0123456789",))]
     )
-    return AuthMiddleware(Starlette(routes=[Route("/", whoami)]), authenticator, required=True, **policy)  # type: ignore[arg-type]
+    return AuthMiddleware(
+        Starlette(routes=[Route("/", whoami)]), authenticator, required=True, required_roles=required_roles
+    )
 
 
-def get(app: AuthMiddleware, headers: dict[str, str]) -> httpx.Response:
-    async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            return await client.get("/", headers=headers)
-
-    return asyncio.run(call())
-
-
-def test_global_policy_sets_the_identity() -> None:
-    app = make_app()
+def test_global_policy_sets_the_identity(asgi_client: AsgiClients) -> None:
+    http = asgi_client(make_app())
     token = jwt.encode(
         {"sub": "bob", "roles": ["ops"], "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
     )
-    assert get(app, {"Authorization": f"Bearer {token}"}).json() == {
+    assert http.get("/", headers={"Authorization": f"Bearer {token}"}).json() == {
         "kind": "jwt",
         "subject": "bob",
         "roles": ["ops"],
     }
-    assert get(app, {"X-API-Key": "robot-key-0123456789"}).json()["subject"] == "robot"
-    refused = get(app, {})
+    assert http.get("/", headers={"X-API-Key": "robot-key-0123456789"}).json()["subject"] == "robot"
+    refused = http.get("/")
     assert refused.status_code == 401 and refused.json()["type"] == "authentication_error"
     assert len(refused.json()["request_id"]) == 32  # standalone: the middleware makes one
 
 
-def test_global_roles() -> None:
-    app = make_app(required_roles=["admin"])
+def test_global_roles(asgi_client: AsgiClients) -> None:
+    http = asgi_client(make_app(required_roles=["admin"]))
     token = jwt.encode({"sub": "bob", "roles": "ops"}, SECRET, algorithm="HS256")
-    assert get(app, {"Authorization": f"Bearer {token}"}).status_code == 403
+    assert http.get("/", headers={"Authorization": f"Bearer {token}"}).status_code == 403
 
 
 def test_verified_tokens_are_cached_until_expiry() -> None:

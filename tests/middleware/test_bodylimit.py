@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -14,8 +13,9 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from kairos.middleware.bodylimit import BodyLimitMiddleware
-from kairos.middleware.context import ExchangeMiddleware
+from kairos.middleware.exchange import ExchangeMiddleware
 from kairos.middleware.routing import RouteMiddleware
+from tests.asgi import AsgiClients
 from tests.routing.util import build_table, router
 
 
@@ -34,15 +34,6 @@ async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
         yield part
 
 
-def post(app: Any, content: Any, path: str = "/") -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            return await client.post(path, content=content)
-
-    return asyncio.run(go())
-
-
 def too_large(response: httpx.Response, limit: int) -> bool:
     return (
         response.status_code == 413
@@ -53,45 +44,45 @@ def too_large(response: httpx.Response, limit: int) -> bool:
     )
 
 
-def test_declared_length_over_the_limit_is_refused_before_the_app_runs() -> None:
+def test_declared_length_over_the_limit_is_refused_before_the_app_runs(asgi_client: AsgiClients) -> None:
     calls: list[str] = []
-    app = BodyLimitMiddleware(make_app(calls), max_body_size=10)
-    assert too_large(post(app, b"x" * 11), 10)
+    http = asgi_client(BodyLimitMiddleware(make_app(calls), max_body_size=10))
+    assert too_large(http.post("/", content=b"x" * 11), 10)
     assert calls == []
 
 
-def test_declared_length_at_the_limit_passes_intact() -> None:
+def test_declared_length_at_the_limit_passes_intact(asgi_client: AsgiClients) -> None:
     calls: list[str] = []
-    app = BodyLimitMiddleware(make_app(calls), max_body_size=10)
-    assert post(app, b"0123456789").json() == {"bytes": 10, "head": "01234567"}
-    assert post(app, b"").json()["bytes"] == 0
+    http = asgi_client(BodyLimitMiddleware(make_app(calls), max_body_size=10))
+    assert http.post("/", content=b"0123456789").json() == {"bytes": 10, "head": "01234567"}
+    assert http.post("/", content=b"").json()["bytes"] == 0
     assert calls == ["upload", "read", "upload", "read"]
 
 
-def test_chunked_body_over_the_limit_is_counted_and_refused() -> None:
+def test_chunked_body_over_the_limit_is_counted_and_refused(asgi_client: AsgiClients) -> None:
     calls: list[str] = []
-    app = BodyLimitMiddleware(make_app(calls), max_body_size=10)
+    http = asgi_client(BodyLimitMiddleware(make_app(calls), max_body_size=10))
     # Starlette's request.body() raises ClientDisconnect; the middleware answers 413 instead of a 500.
-    assert too_large(post(app, chunks(b"12345", b"67890", b"!")), 10)
+    assert too_large(http.post("/", content=chunks(b"12345", b"67890", b"!")), 10)
     assert calls == ["upload"]
     calls.clear()
-    assert post(app, chunks(b"12345", b"67890")).json() == {"bytes": 10, "head": "12345678"}
+    assert http.post("/", content=chunks(b"12345", b"67890")).json() == {"bytes": 10, "head": "12345678"}
     assert calls == ["upload", "read"]
 
 
-def test_no_limit_means_unlimited_and_the_accessor_is_live() -> None:
+def test_no_limit_means_unlimited_and_the_accessor_is_live(asgi_client: AsgiClients) -> None:
     calls: list[str] = []
     limit: list[int | None] = [None]
-    app = BodyLimitMiddleware(make_app(calls), lambda: limit[0])
-    assert post(app, b"y" * 100_000).json()["bytes"] == 100_000
+    http = asgi_client(BodyLimitMiddleware(make_app(calls), lambda: limit[0]))
+    assert http.post("/", content=b"y" * 100_000).json()["bytes"] == 100_000
     limit[0] = 99_999
-    assert too_large(post(app, b"y" * 100_000), 99_999)
+    assert too_large(http.post("/", content=b"y" * 100_000), 99_999)
     limit[0] = 0
-    assert too_large(post(app, chunks(b"z")), 0)
-    assert post(app, b"").status_code == 200
+    assert too_large(http.post("/", content=chunks(b"z")), 0)
+    assert http.post("/", content=b"").status_code == 200
 
 
-def test_an_app_answering_the_disconnect_is_replaced_by_the_413() -> None:
+def test_an_app_answering_the_disconnect_is_replaced_by_the_413(asgi_client: AsgiClients) -> None:
     seen: list[str] = []
 
     async def proxy_like(scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,13 +99,13 @@ def test_an_app_answering_the_disconnect_is_replaced_by_the_413() -> None:
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    app = BodyLimitMiddleware(proxy_like, 4)
-    assert too_large(post(app, chunks(b"ab", b"cd", b"ef")), 4)
+    http = asgi_client(BodyLimitMiddleware(proxy_like, 4))
+    assert too_large(http.post("/", content=chunks(b"ab", b"cd", b"ef")), 4)
     assert seen[-1] == "http.disconnect" and seen.count("http.request") == 2
-    assert post(app, chunks(b"ab", b"cd")).status_code == 204
+    assert http.post("/", content=chunks(b"ab", b"cd")).status_code == 204
 
 
-def test_after_the_response_started_the_upload_is_only_cut() -> None:
+def test_after_the_response_started_the_upload_is_only_cut(asgi_client: AsgiClients) -> None:
     seen: list[str] = []
 
     async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,7 +115,7 @@ def test_after_the_response_started_the_upload_is_only_cut() -> None:
         seen.append(message["type"])
         await send({"type": "http.response.body", "body": b"partial"})
 
-    response = post(BodyLimitMiddleware(streaming, 3), chunks(b"ab", b"cd", b"ef"))
+    response = asgi_client(BodyLimitMiddleware(streaming, 3)).post("/", content=chunks(b"ab", b"cd", b"ef"))
     assert response.status_code == 200 and response.text == "partial"
     assert seen == ["http.disconnect"]
 
@@ -168,15 +159,15 @@ def test_websockets_pass_through() -> None:
     assert seen == [(receive, send)]
 
 
-def test_a_route_limit_beats_the_global_one() -> None:
+def test_a_route_limit_beats_the_global_one(asgi_client: AsgiClients) -> None:
     calls: list[str] = []
     routers = [router("/", methods=("POST",)), router("/big", methods=("POST",), max_body_size=100)]
     table = build_table(routers)
     limited = BodyLimitMiddleware(make_app(calls), 10)
-    app = ExchangeMiddleware(RouteMiddleware(limited, table=lambda: table))
-    refused = post(app, b"x" * 50)
+    http = asgi_client(ExchangeMiddleware(RouteMiddleware(limited, table=lambda: table)))
+    refused = http.post("/", content=b"x" * 50)
     assert too_large(refused, 10)
     assert len(refused.json()["request_id"]) == 32
     # /big is the route's limit of 100 (the Starlette app has no /big, so 404 is what passing means).
-    assert post(app, b"x" * 50, "/big").status_code == 404
-    assert too_large(post(app, b"x" * 101, "/big"), 100)
+    assert http.post("/big", content=b"x" * 50).status_code == 404
+    assert too_large(http.post("/big", content=b"x" * 101), 100)

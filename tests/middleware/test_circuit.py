@@ -17,7 +17,8 @@ from kairos.middleware.balancer import BalancerMiddleware
 from kairos.middleware.circuit import CircuitBreakerMiddleware
 from kairos.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 from kairos.resilience.panic import PanicTracker
-from kairos.routing.route import Backend, Route
+from kairos.routing.backend import Backend
+from kairos.routing.route import Route
 from tests.routing.util import single_route
 
 A, B = 9001, 9002

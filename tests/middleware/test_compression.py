@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import brotli
-import httpx
 import pytest
 import zstandard
 from starlette.applications import Starlette
@@ -21,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 from kairos.config import load_data
 from kairos.config.policies import CompressionConfig
 from kairos.middleware.compression import CompressionMiddleware, negotiate, parse_accept_encoding
+from tests.asgi import AsgiClient, AsgiClients, RawResponse
 
 TEXT = b"kairos compresses what is worth compressing. " * 100  # 4.5 KB
 ALL = ("gzip", "brotli", "zstd", "deflate")
@@ -61,31 +60,9 @@ def app_with(policy: Any = None, **config: Any) -> CompressionMiddleware:
     return CompressionMiddleware(app, policy)
 
 
-@dataclass
-class Reply:
-    status_code: int
-    headers: httpx.Headers
-    raw: bytes  # the body as sent, not decoded
-
-
-def get(app: Any, path: str, accept: str | None = "gzip", method: str = "GET") -> Reply:
-    async def go() -> Reply:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            request = client.build_request(method, path)
-            del request.headers["Accept-Encoding"]
-            if accept is not None:
-                request.headers["Accept-Encoding"] = accept
-            response = await client.send(request, stream=True)
-            raw = b"".join([chunk async for chunk in response.aiter_raw()])
-            await response.aclose()
-            return Reply(response.status_code, response.headers, raw)
-
-    return asyncio.run(go())
-
-
-def raw_body(response: Reply) -> bytes:
-    return response.raw
+def get(http: AsgiClient, path: str, accept: str | None = "gzip", method: str = "GET") -> RawResponse:
+    """The response with its body as sent; ``accept`` None: no Accept-Encoding header at all."""
+    return http.raw(method, path, headers={"Accept-Encoding": accept})
 
 
 # -- negotiation ----------------------------------------------------------------------------------
@@ -129,43 +106,43 @@ def test_parse_accept_encoding_keeps_the_highest_q_of_a_repeated_coding() -> Non
 @pytest.mark.parametrize(
     ("algorithm", "coding"), [("gzip", "gzip"), ("brotli", "br"), ("zstd", "zstd"), ("deflate", "deflate")]
 )
-def test_each_algorithm_round_trips(algorithm: str, coding: str) -> None:
-    response = get(app_with(algorithms=[algorithm]), "/page", accept=coding)
+def test_each_algorithm_round_trips(algorithm: str, coding: str, asgi_client: AsgiClients) -> None:
+    response = get(asgi_client(app_with(algorithms=[algorithm])), "/page", accept=coding)
     assert response.headers["content-encoding"] == coding
     assert response.headers["vary"] == "Accept-Encoding"
-    body = raw_body(response)
+    body = response.raw
     assert int(response.headers["content-length"]) == len(body) < len(TEXT)
     assert decode(coding, body) == TEXT
 
 
-def test_identity_and_no_header_are_uncompressed_but_vary() -> None:
-    app = app_with(algorithms=list(ALL))
+def test_identity_and_no_header_are_uncompressed_but_vary(asgi_client: AsgiClients) -> None:
+    http = asgi_client(app_with(algorithms=list(ALL)))
     for accept in ("identity", None, "gzip;q=0", "compress"):
-        response = get(app, "/page", accept=accept)
+        response = get(http, "/page", accept=accept)
         assert "content-encoding" not in response.headers, accept
-        assert raw_body(response) == TEXT
+        assert response.raw == TEXT
         assert response.headers["content-length"] == str(len(TEXT))
         assert response.headers["vary"] == "Accept-Encoding"
 
 
-def test_q_zero_refusal_falls_back_to_the_next_algorithm() -> None:
-    response = get(app_with(algorithms=["gzip", "brotli"]), "/page", accept="gzip;q=0, br")
+def test_q_zero_refusal_falls_back_to_the_next_algorithm(asgi_client: AsgiClients) -> None:
+    response = get(asgi_client(app_with(algorithms=["gzip", "brotli"])), "/page", accept="gzip;q=0, br")
     assert response.headers["content-encoding"] == "br"
 
 
-def test_level_is_applied() -> None:
-    fast = raw_body(get(app_with(level=1), "/page?size=40000"))
-    best = raw_body(get(app_with(level=9), "/page?size=40000"))
+def test_level_is_applied(asgi_client: AsgiClients) -> None:
+    fast = get(asgi_client(app_with(level=1)), "/page?size=40000").raw
+    best = get(asgi_client(app_with(level=9)), "/page?size=40000").raw
     assert gzip.decompress(fast) == gzip.decompress(best)
     assert (fast[8], best[8]) == (4, 2)  # the gzip header's XFL: fastest / best compression
 
 
-def test_min_size_with_known_length() -> None:
-    app = app_with(min_size=1000)
-    small = get(app, "/page?size=999")
+def test_min_size_with_known_length(asgi_client: AsgiClients) -> None:
+    http = asgi_client(app_with(min_size=1000))
+    small = get(http, "/page?size=999")
     assert "content-encoding" not in small.headers
     assert "vary" not in small.headers  # the same bytes for every client
-    assert get(app, "/page?size=1000").headers["content-encoding"] == "gzip"
+    assert get(http, "/page?size=1000").headers["content-encoding"] == "gzip"
 
 
 @pytest.mark.parametrize(
@@ -180,76 +157,78 @@ def test_min_size_with_known_length() -> None:
         ("", False),
     ],
 )
-def test_content_type_filter_ignores_parameters(media_type: str, compressed: bool) -> None:
-    response = get(app_with(), f"/page?type={media_type}")
+def test_content_type_filter_ignores_parameters(
+    media_type: str, compressed: bool, asgi_client: AsgiClients
+) -> None:
+    response = get(asgi_client(app_with()), f"/page?type={media_type}")
     assert ("content-encoding" in response.headers) is compressed
     assert ("vary" in response.headers) is compressed
 
 
-def test_wildcard_content_types_and_event_stream_never() -> None:
+def test_wildcard_content_types_and_event_stream_never(asgi_client: AsgiClients) -> None:
     app = app_with(content_types=["text/*"])
-    assert get(app, "/page?type=text/csv").headers["content-encoding"] == "gzip"
-    assert "content-encoding" not in get(app, "/page?type=application/json").headers
+    assert get(asgi_client(app), "/page?type=text/csv").headers["content-encoding"] == "gzip"
+    assert "content-encoding" not in get(asgi_client(app), "/page?type=application/json").headers
     app = app_with(content_types=["text/*", "text/event-stream"])
-    response = get(app, "/page?type=text/event-stream")
+    response = get(asgi_client(app), "/page?type=text/event-stream")
     assert "content-encoding" not in response.headers
-    assert raw_body(response) == TEXT
+    assert response.raw == TEXT
 
 
-def test_already_encoded_passes_through() -> None:
-    response = get(app_with(), "/page?h-content-encoding=br")
+def test_already_encoded_passes_through(asgi_client: AsgiClients) -> None:
+    response = get(asgi_client(app_with()), "/page?h-content-encoding=br")
     assert response.headers["content-encoding"] == "br"
-    assert raw_body(response) == TEXT
+    assert response.raw == TEXT
     assert "vary" not in response.headers
 
 
-def test_no_transform_is_respected() -> None:
-    response = get(app_with(), "/page?h-cache-control=public, no-transform")
+def test_no_transform_is_respected(asgi_client: AsgiClients) -> None:
+    response = get(asgi_client(app_with()), "/page?h-cache-control=public, no-transform")
     assert "content-encoding" not in response.headers
-    assert raw_body(response) == TEXT
+    assert response.raw == TEXT
 
 
 @pytest.mark.parametrize(
     ("existing", "expected"),
     [("Origin", "Origin, Accept-Encoding"), ("accept-encoding", "accept-encoding"), ("*", "*")],
 )
-def test_vary_is_merged(existing: str, expected: str) -> None:
-    response = get(app_with(), f"/page?h-vary={existing}")
+def test_vary_is_merged(existing: str, expected: str, asgi_client: AsgiClients) -> None:
+    response = get(asgi_client(app_with()), f"/page?h-vary={existing}")
     assert response.headers.get_list("vary") == [expected]
     assert response.headers["content-encoding"] == "gzip"
 
 
-def test_etag_is_weakened_only_when_compressed() -> None:
-    app = app_with()
-    assert get(app, '/page?h-etag="abc"').headers["etag"] == 'W/"abc"'
-    assert get(app, '/page?h-etag=W/"abc"').headers["etag"] == 'W/"abc"'
-    assert get(app, '/page?h-etag="abc"', accept="identity").headers["etag"] == '"abc"'
+def test_etag_is_weakened_only_when_compressed(asgi_client: AsgiClients) -> None:
+    http = asgi_client(app_with())
+    assert get(http, '/page?h-etag="abc"').headers["etag"] == 'W/"abc"'
+    assert get(http, '/page?h-etag=W/"abc"').headers["etag"] == 'W/"abc"'
+    assert get(http, '/page?h-etag="abc"', accept="identity").headers["etag"] == '"abc"'
 
 
-def test_head_204_206_304_untouched() -> None:
-    app = app_with()
-    head = get(app, "/page", method="HEAD")
+def test_head_204_206_304_untouched(asgi_client: AsgiClients) -> None:
+    http = asgi_client(app_with())
+    head = get(http, "/page", method="HEAD")
     assert "content-encoding" not in head.headers and "vary" not in head.headers
     assert head.headers["content-length"] == str(len(TEXT))
     for status in (206, 304):
-        response = get(app, f"/page?status={status}")
+        response = get(http, f"/page?status={status}")
         assert "content-encoding" not in response.headers, status
-    assert get(app, "/empty").status_code == 204
+    assert get(http, "/empty").status_code == 204
 
 
-def test_off_when_no_policy_or_disabled() -> None:
+def test_off_when_no_policy_or_disabled(asgi_client: AsgiClients) -> None:
     for app in (app_with(lambda: None), app_with(enabled=False)):
-        response = get(app, "/page")
+        response = get(asgi_client(app), "/page")
         assert "content-encoding" not in response.headers
         assert "vary" not in response.headers
 
 
-def test_a_live_policy_is_read_per_request() -> None:
+def test_a_live_policy_is_read_per_request(asgi_client: AsgiClients) -> None:
     current: list[CompressionConfig | None] = [None]
-    app = app_with(lambda: current[0])
-    assert "content-encoding" not in get(app, "/page").headers
+    http = asgi_client(app_with(lambda: current[0]))
+    assert "content-encoding" not in get(http, "/page").headers
     current[0] = CompressionConfig(algorithms=("brotli",))
-    assert get(app, "/page", accept="gzip, br").headers["content-encoding"] == "br"
+    assert get(http, "/page", accept="gzip, br").headers["content-encoding"] == "br"
 
 
 def test_a_large_body_is_compressed_off_the_event_loop() -> None:
@@ -354,15 +333,23 @@ def test_websocket_and_lifespan_scopes_pass() -> None:
     async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         seen.append(scope["type"])
 
+    async def receive() -> Message:
+        raise AssertionError("nothing to receive")
+
+    async def send(message: Message) -> None:
+        raise AssertionError(message)
+
     app = CompressionMiddleware(inner)
     for kind in ("websocket", "lifespan"):
-        asyncio.run(app({"type": kind, "headers": []}, None, None))  # type: ignore[arg-type]
+        asyncio.run(app({"type": kind, "headers": []}, receive, send))
     assert seen == ["websocket", "lifespan"]
 
 
-def test_standalone_default_is_gzip() -> None:
-    app = CompressionMiddleware(Starlette(routes=[Route("/", lambda r: PlainTextResponse(TEXT.decode()))]))
-    assert get(app, "/", accept="gzip, br").headers["content-encoding"] == "gzip"
+def test_standalone_default_is_gzip(asgi_client: AsgiClients) -> None:
+    http = asgi_client(
+        CompressionMiddleware(Starlette(routes=[Route("/", lambda r: PlainTextResponse(TEXT.decode()))]))
+    )
+    assert get(http, "/", accept="gzip, br").headers["content-encoding"] == "gzip"
 
 
 # -- config ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from kairos.exchange import get_exchange
-from kairos.middleware.context import ExchangeMiddleware
+from kairos.middleware.exchange import ExchangeMiddleware
 
 
 def http_scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:

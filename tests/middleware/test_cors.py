@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -15,9 +13,10 @@ from starlette.types import Receive, Scope, Send
 from kairos.config.policies import CorsConfig
 from kairos.errors import GENERATED, reject
 from kairos.exchange import get_exchange
-from kairos.middleware.context import ExchangeMiddleware
 from kairos.middleware.cors import CorsMiddleware
+from kairos.middleware.exchange import ExchangeMiddleware
 from kairos.middleware.routing import RouteMiddleware
+from tests.asgi import AsgiClients
 from tests.routing.util import build_table, router
 
 ORIGIN = "https://app.example"
@@ -33,7 +32,7 @@ async def upstream_cors(request: Request) -> PlainTextResponse:
     )
 
 
-async def refused(request: Request) -> None:
+async def refused(scope: Scope, receive: Receive, send: Send) -> None:
     raise AssertionError("never called")
 
 
@@ -46,20 +45,11 @@ def starlette_app() -> Starlette:
     )
 
 
-def call(app: Any, method: str, path: str = "/", headers: dict[str, str] | None = None) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            return await client.request(method, path, headers=headers or {})
-
-    return asyncio.run(go())
-
-
 def preflight(method: str = "POST", origin: str = ORIGIN, **extra: str) -> dict[str, str]:
     return {"Origin": origin, "Access-Control-Request-Method": method, **extra}
 
 
-def test_preflight_answered_by_the_middleware() -> None:
+def test_preflight_answered_by_the_middleware(asgi_client: AsgiClients) -> None:
     config = CorsConfig(
         allowed_origins=(ORIGIN,),
         allowed_methods=("GET", "post"),
@@ -67,8 +57,8 @@ def test_preflight_answered_by_the_middleware() -> None:
         max_age=120,
     )
     app = CorsMiddleware(starlette_app(), config)
-    response = call(
-        app, "OPTIONS", headers=preflight("POST", **{"Access-Control-Request-Headers": "x-custom"})
+    response = asgi_client(app).options(
+        "/", headers=preflight("POST", **{"Access-Control-Request-Headers": "x-custom"})
     )
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == ORIGIN
@@ -80,99 +70,101 @@ def test_preflight_answered_by_the_middleware() -> None:
     assert response.text == "OK"  # not the app's "OPTIONS hello"
 
 
-def test_refused_preflights_are_json_400_without_allow_origin() -> None:
-    app = CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=(ORIGIN,), allowed_methods=("GET",)))
-    foreign = call(app, "OPTIONS", headers=preflight("GET", origin="https://evil.example"))
+def test_refused_preflights_are_json_400_without_allow_origin(asgi_client: AsgiClients) -> None:
+    http = asgi_client(
+        CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=(ORIGIN,), allowed_methods=("GET",)))
+    )
+    foreign = http.options("/", headers=preflight("GET", origin="https://evil.example"))
     assert foreign.status_code == 400
     assert foreign.json()["type"] == "bad_request"
     assert "origin" in foreign.json()["error"]
     assert "access-control-allow-origin" not in foreign.headers
-    method = call(app, "OPTIONS", headers=preflight("DELETE"))
+    method = http.options("/", headers=preflight("DELETE"))
     assert method.status_code == 400 and "method" in method.json()["error"]
-    header = call(app, "OPTIONS", headers=preflight("GET", **{"Access-Control-Request-Headers": "X-Secret"}))
+    header = http.options("/", headers=preflight("GET", **{"Access-Control-Request-Headers": "X-Secret"}))
     assert header.status_code == 400 and "headers" in header.json()["error"]
     # Safelisted request headers need no allowed_headers entry (empty = safelisted only).
-    safelisted = call(
-        app, "OPTIONS", headers=preflight("GET", **{"Access-Control-Request-Headers": "content-type"})
+    safelisted = http.options(
+        "/", headers=preflight("GET", **{"Access-Control-Request-Headers": "content-type"})
     )
     assert safelisted.status_code == 200
 
 
-def test_wildcard_headers_reflect_the_request() -> None:
-    app = CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=("*",), allowed_headers=("*",)))
-    response = call(
-        app, "OPTIONS", headers=preflight("PUT", **{"Access-Control-Request-Headers": "x-a, x-b"})
+def test_wildcard_headers_reflect_the_request(asgi_client: AsgiClients) -> None:
+    http = asgi_client(
+        CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=("*",), allowed_headers=("*",)))
     )
+    response = http.options("/", headers=preflight("PUT", **{"Access-Control-Request-Headers": "x-a, x-b"}))
     assert response.status_code == 200
     assert response.headers["access-control-allow-headers"] == "x-a, x-b"
     assert response.headers["access-control-allow-origin"] == "*"
 
 
-def test_actual_responses_carry_cors_headers() -> None:
+def test_actual_responses_carry_cors_headers(asgi_client: AsgiClients) -> None:
     config = CorsConfig(allowed_origins=(ORIGIN,), exposed_headers=("X-Request-ID", "X-Total"))
-    app = CorsMiddleware(starlette_app(), config)
-    allowed = call(app, "GET", headers={"Origin": ORIGIN})
+    http = asgi_client(CorsMiddleware(starlette_app(), config))
+    allowed = http.get("/", headers={"Origin": ORIGIN})
     assert allowed.text == "GET hello"
     assert allowed.headers["access-control-allow-origin"] == ORIGIN
     assert allowed.headers["access-control-expose-headers"] == "X-Request-ID, X-Total"
     assert "Origin" in allowed.headers["vary"]
-    foreign = call(app, "GET", headers={"Origin": "https://evil.example"})
+    foreign = http.get("/", headers={"Origin": "https://evil.example"})
     assert foreign.status_code == 200 and "access-control-allow-origin" not in foreign.headers
     assert "Origin" in foreign.headers["vary"]
     # A plain OPTIONS (no Access-Control-Request-Method) is not a preflight: the app answers it.
-    assert call(app, "OPTIONS", headers={"Origin": ORIGIN}).text == "OPTIONS hello"
+    assert http.options("/", headers={"Origin": ORIGIN}).text == "OPTIONS hello"
 
 
-def test_credentials_with_wildcard_echo_the_origin() -> None:
-    app = CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=("*",), allow_credentials=True))
-    actual = call(app, "GET", headers={"Origin": ORIGIN})
+def test_credentials_with_wildcard_echo_the_origin(asgi_client: AsgiClients) -> None:
+    http = asgi_client(
+        CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=("*",), allow_credentials=True))
+    )
+    actual = http.get("/", headers={"Origin": ORIGIN})
     assert actual.headers["access-control-allow-origin"] == ORIGIN
     assert actual.headers["access-control-allow-credentials"] == "true"
     assert "Origin" in actual.headers["vary"]
-    pre = call(app, "OPTIONS", headers=preflight("GET"))
+    pre = http.options("/", headers=preflight("GET"))
     assert pre.headers["access-control-allow-origin"] == ORIGIN
     assert pre.headers["access-control-allow-credentials"] == "true"
-    no_credentials = CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=("*",)))
-    assert (
-        call(no_credentials, "GET", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == "*"
-    )
+    no_credentials = asgi_client(CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=("*",))))
+    assert no_credentials.get("/", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == "*"
 
 
-def test_upstream_cors_headers_are_replaced_by_the_policy() -> None:
-    app = CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=(ORIGIN,)))
-    foreign = call(app, "GET", "/upstream-cors", {"Origin": "https://evil.example"})
+def test_upstream_cors_headers_are_replaced_by_the_policy(asgi_client: AsgiClients) -> None:
+    http = asgi_client(CorsMiddleware(starlette_app(), CorsConfig(allowed_origins=(ORIGIN,))))
+    foreign = http.get("/upstream-cors", headers={"Origin": "https://evil.example"})
     assert foreign.text == "own cors"
     assert "access-control-allow-origin" not in foreign.headers
     assert "access-control-max-age" not in foreign.headers
     assert (
-        call(app, "GET", "/upstream-cors", {"Origin": ORIGIN}).headers["access-control-allow-origin"]
+        http.get("/upstream-cors", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"]
         == ORIGIN
     )
 
 
-def test_generated_errors_get_cors_headers() -> None:
+def test_generated_errors_get_cors_headers(asgi_client: AsgiClients) -> None:
     async def deny(scope: Scope, receive: Receive, send: Send) -> None:
         await reject(scope, send, "rate_limit_error", "slow down", "rid-1")
 
-    response = call(
-        CorsMiddleware(deny, CorsConfig(allowed_origins=(ORIGIN,))), "GET", headers={"Origin": ORIGIN}
+    response = asgi_client(CorsMiddleware(deny, CorsConfig(allowed_origins=(ORIGIN,)))).get(
+        "/", headers={"Origin": ORIGIN}
     )
     assert response.status_code == 429 and response.json()["type"] == "rate_limit_error"
     assert response.headers["access-control-allow-origin"] == ORIGIN
 
 
-def test_disabled_or_absent_policy_passes_through_and_accessor_is_live() -> None:
+def test_disabled_or_absent_policy_passes_through_and_accessor_is_live(asgi_client: AsgiClients) -> None:
     current: list[CorsConfig | None] = [None]
-    app = CorsMiddleware(starlette_app(), lambda: current[0])
-    assert call(app, "OPTIONS", headers=preflight("GET")).text == "OPTIONS hello"
-    assert "access-control-allow-origin" not in call(app, "GET", headers={"Origin": ORIGIN}).headers
+    http = asgi_client(CorsMiddleware(starlette_app(), lambda: current[0]))
+    assert http.options("/", headers=preflight("GET")).text == "OPTIONS hello"
+    assert "access-control-allow-origin" not in http.get("/", headers={"Origin": ORIGIN}).headers
     current[0] = CorsConfig(allowed_origins=(ORIGIN,))
-    assert call(app, "OPTIONS", headers=preflight("GET")).text == "OK"
+    assert http.options("/", headers=preflight("GET")).text == "OK"
     current[0] = CorsConfig(enabled=False, allowed_origins=(ORIGIN,))
-    assert call(app, "OPTIONS", headers=preflight("GET")).text == "OPTIONS hello"
+    assert http.options("/", headers=preflight("GET")).text == "OPTIONS hello"
 
 
-def test_preflight_marks_the_response_as_gateway_generated() -> None:
+def test_preflight_marks_the_response_as_gateway_generated(asgi_client: AsgiClients) -> None:
     starts: list[dict[str, Any]] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -183,8 +175,8 @@ def test_preflight_marks_the_response_as_gateway_generated() -> None:
 
         await CorsMiddleware(refused, CorsConfig(allowed_origins=(ORIGIN,)))(scope, receive, spy)
 
-    call(app, "OPTIONS", headers=preflight("GET"))
-    call(app, "OPTIONS", headers=preflight("GET", origin="https://evil.example"))
+    asgi_client(app).options("/", headers=preflight("GET"))
+    asgi_client(app).options("/", headers=preflight("GET", origin="https://evil.example"))
     assert [start[GENERATED] for start in starts] == [True, True]
     assert [start["status"] for start in starts] == [200, 400]
 
@@ -203,7 +195,7 @@ async def route_name(scope: Scope, receive: Receive, send: Send) -> None:
     await JSONResponse({"route": route.config.external_path, "method": scope["method"]})(scope, receive, send)
 
 
-def test_route_middleware_matches_a_preflight_by_its_requested_method() -> None:
+def test_route_middleware_matches_a_preflight_by_its_requested_method(asgi_client: AsgiClients) -> None:
     routers = [
         router("/users/me", methods=("GET",)),
         router("/users/{id}", methods=("GET", "PUT")),
@@ -211,44 +203,44 @@ def test_route_middleware_matches_a_preflight_by_its_requested_method() -> None:
         router("/own", methods=("GET", "OPTIONS")),
     ]
     cors = CorsMiddleware(route_name, CorsConfig(allowed_origins=(ORIGIN,), allowed_methods=("GET", "PUT")))
-    app = routed(cors, routers)
+    http = asgi_client(routed(cors, routers))
     # PUT /users/me would go to /users/{id}: its preflight is answered with that route's policy.
-    response = call(app, "OPTIONS", "/users/me", preflight("PUT"))
+    response = http.options("/users/me", headers=preflight("PUT"))
     assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ORIGIN
-    assert call(app, "OPTIONS", "/users/7", preflight("GET")).status_code == 200
+    assert http.options("/users/7", headers=preflight("GET")).status_code == 200
     # A method no route takes stays a 405; so does a preflight where CORS is off for the route.
-    assert call(app, "OPTIONS", "/users/7", preflight("DELETE")).status_code == 405
-    off = call(app, "OPTIONS", "/off", preflight("GET"))
+    assert http.options("/users/7", headers=preflight("DELETE")).status_code == 405
+    off = http.options("/off", headers=preflight("GET"))
     assert off.status_code == 405 and off.headers["allow"] == "GET, HEAD"
     # A plain OPTIONS (not a preflight) on a route without OPTIONS is still a 405.
-    assert call(app, "OPTIONS", "/users/7", {"Origin": ORIGIN}).status_code == 405
+    assert http.options("/users/7", headers={"Origin": ORIGIN}).status_code == 405
     # A route that lists OPTIONS keeps its own OPTIONS handling; CORS (on here) answers it.
-    assert call(app, "OPTIONS", "/own", preflight("GET")).text == "OK"
+    assert http.options("/own", headers=preflight("GET")).text == "OK"
     # Without the predicate (standalone RouteMiddleware) nothing changes: 405.
     plain = ExchangeMiddleware(RouteMiddleware(route_name, table=lambda: build_table(routers)))
-    assert call(plain, "OPTIONS", "/users/me", preflight("PUT")).status_code == 405
+    assert asgi_client(plain).options("/users/me", headers=preflight("PUT")).status_code == 405
     # Actual requests are routed as before.
-    assert call(app, "PUT", "/users/me").json() == {"route": "/users/{id}", "method": "PUT"}
+    assert http.put("/users/me").json() == {"route": "/users/{id}", "method": "PUT"}
 
 
-def test_route_cors_overrides_the_global_one() -> None:
+def test_route_cors_overrides_the_global_one(asgi_client: AsgiClients) -> None:
     routers = [
         router("/global", methods=("GET",)),
         router("/special", methods=("GET",), cors={"allowed_origins": ["https://other.example"]}),
     ]
     cors = CorsMiddleware(route_name, CorsConfig(allowed_origins=(ORIGIN,)))
-    app = routed(cors, routers)
-    assert call(app, "GET", "/global", {"Origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
-    special = call(app, "GET", "/special", {"Origin": ORIGIN})
+    http = asgi_client(routed(cors, routers))
+    assert http.get("/global", headers={"Origin": ORIGIN}).headers["access-control-allow-origin"] == ORIGIN
+    special = http.get("/special", headers={"Origin": ORIGIN})
     assert "access-control-allow-origin" not in special.headers
-    other = call(app, "GET", "/special", {"Origin": "https://other.example"})
+    other = http.get("/special", headers={"Origin": "https://other.example"})
     assert other.headers["access-control-allow-origin"] == "https://other.example"
     assert (
-        call(app, "OPTIONS", "/special", preflight("GET", origin="https://other.example")).status_code == 200
+        http.options("/special", headers=preflight("GET", origin="https://other.example")).status_code == 200
     )
 
 
-def test_vary_is_merged_with_the_app_vary() -> None:
+def test_vary_is_merged_with_the_app_vary(asgi_client: AsgiClients) -> None:
     async def varying(scope: Scope, receive: Receive, send: Send) -> None:
         await PlainTextResponse("v", headers={"Vary": "Accept-Encoding"})(scope, receive, send)
 
@@ -256,6 +248,6 @@ def test_vary_is_merged_with_the_app_vary() -> None:
         await PlainTextResponse("v", headers={"Vary": "origin"})(scope, receive, send)
 
     config = CorsConfig(allowed_origins=(ORIGIN,))
-    merged = call(CorsMiddleware(varying, config), "GET", headers={"Origin": ORIGIN})
+    merged = asgi_client(CorsMiddleware(varying, config)).get("/", headers={"Origin": ORIGIN})
     assert merged.headers.get_list("vary") == ["Accept-Encoding, Origin"]
-    assert call(CorsMiddleware(already, config), "GET").headers.get_list("vary") == ["origin"]
+    assert asgi_client(CorsMiddleware(already, config)).get("/").headers.get_list("vary") == ["origin"]

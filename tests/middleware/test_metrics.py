@@ -14,8 +14,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from kairos.errors import reject
 from kairos.gateway import Gateway
-from kairos.middleware.metrics import BUCKETS, Histogram, MetricsMiddleware, RequestMetrics
+from kairos.middleware.metrics import MetricsMiddleware
 from kairos.observability.metrics import MetricsEndpoint
+from kairos.observability.requests import BUCKETS, Histogram, RequestMetrics
 from kairos.settings import load_settings
 
 

@@ -14,9 +14,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from kairos.config.policies import DEFAULT_SECURITY_HEADERS, SecurityHeadersConfig
 from kairos.errors import reject
-from kairos.middleware.context import ExchangeMiddleware
+from kairos.middleware.exchange import ExchangeMiddleware
 from kairos.middleware.routing import RouteMiddleware
 from kairos.middleware.security import SecurityHeadersMiddleware
+from tests.asgi import AsgiClients
 from tests.routing.util import build_table, router
 
 DEFAULT_NAMES = {name.lower() for name in DEFAULT_SECURITY_HEADERS}
@@ -38,56 +39,47 @@ def app_with(policy: Any) -> SecurityHeadersMiddleware:
     return SecurityHeadersMiddleware(Starlette(routes=routes), policy)
 
 
-def get(app: Any, path: str) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            return await client.get(path)
-
-    return asyncio.run(go())
-
-
 def security_names(response: httpx.Response) -> set[str]:
     return DEFAULT_NAMES & set(response.headers.keys())
 
 
-def test_generated_responses_get_the_set_app_responses_do_not_by_default() -> None:
-    app = app_with(SecurityHeadersConfig())
-    refused = get(app, "/refuse")
+def test_generated_responses_get_the_set_app_responses_do_not_by_default(asgi_client: AsgiClients) -> None:
+    http = asgi_client(app_with(SecurityHeadersConfig()))
+    refused = http.get("/refuse")
     assert refused.status_code == 401 and refused.json()["request_id"] == "rid-7"
     assert security_names(refused) == DEFAULT_NAMES
     assert refused.headers["x-content-type-options"] == "nosniff"
     assert refused.headers["content-security-policy"] == "default-src 'self'"
-    assert security_names(get(app, "/page")) == {"x-frame-options"}  # only the page's own
+    assert security_names(http.get("/page")) == {"x-frame-options"}  # only the page's own
 
 
-def test_proxied_true_adds_only_what_the_response_lacks() -> None:
-    response = get(app_with(SecurityHeadersConfig(proxied=True)), "/page")
+def test_proxied_true_adds_only_what_the_response_lacks(asgi_client: AsgiClients) -> None:
+    response = asgi_client(app_with(SecurityHeadersConfig(proxied=True))).get("/page")
     assert security_names(response) == DEFAULT_NAMES
     assert response.headers.get_list("x-frame-options") == ["SAMEORIGIN"]  # the app's value kept
 
 
-def test_custom_headers_override_add_and_drop() -> None:
+def test_custom_headers_override_add_and_drop(asgi_client: AsgiClients) -> None:
     config = SecurityHeadersConfig(
         headers={"Content-Security-Policy": "default-src 'none'", "X-XSS-Protection": "", "X-Extra": "1"}
     )
-    response = get(app_with(config), "/refuse")
+    response = asgi_client(app_with(config)).get("/refuse")
     assert response.headers["content-security-policy"] == "default-src 'none'"
     assert "x-xss-protection" not in response.headers
     assert response.headers["x-extra"] == "1"
 
 
-def test_disabled_or_absent_policy_adds_nothing_and_the_accessor_is_live() -> None:
+def test_disabled_or_absent_policy_adds_nothing_and_the_accessor_is_live(asgi_client: AsgiClients) -> None:
     current: list[SecurityHeadersConfig | None] = [None]
-    app = app_with(lambda: current[0])
-    assert security_names(get(app, "/refuse")) == set()
+    http = asgi_client(app_with(lambda: current[0]))
+    assert security_names(http.get("/refuse")) == set()
     current[0] = SecurityHeadersConfig.model_validate(False)
-    assert security_names(get(app, "/refuse")) == set()
+    assert security_names(http.get("/refuse")) == set()
     current[0] = SecurityHeadersConfig.model_validate(True)
-    assert security_names(get(app, "/refuse")) == DEFAULT_NAMES
+    assert security_names(http.get("/refuse")) == DEFAULT_NAMES
 
 
-def test_route_policy_wins_and_404s_use_the_global_one() -> None:
+def test_route_policy_wins_and_404s_use_the_global_one(asgi_client: AsgiClients) -> None:
     async def proxied(scope: Scope, receive: Receive, send: Send) -> None:
         await PlainTextResponse("upstream")(scope, receive, send)
 
@@ -98,14 +90,16 @@ def test_route_policy_wins_and_404s_use_the_global_one() -> None:
             router("/off", methods=("POST",), security_headers=False),
         ]
     )
-    app = SecurityHeadersMiddleware(
-        ExchangeMiddleware(RouteMiddleware(proxied, table=lambda: table)), SecurityHeadersConfig()
+    http = asgi_client(
+        SecurityHeadersMiddleware(
+            ExchangeMiddleware(RouteMiddleware(proxied, table=lambda: table)), SecurityHeadersConfig()
+        )
     )
-    missing = get(app, "/nowhere")
+    missing = http.get("/nowhere")
     assert missing.status_code == 404 and security_names(missing) == DEFAULT_NAMES
-    assert security_names(get(app, "/plain")) == set()
-    assert security_names(get(app, "/opted-in")) == DEFAULT_NAMES
-    wrong_method = get(app, "/off")  # 405 rendered for a path whose only route turns them off...
+    assert security_names(http.get("/plain")) == set()
+    assert security_names(http.get("/opted-in")) == DEFAULT_NAMES
+    wrong_method = http.get("/off")  # 405 rendered for a path whose only route turns them off...
     assert wrong_method.status_code == 405
     assert security_names(wrong_method) == DEFAULT_NAMES  # ...but no route matched: global policy
 

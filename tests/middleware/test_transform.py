@@ -6,7 +6,6 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -14,7 +13,9 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from kairos.errors import send_error
-from kairos.middleware.transform import TransformMiddleware, safe_upstream_path
+from kairos.middleware.transform import TransformMiddleware
+from kairos.routing.route import safe_upstream_path
+from tests.asgi import AsgiClients
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -50,16 +51,7 @@ def app(**policy: Any) -> TransformMiddleware:
     return TransformMiddleware(inner, **policy)
 
 
-def call(asgi: Any, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    async def run() -> httpx.Response:
-        transport = httpx.ASGITransport(app=asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.request(method, url, **kwargs)
-
-    return asyncio.run(run())
-
-
-def test_header_query_and_path_rules_standalone() -> None:
+def test_header_query_and_path_rules_standalone(asgi_client: AsgiClients) -> None:
     policy = {
         "headers": [
             {"action": "set", "name": "X-Via", "value": "kairos ${client_ip}"},
@@ -69,8 +61,8 @@ def test_header_query_and_path_rules_standalone() -> None:
         "query_params": [{"action": "set", "name": "v", "value": "2"}],
         "path": {"pattern": "^/v1/", "replacement": "/v2/"},
     }
-    response = call(
-        app(request=policy), "GET", "/v1/items?v=1&a=b", headers={"X-Secret": "s", "X-Token": "Token t"}
+    response = asgi_client(app(request=policy)).get(
+        "/v1/items?v=1&a=b", headers={"X-Secret": "s", "X-Token": "Token t"}
     )
     body = response.json()
     headers = dict(body["headers"])
@@ -80,7 +72,7 @@ def test_header_query_and_path_rules_standalone() -> None:
     assert "x-secret" not in headers
 
 
-def test_the_client_scope_is_never_changed_in_place() -> None:
+def test_the_client_scope_is_never_changed_in_place(asgi_client: AsgiClients) -> None:
     seen: list[Scope] = []
 
     async def outer(scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,13 +80,13 @@ def test_the_client_scope_is_never_changed_in_place() -> None:
         await inner(scope, receive, send)
 
     inner = app(request={"headers": [{"action": "set", "name": "X-A", "value": "1"}]})
-    call(outer, "GET", "/x")
+    asgi_client(outer).get("/x")
     assert not any(name == b"x-a" for name, _ in seen[0]["headers"])
 
 
-def test_a_rewrite_to_another_host_is_refused() -> None:
-    response = call(
-        app(request={"path": {"pattern": "^/to/(.*)$", "replacement": "/$1"}}), "GET", "/to/%2Fevil"
+def test_a_rewrite_to_another_host_is_refused(asgi_client: AsgiClients) -> None:
+    response = asgi_client(app(request={"path": {"pattern": "^/to/(.*)$", "replacement": "/$1"}})).get(
+        "/to/%2Fevil"
     )
     assert response.status_code == 502 and response.json()["type"] == "config"
     for path in ("//evil", "/a/../b", "/a/%2e%2e/b", "/a\\b", "relative", "/a b", "/a?b", "/%2F/evil"):
@@ -103,40 +95,40 @@ def test_a_rewrite_to_another_host_is_refused() -> None:
         assert safe_upstream_path(path), path
 
 
-def test_request_json_body_rules_and_content_length() -> None:
+def test_request_json_body_rules_and_content_length(asgi_client: AsgiClients) -> None:
     policy = {"body": {"remove": ["password"], "rename": {"user": "account.name"}}, "max_body_bytes": 100}
-    response = call(app(request=policy), "POST", "/save", json={"user": "ada", "password": "p"})
+    response = asgi_client(app(request=policy)).post("/save", json={"user": "ada", "password": "p"})
     body = response.json()
     assert json.loads(body["body"]) == {"account": {"name": "ada"}}
     assert dict(body["headers"])["content-length"] == str(len(body["body"]))
     big = json.dumps({"user": "x" * 200, "password": "p"})
-    assert call(app(request=policy), "POST", "/save", content=big).json()["body"] == big  # not JSON-typed
-    response = call(
-        app(request=policy), "POST", "/save", content=big, headers={"Content-Type": "application/json"}
+    assert asgi_client(app(request=policy)).post("/save", content=big).json()["body"] == big  # not JSON-typed
+    response = asgi_client(app(request=policy)).post(
+        "/save", content=big, headers={"Content-Type": "application/json"}
     )
     assert response.json()["body"] == big  # over the bound
 
 
-def test_response_rules_and_a_big_json_response_streams_untouched() -> None:
+def test_response_rules_and_a_big_json_response_streams_untouched(asgi_client: AsgiClients) -> None:
     policy = {
         "status_code_mappings": [{"from": 200, "to": 203, "condition": {"query": "legacy", "present": True}}],
         "headers": [{"action": "set", "name": "X-Done", "value": "1"}],
         "body": {"remove": ["secret"]},
         "max_body_bytes": 1000,
     }
-    small_response = call(app(response=policy), "GET", "/small?legacy")
+    small_response = asgi_client(app(response=policy)).get("/small?legacy")
     assert small_response.status_code == 203 and small_response.json() == {"kept": 2}
     assert small_response.headers["content-length"] == str(len(small_response.content))
     assert "etag" not in small_response.headers  # the upstream's validator no longer fits the body
-    assert call(app(response=policy), "GET", "/small").status_code == 200
-    head = call(app(response=policy), "HEAD", "/small")
+    assert asgi_client(app(response=policy)).get("/small").status_code == 200
+    head = asgi_client(app(response=policy)).head("/small")
     assert head.status_code == 200 and head.headers["etag"] == '"abc"'
-    big = call(app(response=policy), "GET", "/big")
+    big = asgi_client(app(response=policy)).get("/big")
     assert big.headers["x-done"] == "1"
     assert big.json()["secret"] == 1 and len(big.json()["items"]) == 2000
 
 
-def test_gateway_generated_answers_pass_untouched() -> None:
+def test_gateway_generated_answers_pass_untouched(asgi_client: AsgiClients) -> None:
     async def failing(scope: Scope, receive: Receive, send: Send) -> None:
         await send_error(send, "upstream", "down", "rid")
 
@@ -144,7 +136,7 @@ def test_gateway_generated_answers_pass_untouched() -> None:
         "status_code_mappings": [{"from": 502, "to": 200}],
         "headers": [{"action": "set", "name": "X", "value": "1"}],
     }
-    response = call(TransformMiddleware(failing, response=policy), "GET", "/")
+    response = asgi_client(TransformMiddleware(failing, response=policy)).get("/")
     assert response.status_code == 502 and "x" not in response.headers
 
 

@@ -1,26 +1,68 @@
 """RawEngine against real servers on 127.0.0.1: the aiohttp test upstream, the misbehaving raw
 upstream, a TLS upstream, and small in-process servers for what neither can do (close-delimited
-bodies, connections that go stale between requests)."""
+bodies, connections that go stale between requests). Every connection these tests open checks each
+of its state changes against raw_engine._TRANSITIONS; the state machine itself is driven byte by
+byte at the end, without a network."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 import trustme
 
+from kairos.proxy import raw_engine
 from kairos.proxy.engine import UpstreamConnectError, UpstreamError, UpstreamRequest
-from kairos.proxy.raw_engine import HIGH_WATER, RawEngine
+from kairos.proxy.raw_engine import HIGH_WATER, MAX_HEAD, RawEngine, _Connection, _State
 from tests.processes import Server, free_port, server_process
 
 T = TypeVar("T")
+
+_STATE_SLOT: Any = _Connection.__dict__["state"]
+
+
+class _Checked(_Connection):
+    """A _Connection whose every write to ``state`` is checked against _TRANSITIONS (and the rule
+    that ``error`` is set exactly on entering a failed state) and recorded in ``trail``. Violations
+    are collected, not raised: most writes happen in protocol callbacks, whose exceptions asyncio
+    only logs."""
+
+    violations: list[str] = []
+
+    @property
+    def state(self) -> _State:
+        return cast(_State, _STATE_SLOT.__get__(self, _Connection))
+
+    @state.setter
+    def state(self, new: _State) -> None:
+        trail: list[_State] = self.__dict__.setdefault("trail", [])
+        old = trail[-1] if trail else None
+        if old is None and new is not _State.IDLE:
+            self.violations.append(f"starts in {new}")
+        elif old is not None and new not in raw_engine._TRANSITIONS[old]:
+            self.violations.append(f"{old} -> {new}")
+        failed = new is _State.HEAD_FAILED or new is _State.BODY_FAILED
+        error = getattr(self, "error", None)  # not set yet when __init__ makes it IDLE
+        if failed != (error is not None):
+            self.violations.append(f"{new} with error {error!r}")
+        trail.append(new)
+        _STATE_SLOT.__set__(self, new)
+
+
+@pytest.fixture(autouse=True)
+def checked_transitions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(raw_engine, "_Connection", _Checked)
+    _Checked.violations = []
+    yield
+    assert not _Checked.violations
 
 
 def run(main: Callable[[RawEngine], Awaitable[T]], **engine_args: Any) -> T:
@@ -375,6 +417,29 @@ async def _stale_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     await reader.readuntil(b"\r\n\r\n")
 
 
+async def _keep_alive_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    while True:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+
+def test_connection_closed_while_pooled_is_never_handed_out() -> None:
+    """Unsolicited bytes (a 408 before the upstream's idle close) close a pooled connection at once;
+    a request in the same loop iteration, before connection_lost has run, must not get it."""
+
+    async def main(engine: RawEngine) -> None:
+        async with inline_server(_keep_alive_handler) as (url, accepted):
+            assert await fetch(engine, get(f"{url}/", "POST", b"x")) == (200, b"ok")
+            (pooled,) = engine._idle[(url, None)]
+            pooled.data_received(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            assert pooled.state is _State.CLOSED and pooled in engine._idle[(url, None)]
+            assert await fetch(engine, get(f"{url}/", "POST", b"y")) == (200, b"ok")
+            assert len(accepted) == 2 and pooled not in engine._idle[(url, None)]
+
+    run(main)
+
+
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 def test_stale_reused_connection_is_retried_once_for_idempotent_requests(method: str) -> None:
     async def main(engine: RawEngine) -> None:
@@ -442,3 +507,223 @@ def test_line_breaks_inside_fields_are_never_sent() -> None:
         (f"http://127.0.0.1:{port}/x HTTP/1.1\r\nx: y", []),
     ]:
         assert "line break" in asyncio.run(attempt(url, headers))
+
+
+# -- the state machine, byte by byte (no network) -------------------------------------------------
+
+
+class _FakeTransport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append("write")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+LOST = "lost"  # connection_lost(None): a FIN, or our own close/abort
+RESET = "reset"  # connection_lost(ConnectionResetError())
+Step = bytes | str
+
+
+def state_of(conn: _Connection) -> _State:
+    """``conn.state`` read afresh: mypy keeps it narrowed by an assert across the calls that change it."""
+    return conn.state
+
+
+def _drive(steps: list[Step], head_request: bool = False) -> tuple[_Checked, _FakeTransport, list[str]]:
+    """A connection made, given ``begin``, then fed ``steps``: response bytes, LOST, RESET, "fail"
+    (the request body's writer failing), "finish" (the response released), "begin" (another exchange).
+    Returns it, its transport, and the states it went through after IDLE, in lower case."""
+    loop = asyncio.new_event_loop()
+    try:
+        transport = _FakeTransport()
+        conn = _Checked(RawEngine(), ("http://upstream", None), loop)
+        conn.connection_made(cast(Any, transport))
+        conn.begin(head_request)
+        for step in steps:
+            if isinstance(step, bytes):
+                conn.data_received(step)
+            elif step in (LOST, RESET):
+                conn.connection_lost(None if step == LOST else ConnectionResetError())
+            elif step == "fail":
+                conn.fail(UpstreamError("sending the body failed"))
+            elif step == "finish":
+                conn.finish()
+            else:
+                assert step == "begin"
+                conn.begin(False)
+    finally:
+        loop.close()
+    trail: list[_State] = conn.__dict__["trail"]
+    return conn, transport, [state.name.lower() for state in trail[1:]]
+
+
+SCENARIOS: list[tuple[list[Step], list[str], bytes]] = [
+    ([OK, "finish"], ["awaiting_head", "reading_body", "complete", "idle"], b""),  # pooled, emptied
+    ([OK[:20], OK[20:]], ["awaiting_head", "reading_body", "complete"], b"ok"),
+    (
+        [OK.replace(b"OK\r\n", b"OK\r\nConnection: close\r\n")],
+        ["awaiting_head", "reading_body", "must_close"],
+        b"ok",
+    ),
+    ([OK.replace(b"1.1", b"1.0")], ["awaiting_head", "reading_body", "must_close"], b"ok"),
+    (
+        [OK.replace(b"1.1", b"1.0").replace(b"OK\r\n", b"OK\r\nConnection: keep-alive\r\n")],
+        ["awaiting_head", "reading_body", "complete"],
+        b"ok",
+    ),
+    (
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", b"0\r\n\r\n"],
+        ["awaiting_head", "reading_body", "complete"],
+        b"ok",
+    ),
+    (  # interim responses are skipped; a 1xx body (150 with a length) is no part of the final one
+        [
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            b"HTTP/1.1 150 X\r\nContent-Length: 3\r\n\r\nxyz" + OK,
+        ],
+        [
+            "awaiting_head",
+            "interim",
+            "awaiting_head",
+            "interim",
+            "awaiting_head",
+            "interim",
+            "awaiting_head",
+            "reading_body",
+            "complete",
+        ],
+        b"ok",
+    ),
+    ([OK + b"\r\n\r\n"], ["awaiting_head", "reading_body", "complete"], b"ok"),  # a stray CRLF: harmless
+    ([OK + OK], ["awaiting_head", "reading_body", "complete", "must_close"], b"ok"),  # a second response
+    (
+        [OK, "fail"],
+        ["awaiting_head", "reading_body", "complete", "must_close"],
+        b"ok",
+    ),  # late upload error
+    ([OK, LOST], ["awaiting_head", "reading_body", "complete", "must_close"], b"ok"),
+    (
+        [b"HTTP/1.0 200 OK\r\n\r\nall", b" of it", LOST],
+        ["awaiting_head", "reading_body", "must_close"],
+        b"all of it",
+    ),
+    ([b"HTTP/1.0 200 OK\r\n\r\nall", RESET], ["awaiting_head", "reading_body", "body_failed"], b"all"),
+    ([OK[:-1], LOST], ["awaiting_head", "reading_body", "body_failed"], b"o"),
+    ([OK[:-1], "fail", OK[-1:]], ["awaiting_head", "reading_body", "body_failed"], b"o"),
+    ([OK[:10], LOST], ["awaiting_head", "head_failed"], b""),
+    ([b"HTTP/1.1 100 Continue\r\n", LOST], ["awaiting_head", "head_failed"], b""),
+    (
+        [b"HTTP/1.1 150 X\r\nContent-Length: 3\r\n\r\nx", LOST],
+        ["awaiting_head", "interim", "head_failed"],
+        b"",
+    ),
+    (
+        [b"HTTP/1.1 100 Continue\r\n\r\n", "fail", LOST],
+        ["awaiting_head", "interim", "awaiting_head", "head_failed"],
+        b"",
+    ),
+    ([b"garbage\r\n\r\n"], ["awaiting_head", "head_failed"], b""),
+    ([b"HTTP/1.1 200 OK\r\nX: " + b"y" * MAX_HEAD], ["awaiting_head", "head_failed"], b""),
+    (
+        [OK, "finish", b"HTTP/1.1 408 Timeout\r\n\r\n"],
+        ["awaiting_head", "reading_body", "complete", "idle", "closed"],
+        b"",
+    ),
+    ([OK, "finish", LOST], ["awaiting_head", "reading_body", "complete", "idle", "closed"], b""),
+    (
+        [OK, "finish", "begin", OK],
+        [
+            "awaiting_head",
+            "reading_body",
+            "complete",
+            "idle",
+            "awaiting_head",
+            "reading_body",
+            "complete",
+        ],
+        b"ok",
+    ),
+    ([OK[:-1], "finish"], ["awaiting_head", "reading_body"], b"o"),  # abandoned mid-body: aborted
+]
+HEAD_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+
+
+@pytest.mark.parametrize(("steps", "trail", "body"), SCENARIOS)
+def test_state_machine(steps: list[Step], trail: list[str], body: bytes) -> None:
+    conn, _, seen = _drive(steps)
+    assert seen == trail
+    assert b"".join(conn.body) == body
+    assert not _Checked.violations
+
+
+def test_every_transition_is_exercised() -> None:
+    """SCENARIOS and two HEAD responses between them make every move _TRANSITIONS allows."""
+    made: set[tuple[str, str]] = set()
+    for steps, _, _ in SCENARIOS:
+        trail = ["idle", *_drive(steps)[2]]
+        made.update(itertools.pairwise(trail))
+    for head in (HEAD_OK, HEAD_OK.replace(b"OK\r\n", b"OK\r\nConnection: close\r\n")):
+        trail = ["idle", *_drive([head], head_request=True)[2]]
+        made.update(itertools.pairwise(trail))
+    allowed = {
+        (old.name.lower(), new.name.lower()) for old, news in raw_engine._TRANSITIONS.items() for new in news
+    }
+    assert set(raw_engine._TRANSITIONS) == set(_State)
+    assert made == allowed
+    assert {state for state in _State if state.head_pending} == {_State.AWAITING_HEAD, _State.INTERIM}
+    assert {state for state in _State if state.received} == {_State.COMPLETE, _State.MUST_CLOSE}
+
+
+def test_failures_keep_their_first_error_and_their_wording() -> None:
+    conn, transport, _ = _drive([OK[:10], "fail", RESET])
+    assert conn.state is _State.HEAD_FAILED and str(conn.error) == "sending the body failed"
+    assert transport.calls == ["abort"]
+    conn, _, _ = _drive([OK[:-1], RESET])
+    assert "not completed: the upstream closed the connection mid-body: ConnectionResetError()" in str(
+        conn.error
+    )
+    conn, _, _ = _drive([b"HTTP/1.1 200 OK\r\n", LOST])
+    assert str(conn.error) == "the upstream closed the connection before a complete response head"
+    conn, transport, _ = _drive([OK, OK])
+    assert conn.error is None and transport.calls == ["close"]  # a second response costs the connection only
+
+
+def test_head_and_101_responses_end_at_their_head() -> None:
+    head = HEAD_OK
+    conn, transport, seen = _drive([head], head_request=True)
+    assert seen == ["awaiting_head", "complete"] and conn.parser_dirty and conn.finish()
+    conn, transport, seen = _drive([head, b"stray"], head_request=True)
+    assert seen == ["awaiting_head", "complete", "must_close"] and not conn.finish()
+    assert transport.calls == ["close"]  # after a complete response: politely
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    conn, transport, seen = _drive([upgrade + b"frames"])
+    assert seen == ["awaiting_head", "must_close"] and transport.calls == ["close"]
+    conn, transport, seen = _drive([upgrade], head_request=True)  # a 101 to a HEAD is no keeper either
+    assert seen == ["awaiting_head", "must_close"]
+
+
+def test_closed_connections_take_no_exchange() -> None:
+    conn, transport, seen = _drive([OK, "finish", b"HTTP/1.1 408 Timeout\r\n\r\n"])
+    assert seen[-1] == "closed" and transport.calls == ["close"]
+    with pytest.raises(UpstreamError, match="closed before the request was sent"):
+        conn.begin(False)
+    assert conn.state is _State.CLOSED
+    conn, transport, _ = _drive([OK[:-1], "finish"])  # abandoned mid-body: aborted, settled when lost
+    assert transport.calls == ["abort"] and state_of(conn) is _State.READING_BODY
+    conn.connection_lost(None)
+    assert state_of(conn) is _State.BODY_FAILED and conn.transport is None
+    assert not _Checked.violations

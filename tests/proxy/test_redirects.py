@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from kairos.config.path_template import parse_template
 from kairos.proxy.redirects import RedirectRewriter
 from kairos.routing.route import UpstreamPath
-from kairos.routing.template import parse_template
 
 
 def rewriter(

@@ -11,14 +11,15 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from kairos.exchange import SCOPE_KEY, Exchange
 from kairos.middleware.balancer import BalancerMiddleware
+from kairos.routing.backend import Backend, BackendState
 from kairos.routing.balancer import ConsistentIpHash, WeightedRandom
-from kairos.routing.route import Backend, BackendState, Route
+from kairos.routing.route import Route
 from tests.processes import ROOT
 from tests.routing.util import compile_all, route_configs, router, single_route
 
@@ -138,11 +139,19 @@ def test_least_connections_counts_are_shared_by_routes_using_the_same_backend() 
     assert picks(second, 4) == "bbbb"
 
 
+async def no_receive() -> Message:
+    raise AssertionError("the balancer reads no message")
+
+
+async def no_send(message: Message) -> None:
+    raise AssertionError("the balancer sends no message")
+
+
 def test_balancer_middleware_holds_the_in_flight_count_for_the_whole_exchange() -> None:
     route = make_route("least_connections", [1, 1])
     seen: list[tuple[int, int, int]] = []
 
-    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         exchange: Exchange = scope[SCOPE_KEY]
         assert exchange.backend is not None
         seen.append(
@@ -155,14 +164,14 @@ def test_balancer_middleware_holds_the_in_flight_count_for_the_whole_exchange() 
 
     middleware = BalancerMiddleware(inner)
 
-    def new_scope(path: str) -> dict[str, Any]:
+    def new_scope(path: str) -> Scope:
         exchange = Exchange(request_id="r", client_ip="127.0.0.1", started=0.0, route=route)
         return {"type": "http", "path": path, SCOPE_KEY: exchange}
 
     async def main() -> None:
-        await middleware(new_scope("/nested"), None, None)
+        await middleware(new_scope("/nested"), no_receive, no_send)
         with pytest.raises(RuntimeError):
-            await middleware(new_scope("/boom"), None, None)
+            await middleware(new_scope("/boom"), no_receive, no_send)
 
     asyncio.run(main())
     # nested: the outer request holds a (1, 0), so the inner one goes to b and sees both counted
@@ -176,7 +185,7 @@ def test_balancer_middleware_honours_preferred_backend() -> None:
     route = make_route("round_robin", [1, 1, 1])
     chosen: list[int] = []
 
-    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         backend = scope[SCOPE_KEY].backend
         chosen.append(backend.index)
 
@@ -184,7 +193,7 @@ def test_balancer_middleware_honours_preferred_backend() -> None:
         for preferred in (2, 2, None, 7):
             exchange = Exchange(request_id="r", client_ip="1.2.3.4", started=0.0, route=route)
             exchange.preferred_backend = preferred
-            await BalancerMiddleware(inner)({"type": "http", SCOPE_KEY: exchange}, None, None)
+            await BalancerMiddleware(inner)({"type": "http", SCOPE_KEY: exchange}, no_receive, no_send)
 
     asyncio.run(main())
     assert chosen == [2, 2, 0, 1]  # out-of-range preference falls back to the strategy

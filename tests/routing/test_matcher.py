@@ -10,8 +10,9 @@ import random
 import pytest
 
 from kairos.config import ConfigError
+from kairos.routing.backend import BackendState
 from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
-from kairos.routing.route import BackendState, compile_route
+from kairos.routing.route import compile_route
 from tests.routing.util import build_table, route_configs, router
 
 

@@ -17,9 +17,9 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
+from kairos.config.path_template import encode_segment_value, parse_template
 from kairos.middleware.routing import route_path
 from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
-from kairos.routing.template import encode_segment_value, parse_template
 from tests.processes import Server, backend, gateway_server, route
 from tests.routing.util import build_table, router, single_route
 

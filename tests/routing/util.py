@@ -7,8 +7,9 @@ from typing import Any
 
 from kairos.config import load_data
 from kairos.config.model import RouteConfig
+from kairos.routing.backend import BackendState
 from kairos.routing.matcher import RouteTable
-from kairos.routing.route import BackendState, Route, compile_route
+from kairos.routing.route import Route, compile_route
 
 
 def router(

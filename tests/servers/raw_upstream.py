@@ -158,8 +158,8 @@ async def respond(request: Request, reader: asyncio.StreamReader, writer: asynci
         return True
     if path == "/status/304":
         await read_body(reader, request)
-        length = query.get("length", "1234")
-        writer.write(response("304 Not Modified", [("ETag", '"v1"'), ("Content-Length", length)]))
+        declared = query.get("length", "1234")  # the size of the 200 this 304 stands for
+        writer.write(response("304 Not Modified", [("ETag", '"v1"'), ("Content-Length", declared)]))
         return True
     if path == "/head":
         await read_body(reader, request)

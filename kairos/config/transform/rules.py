@@ -2,201 +2,52 @@
 
 Validated and compiled at load time — regexes, ``$1`` replacements and ``${variable}`` templates
 compile here, so a bad pattern, a replacement naming a group the pattern lacks, or an unknown
-variable is an error with its JSON path instead of kairos-rs's silent no-op. The compiled pieces
-live in private attributes of the (frozen) models; applying them is
-:mod:`kairos.middleware.transform`'s job.
+variable is an error with its JSON path instead of kairos-rs's silent no-op. Each model compiles
+itself once into a plain object of :mod:`kairos.config.transform.plan` (reached through a
+``cached_property``); applying them is :mod:`kairos.middleware.transform`'s job.
 
 Kairos additions to the kairos-rs shapes (all optional): a declarative ``condition`` on every
 header/query rule and on status mappings, JSON ``body`` rules with ``max_body_bytes``, and ``set``
-for body fields. See README "Transformations" for the full list of keys.
+for body fields. See docs/transformations.md for the full list of keys.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kairos.config.base import HEADER_NAME, ConfigModel, NonNegativeInt, Str, compile_regex
 from kairos.config.problems import Problem, format_path
+from kairos.config.transform.plan import (
+    _GROUP_REF,
+    BodyOps,
+    DottedPath,
+    MappingOp,
+    PathOp,
+    Replacer,
+    RequestPlan,
+    ResponsePlan,
+    RuleOp,
+    Test,
+    _not_a_header_replace,
+    compile_replacement,
+    header_pass,
+    memoized,
+    path_op,
+)
+from kairos.config.transform.template import (
+    VARIABLES,
+    Template,
+    clean_header_value,
+    encode_header_value,
+    parse_template,
+)
 
 Action = Literal["add", "set", "remove", "replace"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# ${variable} templates
-
-VARIABLES = "${client_ip}, ${request_id}, ${route}, ${path.<param>}, ${jwt.<claim>}, ${env.<NAME>}"
-_SIMPLE_VARIABLES = frozenset({"client_ip", "request_id", "route"})
-# `$${` is a literal `${`; a variable runs to the next `}`.
-_TEMPLATE_TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)\}")
-# Control characters a header value must never carry (tab is allowed), removed from rendered values.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-@dataclass(frozen=True, slots=True)
-class Variable:
-    kind: str  # client_ip | request_id | route | path | jwt
-    arg: str = ""  # the path parameter or the claim name
-
-
-Lookup = Callable[[Variable], str]
-
-
-@dataclass(frozen=True, slots=True)
-class Template:
-    """A value with ``${variables}``, split once at load into literal text and variables."""
-
-    parts: tuple[str | Variable, ...]
-    constant: str | None  # the value itself when it uses no variable: nothing to do per request
-    single: Variable | None = None  # the template is exactly one variable
-
-    def render(self, lookup: Lookup) -> str:
-        if self.constant is not None:
-            return self.constant
-        if self.single is not None:
-            return lookup(self.single)
-        return "".join([part if part.__class__ is str else lookup(part) for part in self.parts])  # type: ignore[arg-type]
-
-    @property
-    def variables(self) -> tuple[Variable, ...]:
-        return tuple(part for part in self.parts if isinstance(part, Variable))
-
-
-def parse_template(text: str, environ: Mapping[str, str] | None = None) -> Template:
-    """Raise ValueError naming the first unknown variable. ``${env.NAME}`` is normally replaced by
-    the loader already (with the other environment references); a model validated directly reads
-    it from ``environ`` (the process environment by default)."""
-    parts: list[str | Variable] = []
-    literal: list[str] = []
-    position = 0
-    for match in _TEMPLATE_TOKEN.finditer(text):
-        literal.append(text[position : match.start()])
-        position = match.end()
-        name = match.group(1)
-        if name is None:  # $${ -> ${
-            literal.append("${")
-            continue
-        kind, dot, arg = name.partition(".")
-        if not dot and kind in _SIMPLE_VARIABLES:
-            variable = Variable(kind)
-        elif dot and kind in ("path", "jwt") and arg:
-            variable = Variable(kind, arg)
-        elif dot and kind == "env" and arg:
-            env = os.environ if environ is None else environ
-            if arg not in env:
-                raise ValueError(f"environment variable {arg} is not set")
-            literal.append(env[arg])
-            continue
-        else:
-            raise ValueError(f"unknown variable ${{{name}}}; use one of {VARIABLES}")
-        if any(literal):
-            parts.append("".join(literal))
-        literal = []
-        parts.append(variable)
-    literal.append(text[position:])
-    if any(literal):
-        parts.append("".join(literal))
-    if all(isinstance(part, str) for part in parts):
-        return Template(tuple(parts), "".join(parts))  # type: ignore[arg-type]
-    single = parts[0] if len(parts) == 1 and isinstance(parts[0], Variable) else None
-    return Template(tuple(parts), None, single)
-
-
-def clean_header_value(value: str) -> str:
-    return _CONTROL.sub("", value) if _CONTROL.search(value) else value
-
-
-# ---------------------------------------------------------------------------------------------------
-# `$1` replacements (the Rust regex crate's syntax) -> Python's re.sub templates
-
-_GROUP_REF = re.compile(r"\$(?:\$|\{([^}]*)\}|([0-9A-Za-z_]+))")
-
-
-Replacer = str | Callable[[re.Match[str]], str]
-
-T = TypeVar("T", str, bytes)
-
-# A rewrite memo keeps at most this many results per rule, each for an input of at most this many
-# characters, so its memory is bounded per rule (256 inputs of <= 512 characters and their
-# rewrites, ~300 KiB for replacements of ordinary length) whatever the traffic.
-MEMO_ENTRIES = 256
-MEMO_MAX_INPUT = 512
-
-
-def memoized(rewrite: Callable[[T], T]) -> Callable[[T], T]:
-    """``rewrite`` (a pure function of its input) answered from a bounded LRU for short inputs.
-
-    Why: the values a rule rewrites repeat (a route's few paths, the clients' few user agents), and
-    a regex substitution costs 0.7-2 µs per request where the memo's C lookup costs ~0.2 µs.
-    Longer inputs are rewritten each time, never stored."""
-    remembered = lru_cache(maxsize=MEMO_ENTRIES)(rewrite)
-
-    def answer(value: T) -> T:
-        return remembered(value) if len(value) <= MEMO_MAX_INPUT else rewrite(value)
-
-    return answer
-
-
-def _replacement_pieces(replacement: str, pattern: re.Pattern[str]) -> list[str | int]:
-    """Literal text and group numbers; ``$1``, ``${1}``, ``$name``, ``${name}`` and ``$$`` as the
-    Rust regex crate reads them (``$1a`` is the group *named* ``1a``). A reference to a group the
-    pattern lacks is an error here, where kairos-rs silently inserted nothing."""
-    pieces: list[str | int] = []
-    position = 0
-    for match in _GROUP_REF.finditer(replacement):
-        pieces.append(replacement[position : match.start()])
-        position = match.end()
-        name = match.group(1) if match.group(1) is not None else match.group(2)
-        if name is None:
-            pieces.append("$")
-        elif name.isascii() and name.isdigit():
-            if int(name) > pattern.groups:
-                raise ValueError(f"refers to group ${name} but the pattern has {pattern.groups} group(s)")
-            pieces.append(int(name))
-        elif name in pattern.groupindex:
-            pieces.append(pattern.groupindex[name])
-        else:
-            raise ValueError(f"refers to group ${{{name}}}, which the pattern does not define")
-    pieces.append(replacement[position:])
-    return [piece for piece in pieces if piece != ""]
-
-
-def python_replacement(replacement: str, pattern: re.Pattern[str]) -> str:
-    """The same replacement as a :func:`re.sub` template string (``\\g<1>``, backslashes escaped)."""
-    return "".join(
-        f"\\g<{piece}>" if isinstance(piece, int) else piece.replace("\\", "\\\\")
-        for piece in _replacement_pieces(replacement, pattern)
-    )
-
-
-def compile_replacement(replacement: str, pattern: re.Pattern[str]) -> Replacer:
-    """What :meth:`re.Pattern.sub` is given per request: the escaped literal when no group is used,
-    else a function joining the pieces (re's own template expansion runs in Python, ~3x slower)."""
-    pieces = tuple(_replacement_pieces(replacement, pattern))
-    if all(isinstance(piece, str) for piece in pieces):
-        return "".join(str(piece) for piece in pieces).replace("\\", "\\\\")
-
-    if len(pieces) <= 3 and sum(isinstance(piece, int) for piece in pieces) == 1:
-        # One group with literal text around it (``$1 via-kairos``, ``/v2/$1``): the common shape,
-        # as a %-format, which runs ~40% faster than joining the pieces.
-        group = next(piece for piece in pieces if isinstance(piece, int))
-        text = "".join("%s" if isinstance(piece, int) else piece.replace("%", "%%") for piece in pieces)
-
-        def one_group(match: re.Match[str]) -> str:
-            return text % (match.group(group) or "")
-
-        return one_group
-
-    def expand(match: re.Match[str]) -> str:
-        return "".join([piece if isinstance(piece, str) else (match.group(piece) or "") for piece in pieces])
-
-    return expand
 
 
 def _replacement_for(replacement: str, pattern: re.Pattern[str]) -> Replacer:
@@ -204,132 +55,6 @@ def _replacement_for(replacement: str, pattern: re.Pattern[str]) -> Replacer:
         return compile_replacement(replacement, pattern)
     except ValueError as exc:
         raise ValueError(f"`replacement` {exc}") from None
-
-
-# ---------------------------------------------------------------------------------------------------
-# compiled forms: plain slotted objects, built once per config (pydantic's private attributes cost
-# ~5 µs per read, far too much for the hot path), reached through one cached_property.
-
-
-@dataclass(frozen=True, slots=True)
-class Test:
-    """A compiled condition."""
-
-    subject: str  # header | query | path | status | response_header
-    key: Any  # lower-cased header name (bytes), query parameter name (str), or status set
-    regex: re.Pattern[str] | None
-    equals: str | None
-    present: bool
-
-    def check(self, value: str | None) -> bool:
-        """The test on the subject's value (None: absent), for header/query/response_header."""
-        if self.equals is not None:
-            return value == self.equals
-        if self.regex is not None:
-            return value is not None and self.regex.search(value) is not None
-        return (value is not None) is self.present
-
-
-def _not_a_header_replace(raw: bytes) -> bytes:
-    raise AssertionError("only a header rule with `pattern` rewrites header values")
-
-
-@dataclass(frozen=True, slots=True)
-class RuleOp:
-    """A compiled header or query rule."""
-
-    action: str
-    name: str
-    key: bytes  # the lower-cased header name
-    constant: bytes | None  # the encoded value of a header rule that uses no variable
-    template: Template | None
-    regex: re.Pattern[str] | None
-    replacement: Replacer
-    condition: Test | None
-    # ``replace`` on a header: the raw value to the rewritten raw value, memoized (see memoized()).
-    replace_header: Callable[[bytes], bytes] = _not_a_header_replace
-
-    def substitute(self, value: str) -> str:
-        """``replace``: every match of ``pattern`` in ``value`` replaced (Rust's ``replace_all``)."""
-        assert self.regex is not None
-        return self.regex.sub(self.replacement, value)
-
-
-@dataclass(frozen=True, slots=True)
-class PathOp:
-    regex: re.Pattern[str]
-    replacement: Replacer
-    rewrite: Callable[[str], str]  # the first match replaced (Rust's ``replace``), memoized
-
-
-def path_op(regex: re.Pattern[str], replacement: Replacer) -> PathOp:
-    def rewrite(path: str) -> str:
-        return regex.sub(replacement, path, count=1)
-
-    return PathOp(regex, replacement, memoized(rewrite))
-
-
-DottedPath = tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class BodyOps:
-    remove: tuple[DottedPath, ...]
-    rename: tuple[tuple[DottedPath, DottedPath], ...]
-    set: tuple[tuple[DottedPath, Any], ...]  # values: JSON, or a Template for strings
-    add: tuple[tuple[DottedPath, Any], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class MappingOp:
-    from_status: int
-    to_status: int
-    condition: Test | None
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderPass:
-    """Header rules that each name a different header and carry no condition, prepared to be applied
-    in one walk over the headers. No such rule can see another's effect, so one walk gives exactly
-    what applying them one after another gives (tested against it), at a third of the cost: the
-    common case, e.g. a few ``set``/``add``/``remove`` rules, costs one dict lookup per header."""
-
-    by_key: Mapping[bytes, RuleOp]  # every rule, by lower-cased header name
-    appended: tuple[RuleOp, ...]  # the ``set`` and ``add`` rules, in their order
-
-
-def header_pass(rules: tuple[RuleOp, ...]) -> HeaderPass | None:
-    """The one-walk form of ``rules``, or None when it would not be equivalent (a condition, or two
-    rules on one header)."""
-    by_key = {rule.key: rule for rule in rules}
-    if len(by_key) != len(rules) or any(rule.condition is not None for rule in rules):
-        return None
-    return HeaderPass(by_key, tuple(rule for rule in rules if rule.action in ("set", "add")))
-
-
-@dataclass(frozen=True, slots=True)
-class RequestPlan:
-    headers: tuple[RuleOp, ...]
-    header_pass: HeaderPass | None
-    query: tuple[RuleOp, ...]
-    path: PathOp | None
-    body: BodyOps | None
-    max_body_bytes: int
-    empty: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ResponsePlan:
-    headers: tuple[RuleOp, ...]
-    header_pass: HeaderPass | None
-    mappings: tuple[MappingOp, ...]
-    body: BodyOps | None
-    max_body_bytes: int
-    empty: bool
-    # Whether something reads the response headers by name (a condition, rules applied one by one,
-    # a body rule's content-type check), so their names are lower-cased first; a one-walk plan
-    # lower-cases only the names it looks up.
-    lowercase: bool
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,27 +66,51 @@ _RESPONSE_ONLY = ("status", "response_header")
 
 
 class Condition(ConfigModel):
-    """When a rule applies — one subject, at most one test, all declarative:
+    """When a rule applies: one subject (`header`, `query`, `path`, `status` or `response_header`) and
+    at most one test (`equals`, `matches` or `present`; the subject alone means `"present": true`).
+    `{"header": "x-legacy", "equals": "1"}`, `{"query": "debug", "present": true}`,
+    `{"path": "^/v1/"}`, and on response rules only `{"status": [404, 410]}` or
+    `{"response_header": "content-type", "matches": "json"}`. Conditions look at what the client and
+    the upstream sent, never at what earlier rules changed, so the order of rules does not change which
+    ones apply. Other keys are an error."""
 
-    - ``{"header": "x-legacy", "equals": "1"}`` / ``"matches": regex`` / ``"present": bool``
-      (the subject alone means ``"present": true``): a header of the client's request;
-    - ``{"query": "debug", ...}``: a query parameter of the client's request, same tests;
-    - ``{"path": "^/v1/"}``: a regex searched in the client's request path;
-    - response rules only: ``{"status": 404}`` or ``{"status": [404, 410]}`` (the upstream's
-      status) and ``{"response_header": "content-type", ...}`` (the upstream's response headers).
+    model_config = ConfigDict(
+        json_schema_extra={"additionalProperties": False, "patternProperties": {"^_": {}}}
+    )
 
-    Conditions always look at what the client and the upstream sent, never at what earlier rules
-    changed, so the order of rules does not change which ones apply.
-    """
-
-    header: Str | None = None
-    query: Str | None = None
-    path: Str | None = None
-    status: tuple[int, ...] | None = None
-    response_header: Str | None = None
-    equals: Str | None = None
-    matches: Str | None = None
-    present: bool | None = None
+    header: Str | None = Field(None, description="Subject: a header of the client's request, by name.")
+    query: Str | None = Field(
+        None, description="Subject: a query parameter of the client's request, by name."
+    )
+    path: Str | None = Field(
+        None, description="Subject and test: a regular expression searched in the client's request path."
+    )
+    status: tuple[int, ...] | None = Field(
+        None,
+        description="Subject and test, response rules only: the upstream's status is this one or one of "
+        "these (100-999).",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "integer", "minimum": 100, "maximum": 999},
+                {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 100, "maximum": 999},
+                    "minItems": 1,
+                },
+                {"type": "null"},
+            ]
+        },
+    )
+    response_header: Str | None = Field(
+        None, description="Subject, response rules only: a header of the upstream's response, by name."
+    )
+    equals: Str | None = Field(None, description="Test: the subject's value is exactly this text.")
+    matches: Str | None = Field(
+        None, description="Test: a regular expression found in the subject's value (searched, not anchored)."
+    )
+    present: bool | None = Field(
+        None, description="Test: the subject is present (`true`) or absent (`false`)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -469,22 +218,29 @@ _MANAGED_REQUEST = frozenset(
 _MANAGED_RESPONSE = frozenset({"content-length", "transfer-encoding", "connection", "x-request-id"})
 
 
-def encode_header_value(value: str) -> bytes:
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        # "replace": a lone surrogate (a JSON "\ud800" escape in a JWT claim or in the config) has
-        # no UTF-8 form; strict encoding would fail the request (found by tests/fuzz).
-        return value.encode("utf-8", "replace")
-
-
 class _Rule(ConfigModel):
-    action: Action
-    name: Str = Field(min_length=1)
-    value: Str | None = None
-    pattern: Str | None = None
-    replacement: Str | None = None
-    condition: Condition | None = None
+    action: Action = Field(
+        description="`add` (only when absent; needs `value`), `set` (replaces every value by one; needs "
+        "`value`), `remove`, or `replace` (every match of `pattern` in each value replaced; needs `pattern` "
+        "and `replacement`). Rules apply in their order."
+    )
+    name: Str = Field(min_length=1, description="The header (any case) or query parameter the rule acts on.")
+    value: Str | None = Field(
+        None,
+        description="The value of `add`/`set`; may use "
+        + ", ".join(f"`{variable}`" for variable in VARIABLES.split(", "))
+        + " (`$${` for a literal `${`).",
+    )
+    pattern: Str | None = Field(
+        None, description="Regular expression of `replace`, searched in each value (a query value decoded)."
+    )
+    replacement: Str | None = Field(
+        None,
+        description="What each match of `pattern` becomes, in Rust regex syntax: `$1`, `${1}`, `$name`, "
+        "`${name}`, `$$` for a `$` (`$1a` is the group named `1a`: write `${1}a`). A group the pattern "
+        "lacks is an error.",
+    )
+    condition: Condition | None = Field(None, description="When the rule applies. Unset: always.")
 
     @field_validator("pattern")
     @classmethod
@@ -552,6 +308,8 @@ def _header_replacer(regex: re.Pattern[str], replacement: Replacer) -> Callable[
 
 
 class HeaderRule(_Rule):
+    """A rule on headers. Values must not contain control characters (CR, LF, ...)."""
+
     @field_validator("name")
     @classmethod
     def _header_name(cls, name: str) -> str:
@@ -570,6 +328,10 @@ class HeaderRule(_Rule):
 
 
 class RequestHeaderRule(HeaderRule):
+    """A rule on the headers sent upstream. The headers the gateway sets itself (`Host`, framing,
+    `Connection`, `X-Forwarded-*`, `X-Request-ID`) cannot be named; conditions may not use the
+    response's subjects."""
+
     @field_validator("name")
     @classmethod
     def _not_managed(cls, name: str) -> str:
@@ -584,6 +346,9 @@ class RequestHeaderRule(HeaderRule):
 
 
 class ResponseHeaderRule(HeaderRule):
+    """A rule on the headers of the upstream's response (not on the gateway's own error answers).
+    Framing headers and `X-Request-ID` cannot be named."""
+
     @field_validator("name")
     @classmethod
     def _not_managed(cls, name: str) -> str:
@@ -593,6 +358,9 @@ class ResponseHeaderRule(HeaderRule):
 
 
 class QueryRule(_Rule):
+    """A rule on the query string sent upstream: `replace` works on the decoded value and re-encodes
+    it, untouched parameters keep their exact bytes, `set` keeps the first occurrence's place."""
+
     @field_validator("condition")
     @classmethod
     def _for_requests(cls, condition: Condition | None) -> Condition | None:
@@ -606,11 +374,15 @@ _UNSAFE_LITERAL = re.compile(r"//|\\|[#?\s\x00-\x1f\x7f]|://|(^|/)\.\.?(/|$)")
 
 
 class PathRewrite(ConfigModel):
-    """``pattern`` is searched in the upstream path (built from ``internal_path``, percent-encoded);
-    the first match is replaced (kairos-rs: Rust ``Regex::replace``)."""
+    """A rewrite of the upstream path (built from `internal_path`, percent-encoded): the first match
+    of `pattern` is replaced. Routing, CORS, rate limits and logs keep seeing the client's path; a
+    result that is not a plain absolute path is answered 502 `config` and never sent."""
 
-    pattern: Str
-    replacement: Str
+    pattern: Str = Field(description="Regular expression searched in the upstream path.")
+    replacement: Str = Field(
+        description="What the first match becomes, with `$1`-style group references; it may not write `//`, "
+        "a scheme, `\\`, `?`, `#`, `.`/`..` segments or whitespace."
+    )
 
     @field_validator("pattern")
     @classmethod
@@ -639,10 +411,19 @@ class PathRewrite(ConfigModel):
 
 
 class StatusMapping(ConfigModel):
-    from_status: int = Field(alias="from", ge=100, le=999, strict=True)
-    to_status: int = Field(alias="to", ge=100, le=999, strict=True)
+    """Changes the status of an upstream response; the first mapping whose `from` is the status and
+    whose condition holds wins."""
+
+    from_status: int = Field(
+        alias="from", ge=100, le=999, strict=True, description="The upstream's status (100-999)."
+    )
+    to_status: int = Field(alias="to", ge=100, le=999, strict=True, description="The status sent instead.")
     # kairos-rs's free text is accepted (and warned about): it never evaluated it either.
-    condition: Condition | Str | None = None
+    condition: Condition | Str | None = Field(
+        None,
+        description="When the mapping applies. kairos-rs's free text is accepted with a warning and not "
+        "evaluated (the mapping then always applies). Unset: always.",
+    )
 
     @cached_property
     def compiled(self) -> MappingOp:
@@ -672,14 +453,22 @@ def _templates_in(key: str, path: str, value: Any) -> Any:
 
 
 class BodyRules(ConfigModel):
-    """Rules on a JSON object body, applied in this order: ``remove``, ``rename``, ``set``
-    (create or overwrite), ``add`` (only where the field is absent). Fields are dotted paths
-    through objects (``user.id``); missing intermediate objects are created by ``set``/``add``."""
+    """Rules on a JSON object body (`application/json` or `application/*+json`, not
+    `Content-Encoding`-encoded), applied in this order: `remove`, `rename`, `set`, `add`. Fields are
+    dotted paths through objects (`user.address.city`); `set` and `add` create missing objects.
+    `Content-Length` is fixed. Non-JSON, invalid JSON and non-object bodies pass untouched."""
 
-    add: dict[str, object] = Field(default_factory=dict)
-    set: dict[str, object] = Field(default_factory=dict)
-    remove: tuple[Str, ...] = ()
-    rename: dict[str, Str] = Field(default_factory=dict)
+    add: dict[str, object] = Field(
+        default_factory=dict,
+        description="Field path -> JSON value, set only where the field is absent; string values may use "
+        "`${variables}`.",
+    )
+    set: dict[str, object] = Field(
+        default_factory=dict,
+        description="Field path -> JSON value, created or overwritten; string values may use `${variables}`.",
+    )
+    remove: tuple[Str, ...] = Field((), description="Field paths to delete.")
+    rename: dict[str, Str] = Field(default_factory=dict, description="Old field path -> new field path.")
 
     @model_validator(mode="after")
     def _paths(self) -> BodyRules:
@@ -709,11 +498,19 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 class RequestTransformation(ConfigModel):
-    headers: tuple[RequestHeaderRule, ...] = ()
-    path: PathRewrite | None = None
-    query_params: tuple[QueryRule, ...] = ()
-    body: BodyRules | None = None
-    max_body_bytes: NonNegativeInt = DEFAULT_MAX_BODY_BYTES
+    """Rules that rewrite the request before it goes upstream (retries re-send the rewritten request;
+    WebSocket upgrades get the `headers` rules only). Regexes, replacements and variables are checked
+    when the config loads."""
+
+    headers: tuple[RequestHeaderRule, ...] = Field((), description="Header rules, applied in order.")
+    path: PathRewrite | None = Field(None, description="Rewrite of the upstream path. Unset: none.")
+    query_params: tuple[QueryRule, ...] = Field((), description="Query parameter rules, applied in order.")
+    body: BodyRules | None = Field(None, description="JSON body rules. Unset: the body is not read.")
+    max_body_bytes: NonNegativeInt = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        description="Bodies are read for `body` rules up to this many bytes; a larger one (by "
+        "`Content-Length`, or found while reading) streams through untouched.",
+    )
 
     @model_validator(mode="after")
     def _compile(self) -> RequestTransformation:
@@ -735,10 +532,18 @@ class RequestTransformation(ConfigModel):
 
 
 class ResponseTransformation(ConfigModel):
-    headers: tuple[ResponseHeaderRule, ...] = ()
-    status_code_mappings: tuple[StatusMapping, ...] = ()
-    body: BodyRules | None = None
-    max_body_bytes: NonNegativeInt = DEFAULT_MAX_BODY_BYTES
+    """Rules that rewrite the upstream's response (not the gateway's own error answers)."""
+
+    headers: tuple[ResponseHeaderRule, ...] = Field((), description="Header rules, applied in order.")
+    status_code_mappings: tuple[StatusMapping, ...] = Field(
+        (), description="Status changes; the first that applies wins."
+    )
+    body: BodyRules | None = Field(None, description="JSON body rules. Unset: the body is not read.")
+    max_body_bytes: NonNegativeInt = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        description="Bodies are read for `body` rules up to this many bytes; a larger one (by "
+        "`Content-Length`, or found while reading) streams through untouched.",
+    )
 
     @model_validator(mode="after")
     def _compile(self) -> ResponseTransformation:

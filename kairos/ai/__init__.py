@@ -1,0 +1,1 @@
+"""AI routing: providers, strategies, the decision cache, counters (ASGI side: middleware/airouting.py)."""
