@@ -27,8 +27,9 @@ from starlette.routing import BaseRoute, Route
 from kairos.admin import openapi
 from kairos.admin.explain import ExplainApi
 from kairos.admin.redact import redact
-from kairos.admin.responses import BadRequest, error_response, read_json
+from kairos.admin.responses import BadRequest, answer, error_response, read_json
 from kairos.admin.routes_api import RoutesApi, dump_config
+from kairos.api_models import ConfigStatus, PurgeResult
 from kairos.cache.redis_store import CacheUnavailable
 from kairos.errors import timestamp
 
@@ -51,68 +52,54 @@ class ConfigApi:
             document = dump_config(gateway.config)
         return JSONResponse(redact(document))
 
-    def _status(self) -> dict[str, Any]:
+    def _status(self, success: bool, message: str, **extra: Any) -> ConfigStatus:
         gateway = self.gateway
         status = gateway.reload_status
-        return {
-            "version": status.generation,
+        return ConfigStatus(
+            success=success,
+            message=message,
+            version=status.generation,
             **status.as_dict(),
-            "config_file": str(gateway.config_file) if gateway.config_file is not None else None,
-            "source": gateway.config_source,
-            "routes": len(gateway.table),
-        }
+            config_file=str(gateway.config_file) if gateway.config_file is not None else None,
+            source=gateway.config_source,
+            routes=len(gateway.table),
+            **extra,
+        )
 
     async def status(self, request: Request) -> Response:
         applied = self.gateway.reload_status.as_dict()["applied_at"]
-        return JSONResponse(
-            {
-                "success": True,
-                "message": "Current configuration status",
-                **self._status(),
-                "timestamp": applied or timestamp(),
-            }
-        )
+        return answer(self._status(True, "Current configuration status", timestamp=applied or timestamp()))
 
     async def reload(self, request: Request) -> Response:
         gateway = self.gateway
         if gateway.config_file is None:
-            return JSONResponse(
-                {
-                    "success": False,
-                    "message": "Nothing to reload: the config was given as an object, not a file",
-                    "error": "no config file",
-                    "type": "conflict",
-                    **self._status(),
-                    "timestamp": timestamp(),
-                },
-                status_code=409,
+            return answer(
+                self._status(
+                    False,
+                    "Nothing to reload: the config was given as an object, not a file",
+                    error="no config file",
+                    type="conflict",
+                    timestamp=timestamp(),
+                ),
+                409,
             )
         reloaded = await gateway.reload("api", force=True)
         status = gateway.reload_status
         if reloaded:
-            return JSONResponse(
-                {
-                    "success": True,
-                    "message": f"Configuration reloaded successfully (generation {status.generation})",
-                    **self._status(),
-                    "timestamp": timestamp(),
-                }
+            return answer(
+                self._status(
+                    True,
+                    f"Configuration reloaded successfully (generation {status.generation})",
+                    timestamp=timestamp(),
+                )
             )
         errors = list(status.last_errors)
         message = f"Configuration reload failed, still serving generation {status.generation}: " + "; ".join(
             errors
         )
-        return JSONResponse(
-            {
-                "success": False,
-                "message": message,
-                "error": message,
-                "type": "config",
-                "errors": errors,
-                **self._status(),
-                "timestamp": timestamp(),
-            },
-            status_code=422,
+        return answer(
+            self._status(False, message, error=message, type="config", errors=errors, timestamp=timestamp()),
+            422,
         )
 
     async def purge(self, request: Request) -> Response:
@@ -136,19 +123,19 @@ class ConfigApi:
             purged = await self.gateway.cache.purge(route=route, key_prefix=key_prefix)
         except CacheUnavailable as exc:
             return error_response(f"the cache store is unreachable: {exc}", 503, "unavailable")
-        answer: dict[str, Any] = {
-            "success": True,
-            "message": f"Purged {purged} cached responses",
-            "purged": purged,
-            "route": route,
-            "key_prefix": key_prefix,
-            "seconds": round(time.perf_counter() - started, 6),
-        }
+        result = PurgeResult(
+            success=True,
+            message=f"Purged {purged} cached responses",
+            purged=purged,
+            route=route,
+            key_prefix=key_prefix,
+            seconds=round(time.perf_counter() - started, 6),
+        )
         if route is not None and not any(
             live.name == route or live.key == route for live in self.gateway.table.routes
         ):
-            answer["warning"] = f"no route of the running config has the template or key {route!r}"
-        return JSONResponse(answer)
+            result.warning = f"no route of the running config has the template or key {route!r}"
+        return answer(result)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi.document(self.gateway.settings.admin_prefix, self.gateway.version))

@@ -32,11 +32,12 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from kairos.admin import ADMIN_SECTIONS, STREAM_PATHS, admin_owns
 from kairos.admin.redact import redact
-from kairos.admin.responses import error_response
+from kairos.admin.responses import answer, error_response
+from kairos.api_models import Backends, Explanation
 from kairos.cache.policy import url_key
 from kairos.config.model import HTTP_METHODS, GatewayConfig
 from kairos.gateway import RESERVED_PATHS, Gateway
@@ -396,7 +397,8 @@ class ExplainApi:
         if self.gateway.config is None:
             return error_response("the gateway has not loaded its configuration yet", 503, "unavailable")
         path, _, query = path.partition("?")
-        return JSONResponse(explain(self.gateway, method.upper(), path, query, params.get("host"), websocket))
+        explained = explain(self.gateway, method.upper(), path, query, params.get("host"), websocket)
+        return answer(Explanation.model_validate(explained))
 
     async def backends(self, request: Request) -> Response:
         now = time.monotonic()
@@ -423,12 +425,14 @@ class ExplainApi:
                     }
                 )
         backends = [by_key[key] for key in sorted(by_key)]
-        return JSONResponse(
-            {
-                "success": True,
-                "message": f"Found {len(backends)} backends",
-                "backends": backends,
-                "panic_routes": sorted(self.gateway.panic.active),
-                "generation": self.gateway.generation,
-            }
+        return answer(
+            Backends.model_validate(
+                {
+                    "success": True,
+                    "message": f"Found {len(backends)} backends",
+                    "backends": backends,
+                    "panic_routes": sorted(self.gateway.panic.active),
+                    "generation": self.gateway.generation,
+                }
+            )
         )

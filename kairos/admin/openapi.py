@@ -5,8 +5,9 @@ contract operators and the schemathesis test (tests/admin/test_openapi_fuzz.py) 
 against the live gateway. Paths carry the configured prefix. The config components (``Route``,
 ``Backend`` and every section a route holds) are generated from the config models
 (kairos/config/schema.py: pydantic's validation-mode schemas with the models' descriptions), so
-they cannot drift from what the gateway accepts; the admin API's own answers (status, explain,
-purge, ...) are not config and are written here. The gateway still validates every route it is
+they cannot drift from what the gateway accepts; the admin API's answers (status, explain,
+purge, ...) are generated from the models the handlers build them from (kairos/api_models.py),
+which the typed client parses them back into. The gateway still validates every route it is
 given and answers 400 with every problem.
 """
 
@@ -15,6 +16,19 @@ from __future__ import annotations
 import functools
 from typing import Any, get_args
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from kairos.api_models import (
+    Backends,
+    ConfigStatus,
+    Explanation,
+    PurgeResult,
+    RouteAnswer,
+    RouteList,
+    RoutesReplaced,
+    RouteValidation,
+)
 from kairos.config.model import HTTP_METHODS, BackendConfig, Protocol, RouteConfig
 from kairos.config.schema import config_schemas
 from kairos.observability.history import INTERVALS
@@ -99,96 +113,21 @@ _SCHEMAS: dict[str, Any] = {
         },
         "required": ["error", "type"],
     },
-    "RouteResponse": {
-        "type": "object",
-        "description": "kairos-rs RouteResponse, plus where the change now runs.",
-        "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "route": _ref("Route"),
-            "routes": {"type": "array", "items": _ref("Route")},
-            "index": {"type": "integer"},
-            "generation": {"type": "integer"},
-            "warnings": {"type": "array", "items": {"type": "string"}},
-        },
-        "required": ["success", "message"],
-    },
     "ValidateRequest": {
         "type": "object",
         "properties": {"route": _ref("Route")},
         "required": ["route"],
     },
-    "ValidateResponse": {
+    "ReplaceRoutesRequest": {
         "type": "object",
         "properties": {
-            "valid": {"type": "boolean"},
-            "error": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "string"}},
-            "warnings": {"type": "array", "items": {"type": "string"}},
-        },
-        "required": ["valid"],
-    },
-    "ConfigStatus": {
-        "type": "object",
-        "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "version": {"type": "integer", "description": "config generation (1 = loaded at startup)"},
-            "timestamp": {"type": "string"},
-            "generation": {"type": "integer"},
-            "applied_at": {"type": ["string", "null"]},
-            "last_attempt_at": {"type": ["string", "null"]},
-            "last_trigger": {"type": "string"},
-            "last_result": {"type": "string", "enum": ["", "success", "failure", "unchanged"]},
-            "last_errors": {"type": "array", "items": {"type": "string"}},
-            "reloads": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "last_success_at": {"type": ["string", "null"]},
-            "config_file": {"type": ["string", "null"]},
-            "errors": {"type": "array", "items": {"type": "string"}},
-        },
-        "required": ["success", "message", "version", "timestamp"],
-    },
-    "Explain": {
-        "type": "object",
-        "properties": {
-            "request": {"type": "object"},
-            "matched": {"type": "boolean"},
-            "served_by": {"type": "string", "enum": ["proxy", "gateway", "admin", "builtin"]},
-            "status": {"type": ["integer", "null"], "description": "the gateway's own answer (404/405/400)"},
-            "reason": {"type": "string"},
-            "allow": {"type": "string"},
-            "route": {"type": "object"},
-            "why": {"type": "string"},
-            "params": {"type": "object", "additionalProperties": {"type": "string"}},
-            "other_matching_routes": {"type": "array", "items": {"type": "object"}},
-            "candidates": {"type": "array", "items": {"type": "object"}},
-            "backends": {"type": "array", "items": {"type": "object"}},
-            "policies": {"type": "object"},
-        },
-        "required": ["request", "matched", "served_by"],
-    },
-    "Backends": {
-        "type": "object",
-        "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "backends": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "key": {"type": "string"},
-                        "healthy": {"type": "boolean"},
-                        "circuit": {"type": "object"},
-                        "outlier": {"type": "object"},
-                        "in_flight": {"type": "integer"},
-                        "available": {"type": "boolean"},
-                        "routes": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
+            "routes": {"type": "array", "items": _ref("Route")},
+            "generation": {
+                "type": "integer",
+                "description": "Apply only if this config generation is still running (else 409).",
             },
         },
-        "required": ["success", "backends"],
+        "required": ["routes"],
     },
     "PurgeRequest": {
         "type": "object",
@@ -204,15 +143,6 @@ _SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
     },
-    "PurgeResponse": {
-        "type": "object",
-        "properties": {
-            "success": {"type": "boolean"},
-            "message": {"type": "string"},
-            "purged": {"type": "integer", "minimum": 0},
-        },
-        "required": ["success", "purged"],
-    },
 }
 
 
@@ -221,10 +151,33 @@ def _config_components() -> dict[str, Any]:
     """A route as config.json holds it, its backends, and every section they use (RetryConfig, ...);
     generated on first use (~20 ms), not when the gateway imports this module."""
     schemas = config_schemas({"Route": RouteConfig, "Backend": BackendConfig}, _COMPONENTS)
+    schemas.update(answer_schemas())
     taken = sorted(schemas.keys() & _SCHEMAS.keys())
     if taken:  # pragma: no cover - a config model named like one of the answers above
         raise RuntimeError(f"component names taken twice: {taken}")
     return schemas
+
+
+# The admin API's answers, generated from the models the handlers build them from.
+ANSWERS: tuple[type[BaseModel], ...] = (
+    RouteList,
+    RouteAnswer,
+    RouteValidation,
+    RoutesReplaced,
+    ConfigStatus,
+    Explanation,
+    Backends,
+    PurgeResult,
+)
+
+
+def answer_schemas() -> dict[str, Any]:
+    """JSON schemas of ``ANSWERS`` and the models inside them, as components (serialization
+    mode: what the gateway sends)."""
+    _, top = models_json_schema(
+        [(model, "serialization") for model in ANSWERS], ref_template=_COMPONENTS + "{model}"
+    )
+    return dict(top["$defs"])
 
 
 def document(prefix: str, version: str) -> dict[str, Any]:
@@ -235,14 +188,38 @@ def document(prefix: str, version: str) -> dict[str, Any]:
             "get": {
                 "summary": "List routes (as written, secrets redacted)",
                 "operationId": "listRoutes",
-                "responses": {"200": _answer("The routes", "RouteResponse"), **_GUARD},
+                "responses": {"200": _answer("The routes", "RouteList"), **_GUARD},
+            },
+            "put": {
+                "summary": "Replace the whole route list at once, all or nothing (kairos apply)",
+                "operationId": "replaceRoutes",
+                "parameters": [
+                    {
+                        "name": "dry_run",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: validate and report, change nothing.",
+                        "schema": {"type": "string", "enum": ["true", "false"]},
+                    }
+                ],
+                "requestBody": _body(
+                    "ReplaceRoutesRequest", example={"routes": [_example_route("/examples/{id}")]}
+                ),
+                "responses": {
+                    "200": _answer("Replaced and running (or, dry run, checked)", "RoutesReplaced"),
+                    "400": _answer("Malformed JSON or routes that do not validate (every problem listed)"),
+                    "409": _answer("The generation given is no longer running, or two routes clash"),
+                    "413": _answer("Body too large"),
+                    "500": _answer("The config file could not be written; nothing changed"),
+                    **_GUARD,
+                },
             },
             "post": {
                 "summary": "Create a route; applied live and saved",
                 "operationId": "createRoute",
                 "requestBody": _body("Route", example=_example_route("/examples/{id}")),
                 "responses": {
-                    "201": _answer("Created and running", "RouteResponse"),
+                    "201": _answer("Created and running", "RouteAnswer"),
                     "400": _answer("Malformed JSON or a route that does not validate (every problem listed)"),
                     "409": _answer("A route with this external_path and a common method exists"),
                     "413": _answer("Body too large"),
@@ -257,7 +234,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                 "operationId": "validateRoute",
                 "requestBody": _body("ValidateRequest", example={"route": _example_route("/examples/{id}")}),
                 "responses": {
-                    "200": _answer("Whether it is valid, with every error and warning", "ValidateResponse"),
+                    "200": _answer("Whether it is valid, with every error and warning", "RouteValidation"),
                     "400": _answer("Malformed JSON"),
                     "413": _answer("Body too large"),
                     **_GUARD,
@@ -270,7 +247,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                 "summary": "One route",
                 "operationId": "getRoute",
                 "responses": {
-                    "200": _answer("The route", "RouteResponse"),
+                    "200": _answer("The route", "RouteAnswer"),
                     "400": _answer("A bad selector"),
                     "404": _answer("No such route"),
                     "409": _answer("Several routes have this path: pick one with method/protocol/index"),
@@ -282,7 +259,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                 "operationId": "updateRoute",
                 "requestBody": _body("Route", example=_example_route("/cats/{id}")),
                 "responses": {
-                    "200": _answer("Updated and running", "RouteResponse"),
+                    "200": _answer("Updated and running", "RouteAnswer"),
                     "400": _answer(
                         "Malformed JSON, validation problems, or external_path differs from the URL"
                     ),
@@ -297,7 +274,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                 "summary": "Delete a route; applied live and saved",
                 "operationId": "deleteRoute",
                 "responses": {
-                    "200": _answer("Deleted", "RouteResponse"),
+                    "200": _answer("Deleted", "RouteAnswer"),
                     "400": _answer("A bad selector, or the config without it does not validate"),
                     "404": _answer("No such route"),
                     "409": _answer("Several routes have this path: pick one with method/protocol/index"),
@@ -358,7 +335,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                     {"name": "websocket", "in": "query", "required": False, "schema": {"type": "boolean"}},
                 ],
                 "responses": {
-                    "200": _answer("The explanation", "Explain"),
+                    "200": _answer("The explanation", "Explanation"),
                     "400": _answer("A missing or invalid query parameter (named)"),
                     **_GUARD,
                 },
@@ -377,7 +354,7 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                 "operationId": "purgeCache",
                 "requestBody": _body("PurgeRequest", required=False),
                 "responses": {
-                    "200": _answer("How many entries went", "PurgeResponse"),
+                    "200": _answer("How many entries went", "PurgeResult"),
                     "400": _answer("Malformed body"),
                     "413": _answer("Body too large"),
                     "503": _answer("A Redis cache store is unreachable"),

@@ -17,6 +17,7 @@ import logging
 import uuid
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,8 +58,10 @@ def error_response(
     )
 
 
-def json_response(content: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(content, status_code=status)
+def answer(model: BaseModel, status: int = 200) -> JSONResponse:
+    """An admin answer from its shared model (kairos/api_models.py): only the fields the handler
+    set are sent, so the JSON is what the handler built and the client parses it back as is."""
+    return JSONResponse(model.model_dump(mode="json", exclude_unset=True), status_code=status)
 
 
 async def read_json(request: Request) -> Any:

@@ -46,8 +46,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from kairos.admin.redact import redact, restore
-from kairos.admin.responses import BadRequest, read_json
+from kairos.admin.responses import BadRequest, answer, read_json
 from kairos.admin.shadow import admin_shadow_warning
+from kairos.api_models import RouteAnswer, RouteList, RoutesReplaced, RouteValidation
 from kairos.config import ConfigError, GatewayConfig, LoadedConfig, Problem, load_data
 from kairos.config.model import HTTP_METHODS
 from kairos.config.problems import StaleConfig
@@ -256,14 +257,14 @@ class RoutesApi:
     def endpoints(self) -> list[BaseRoute]:
         # One Route per path, dispatching on the method, so a 405 lists every method in `Allow`.
         return [
-            Route("/routes", self.collection, methods=["GET", "POST"]),
+            Route("/routes", self.collection, methods=["GET", "POST", "PUT"]),
             Route("/routes/validate", self.validate, methods=["POST"]),
             Route("/routes/{path:path}", self.item, methods=["GET", "PUT", "DELETE"]),
         ]
 
     async def collection(self, request: Request) -> Response:
-        handler = self._create if request.method == "POST" else self._list
-        return await _guarded(handler, request)
+        handlers = {"POST": self._create, "PUT": self._replace}
+        return await _guarded(handlers.get(request.method, self._list), request)
 
     async def item(self, request: Request) -> Response:
         handlers = {"PUT": self._update, "DELETE": self._delete}
@@ -273,21 +274,21 @@ class RoutesApi:
 
     async def _list(self, request: Request) -> Response:
         routers = routers_of(running_document(self.gateway))
-        return JSONResponse(
-            {
-                "success": True,
-                "message": f"Found {len(routers)} routes",
-                "routes": [redact(route) for route in routers],
-                "generation": self.gateway.generation,
-            }
+        return answer(
+            RouteList(
+                success=True,
+                message=f"Found {len(routers)} routes",
+                routes=[redact(route) for route in routers],
+                generation=self.gateway.generation,
+            )
         )
 
     async def _get(self, request: Request) -> Response:
         path = "/" + request.path_params["path"]
         routers = routers_of(running_document(self.gateway))
         index = select(routers, path, dict(request.query_params))
-        return JSONResponse(
-            {"success": True, "message": "Route found", "route": redact(routers[index]), "index": index}
+        return answer(
+            RouteAnswer(success=True, message="Route found", route=redact(routers[index]), index=index)
         )
 
     # -- changing ------------------------------------------------------------------------------
@@ -344,6 +345,61 @@ class RoutesApi:
             loaded = await self._save(document, None, based_on)
         return self._changed(200, "Route deleted successfully", route, index, loaded, warn=False)
 
+    async def _replace(self, request: Request) -> Response:
+        """``PUT /routes``: the whole route list at once, all or nothing (``kairos apply``).
+
+        Body ``{"routes": [...], "generation"?: N}``: with ``generation`` the change is refused
+        (409) unless that generation is still running, so an apply computed from one state never
+        lands on another. ``?dry_run=true`` validates and reports without applying. A route sent
+        back with ``"***"`` secrets keeps the running ones (matched by path, methods, protocol)."""
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("routes"), list):
+            raise BadRequest('request body must be {"routes": [...]}: a JSON object with the route list')
+        expected = body.get("generation")
+        if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool)):
+            raise BadRequest(f"generation: must be an integer (got {expected!r})")
+        dry_run = request.query_params.get("dry_run", "").lower() in ("1", "true", "yes", "on")
+        async with self._lock:
+            based_on = self.gateway.generation
+            if expected is not None and expected != based_on:
+                raise Failure(
+                    409,
+                    f"The config changed since generation {expected}: generation {based_on} is running now; "
+                    "read it again and resend",
+                )
+            document = running_document(self.gateway)
+            running = routers_of(document)
+            sent = [_restore_route(route, running) for route in body["routes"]]
+            document["routers"] = sent
+            for index, route in enumerate(sent):
+                if not isinstance(route, dict):
+                    raise Failure(400, f"Route validation failed: routers[{index}]: must be an object")
+                _refuse_clash(sent, index, route.get("external_path"), "")
+            loaded = check_document(document, None)
+            warnings = [str(warning) for warning in loaded.warnings]
+            if dry_run:
+                return answer(
+                    RoutesReplaced(
+                        success=True,
+                        message=f"Dry run: {len(sent)} routes would apply on generation {based_on}",
+                        dry_run=True,
+                        generation=based_on,
+                        routes=len(sent),
+                        warnings=warnings,
+                    )
+                )
+            await self._save(document, None, based_on)
+        return answer(
+            RoutesReplaced(
+                success=True,
+                message=f"Routes replaced ({len(sent)} routes). {applied_note(self.gateway)}",
+                dry_run=False,
+                generation=self.gateway.generation,
+                routes=len(sent),
+                warnings=warnings,
+            )
+        )
+
     async def _save(self, document: dict[str, Any], index: int | None, based_on: int) -> LoadedConfig:
         try:
             return await self.gateway.change(document, "admin", based_on)
@@ -362,16 +418,16 @@ class RoutesApi:
     def _changed(
         self, status: int, what: str, route: Any, index: int, loaded: LoadedConfig, warn: bool = True
     ) -> Response:
-        return JSONResponse(
-            {
-                "success": True,
-                "message": f"{what}. {applied_note(self.gateway)}",
-                "route": redact(route),
-                "index": index,
-                "generation": self.gateway.generation,
-                "warnings": route_warnings(loaded, index, route, self.prefix) if warn else [],
-            },
-            status_code=status,
+        return answer(
+            RouteAnswer(
+                success=True,
+                message=f"{what}. {applied_note(self.gateway)}",
+                route=redact(route),
+                index=index,
+                generation=self.gateway.generation,
+                warnings=route_warnings(loaded, index, route, self.prefix) if warn else [],
+            ),
+            status,
         )
 
     # -- validate ------------------------------------------------------------------------------
@@ -394,14 +450,28 @@ class RoutesApi:
             loaded = check_document(document, index)
         except Failure as failure:
             errors = failure.extra.get("errors", [failure.message])
-            return JSONResponse(
-                {"valid": False, "error": "; ".join(errors), "errors": errors, "warnings": []}
-            )
-        return JSONResponse({"valid": True, "warnings": route_warnings(loaded, index, route, self.prefix)})
+            return answer(RouteValidation(valid=False, error="; ".join(errors), errors=errors, warnings=[]))
+        return answer(RouteValidation(valid=True, warnings=route_warnings(loaded, index, route, self.prefix)))
 
 
 def _invalid(message: str) -> Response:
-    return JSONResponse({"valid": False, "error": message, "errors": [message], "warnings": []})
+    return answer(RouteValidation(valid=False, error=message, errors=[message], warnings=[]))
+
+
+def _restore_route(sent: Any, running: list[Any]) -> Any:
+    """A route of a whole-list PUT with its ``"***"`` secrets put back from the running route that
+    has the same path, methods and kind (none: sent as is, so a mask stays a mask and fails)."""
+    if not isinstance(sent, dict):
+        return sent
+    for route in running:
+        if (
+            isinstance(route, dict)
+            and route.get("external_path") == sent.get("external_path")
+            and _methods(route) == _methods(sent)
+            and _is_websocket(route) == _is_websocket(sent)
+        ):
+            return restore(sent, route)
+    return sent
 
 
 def applied_note(gateway: Gateway) -> str:
