@@ -213,7 +213,7 @@ def kairos_run(
     tmp_path: Path, config: dict[str, Any] | None, *, env: dict[str, str] | None = None, wait: bool = True
 ) -> Iterator[Server]:
     """The real gateway started exactly as an operator starts it: ``python -m kairos run`` (the
-    production server settings of kairos/cli.py, the connection guard included), on 127.0.0.1."""
+    production server settings of kairos/cli/serve.py, the connection guard included), on 127.0.0.1."""
     port = free_port()
     config_path = tmp_path / f"config-{port}.json"
     if config is not None:

@@ -1,8 +1,7 @@
-"""The ``kairos`` command: ``kairos run`` and ``kairos validate FILE``."""
+"""``kairos run``: the gateway under uvicorn with the production settings (SERVER_OPTIONS)."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -11,45 +10,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kairos import __version__
 
-
-def _validate(args: argparse.Namespace) -> int:
-    from kairos.config import ConfigError, load_file
-
-    try:
-        loaded = load_file(args.file)
-    except ConfigError as exc:
-        print(f"{exc.source}: INVALID, {len(exc.problems)} error(s)")
-        for problem in exc.problems:
-            print(f"  error: {problem}")
-        for warning in exc.warnings:
-            print(f"  warning: {warning}")
-        return 1
-    for warning in loaded.warnings:
-        print(f"  warning: {warning}")
-    routes = loaded.config.routers
-    print(f"{loaded.source}: OK ({len(routes)} route(s), {len(loaded.warnings)} warning(s))")
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(host: str | None, port: int | None, workers: int | None, config: Path | None) -> int:
+    """Start the gateway; the exit code (1: invalid config, 2: bad environment)."""
     import uvicorn
 
     from kairos.config import ConfigError, load_file
     from kairos.logs import level_name
     from kairos.settings import SettingsError, load_settings
 
-    if args.config:
-        os.environ["KAIROS_CONFIG_PATH"] = str(args.config)
+    if config:
+        os.environ["KAIROS_CONFIG_PATH"] = str(config)
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    host = args.host or settings.host
-    port = args.port or settings.port
-    workers = args.workers or settings.workers
+    host = host or settings.host
+    port = port or settings.port
+    workers = workers or settings.workers
     level = level_name(settings.log_level).lower()
     # Validate up front so an invalid file prints its errors once and exits 1, before any worker.
     if settings.config_path.exists():
@@ -122,27 +101,3 @@ def _multiprocess_metrics(workers: int) -> Path | None:
     os.environ[ENV] = str(temporary)  # inherited by the workers uvicorn starts
     print(f"kairos: {ENV}={temporary} (temporary, removed at exit) for {workers} workers", file=sys.stderr)
     return temporary
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kairos", description="Kairos API gateway")
-    parser.add_argument("--version", action="version", version=f"kairos {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="start the gateway (uvicorn with uvloop + httptools)")
-    run.add_argument("--host", help="bind address (default: KAIROS_HOST or 0.0.0.0)")
-    run.add_argument("--port", type=int, help="bind port (default: KAIROS_PORT or 5900)")
-    run.add_argument("--workers", type=int, help="worker processes (default: KAIROS_WORKERS or 1)")
-    run.add_argument("--config", type=Path, help="config file (default: KAIROS_CONFIG_PATH or ./config.json)")
-    run.set_defaults(handler=_run)
-
-    validate = commands.add_parser("validate", help="check a config file; exit 1 on errors")
-    validate.add_argument("file", type=Path)
-    validate.set_defaults(handler=_validate)
-
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
