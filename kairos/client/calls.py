@@ -15,7 +15,8 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from kairos.api_models import (
     Backends,
@@ -99,14 +100,28 @@ def route_model(document: Mapping[str, Any]) -> RouteConfig:
 
 
 def route_document(route: RouteInput) -> dict[str, Any]:
-    """What the admin API takes for a route: the document, from a model or a mapping."""
+    """What the admin API takes for a route: the document, from a model or a mapping. Secrets of
+    a model go as their values: a route read from the admin API holds ``"***"`` there, which the
+    gateway restores to the running secret (pydantic's own JSON dump would send ``"**********"``,
+    which it would store)."""
     if isinstance(route, RouteConfig):
-        return route.model_dump(mode="json", exclude_defaults=True, by_alias=True) | {
-            "external_path": route.external_path,
-            "internal_path": route.internal_path,
-            "methods": list(route.methods),
-        }
+        plain = _revealed(route.model_dump(mode="python", exclude_defaults=True, by_alias=True))
+        document: dict[str, Any] = to_jsonable_python(plain)
+        document.update(
+            external_path=route.external_path, internal_path=route.internal_path, methods=list(route.methods)
+        )
+        return document
     return dict(route)
+
+
+def _revealed(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {key: _revealed(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_revealed(item) for item in value]
+    return value
 
 
 def route_path(external_path: str) -> str:

@@ -109,6 +109,11 @@ class _Settings:
             return KairosTimeout(self.base_url, f"no answer within {self.timeout:g} s ({type(exc).__name__})")
         return KairosConnectionError(self.base_url, _reason(exc))
 
+    def stream_timeout(self) -> KairosTimeout:
+        return KairosTimeout(
+            self.base_url, f"no answer within {self.timeout:g} s (opening the metrics stream)"
+        )
+
     def stream_url(self) -> str:
         return "ws" + self.base_url[4:] + "/ws/metrics"  # http→ws, https→wss
 
@@ -131,17 +136,6 @@ def _reason(exc: BaseException) -> str:
     if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
         return "unknown host"
     return str(exc) or type(exc).__name__
-
-
-def _discovered_prefix(response: httpx.Response) -> str:
-    if response.status_code == 200:
-        try:
-            prefix = response.json().get("admin_prefix")
-        except (ValueError, AttributeError):
-            prefix = None
-        if isinstance(prefix, str) and prefix.startswith("/"):
-            return prefix
-    return DEFAULT_PREFIX
 
 
 class KairosClient:
@@ -186,8 +180,9 @@ class KairosClient:
 
     @property
     def admin_prefix(self) -> str:
+        """Given, or read from the gateway's /health (retried like any read; kept once known)."""
         if self._settings.admin_prefix is None:
-            self._settings.admin_prefix = _discovered_prefix(self._send("GET", "/health", None, None))
+            self._settings.admin_prefix = self.run(calls.health()).admin_prefix or DEFAULT_PREFIX
         return self._settings.admin_prefix
 
     def _send(self, method: str, url: str, params: Mapping[str, str] | None, body: Any) -> httpx.Response:
@@ -260,6 +255,8 @@ class KairosClient:
             )
         except InvalidHandshake as exc:
             raise _stream_refused(self._settings.base_url, exc) from None
+        except TimeoutError:  # the handshake did not complete in time (before OSError: a subclass)
+            raise self._settings.stream_timeout() from None
         except OSError as exc:
             raise KairosConnectionError(self._settings.base_url, _reason(exc)) from None
         with socket:
@@ -393,8 +390,9 @@ class AsyncKairosClient:
         await self._http.aclose()
 
     async def admin_prefix(self) -> str:
+        """Given, or read from the gateway's /health (retried like any read; kept once known)."""
         if self._settings.admin_prefix is None:
-            self._settings.admin_prefix = _discovered_prefix(await self._send("GET", "/health", None, None))
+            self._settings.admin_prefix = (await self.run(calls.health())).admin_prefix or DEFAULT_PREFIX
         return self._settings.admin_prefix
 
     async def _send(
@@ -468,6 +466,8 @@ class AsyncKairosClient:
             )
         except InvalidHandshake as exc:
             raise _stream_refused(self._settings.base_url, exc) from None
+        except TimeoutError:  # the handshake did not complete in time (before OSError: a subclass)
+            raise self._settings.stream_timeout() from None
         except OSError as exc:
             raise KairosConnectionError(self._settings.base_url, _reason(exc)) from None
         async with socket:
