@@ -291,6 +291,36 @@ class MetricWindow(Answer):
     avg: float
 
 
+class RouteSummary(Answer):
+    """One route's counts since start and its request-duration histogram (summed over methods)."""
+
+    route: str
+    requests: int
+    errors: int = Field(description="Answers with a 5xx status.")
+    client_errors: int = Field(description="Answers with a 4xx status.")
+    buckets: list[int] = Field(
+        description="Cumulative counts per bound of `MetricsSummary.bounds`, then +Inf."
+    )
+
+
+class MetricsSummary(Answer):
+    """``GET /metrics/summary``: what a dashboard needs from /metrics, computed by the gateway:
+    totals, the request-duration histogram over every route, and the busiest routes (``?top=N``).
+    A few kilobytes instead of parsing the whole exposition (megabytes with 1,000 routes). Per
+    worker process, like the metrics history."""
+
+    timestamp: str
+    uptime: float
+    requests: int
+    errors: int
+    client_errors: int
+    in_flight: int
+    bounds: list[float] = Field(description="Upper bounds (seconds) of the histogram buckets, +Inf left out.")
+    buckets: list[int] = Field(description="Cumulative counts over every route: one per bound, then +Inf.")
+    routes: list[RouteSummary] = Field(default_factory=list, description="Busiest first.")
+    total_routes: int = Field(0, description="Routes with traffic (`routes` may hold fewer).")
+
+
 class StreamEvent(Answer):
     """One message of ``/ws/metrics``: ``Snapshot`` (every interval), ``TimeSeries`` (on a
     subscription with history), ``Heartbeat`` or ``Error``; fields per type as the server sends."""

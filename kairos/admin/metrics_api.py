@@ -41,6 +41,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -48,8 +49,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from kairos.admin.responses import answer
+from kairos.api_models import MetricsSummary, RouteSummary
 from kairos.errors import error_body
 from kairos.observability.history import INTERVALS, rfc3339, to_micros
+from kairos.observability.requests import BUCKETS
 
 if TYPE_CHECKING:
     from kairos.gateway import Gateway
@@ -72,6 +76,7 @@ def endpoints(gateway: Gateway) -> list[BaseRoute]:
     return [
         Route("/metrics/list", api.names, methods=["GET"]),
         Route("/metrics/history", api.history, methods=["GET"]),
+        Route("/metrics/summary", SummaryApi(gateway).summary, methods=["GET"]),
     ]
 
 
@@ -150,6 +155,58 @@ class HistoryApi:
         if interval is None:
             return JSONResponse(self.store.points(name, start, end))
         return JSONResponse(self.store.aggregate(name, start, end, INTERVALS[interval]))
+
+
+class SummaryApi:
+    """``GET /metrics/summary[?top=N]``: totals, the merged request-duration histogram and the
+    N busiest routes (default 10, at most 10,000) straight from the counters the /metrics
+    collector reads, for dashboards that poll every second."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def summary(self, request: Request) -> Response:
+        text = request.query_params.get("top", "10")
+        if not text.isdigit() or not 0 <= int(text) <= 10_000:
+            return _bad_request(f"query parameter `top`: an integer from 0 to 10000 (got {text!r})")
+        metrics = self.gateway.request_metrics
+        per_route: dict[str, list[int]] = {}  # route -> [requests, 5xx, 4xx, *non-cumulative buckets]
+        merged = [0] * (len(BUCKETS) + 1)
+        for (route, _), series in metrics.series.items():
+            entry = per_route.setdefault(route, [0, 0, 0, *([0] * (len(BUCKETS) + 1))])
+            for counts in (series.by_gateway, series.by_upstream):
+                for code, count in counts.items():
+                    entry[0] += count
+                    entry[1] += count if code >= 500 else 0
+                    entry[2] += count if 400 <= code < 500 else 0
+            for index, count in enumerate(series.duration.counts):
+                entry[3 + index] += count
+                merged[index] += count
+        busiest = sorted(per_route.items(), key=lambda item: (-item[1][0], item[0]))[: int(text)]
+        totals = metrics.totals()
+        return answer(
+            MetricsSummary(
+                timestamp=_now(),
+                uptime=round(self.gateway.uptime, 3),
+                requests=totals.requests,
+                errors=totals.http_5xx,
+                client_errors=totals.http_4xx,
+                in_flight=metrics.in_flight,
+                bounds=list(BUCKETS),
+                buckets=list(accumulate(merged)),
+                routes=[
+                    RouteSummary(
+                        route=route,
+                        requests=entry[0],
+                        errors=entry[1],
+                        client_errors=entry[2],
+                        buckets=list(accumulate(entry[3:])),
+                    )
+                    for route, entry in busiest
+                ],
+                total_routes=len(per_route),
+            )
+        )
 
 
 def _bad_request(message: str) -> Response:

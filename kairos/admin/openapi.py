@@ -23,6 +23,7 @@ from kairos.api_models import (
     Backends,
     ConfigStatus,
     Explanation,
+    MetricsSummary,
     PurgeResult,
     RouteAnswer,
     RouteList,
@@ -168,6 +169,7 @@ ANSWERS: tuple[type[BaseModel], ...] = (
     Explanation,
     Backends,
     PurgeResult,
+    MetricsSummary,
 )
 
 
@@ -381,6 +383,26 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                         "description": "Series names",
                         "content": {_JSON: {"schema": {"type": "array", "items": {"type": "string"}}}},
                     },
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/metrics/summary": {
+            "get": {
+                "summary": "Totals, the merged request-duration histogram and the busiest routes",
+                "operationId": "metricsSummary",
+                "parameters": [
+                    {
+                        "name": "top",
+                        "in": "query",
+                        "required": False,
+                        "description": "How many of the busiest routes (default 10).",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 10000},
+                    }
+                ],
+                "responses": {
+                    "200": _answer("The summary (this worker's)", "MetricsSummary"),
+                    "400": _answer("A bad `top`"),
                     **_GUARD,
                 },
             }

@@ -24,6 +24,7 @@ from kairos.api_models import (
     Explanation,
     HealthStatus,
     MetricPoint,
+    MetricsSummary,
     MetricWindow,
     PurgeResult,
     ReadyStatus,
@@ -150,8 +151,21 @@ def ready() -> Call[ReadyStatus]:
     return Call("GET", "/ready", _model(ReadyStatus), admin=False, accept=(200, 503))
 
 
-def metrics() -> Call[MetricsSnapshot]:
-    return Call("GET", "/metrics", lambda response: MetricsSnapshot.parse(response.text), admin=False)
+def metrics(prefix: str | None) -> Call[MetricsSnapshot]:
+    """The gateway filters by ``prefix`` (``/metrics?prefix=``); the client filters again, for a
+    gateway that ignores the parameter (several workers, an older version)."""
+    params = {"prefix": prefix} if prefix else None
+    return Call(
+        "GET",
+        "/metrics",
+        lambda response: MetricsSnapshot.parse(response.text, prefix),
+        admin=False,
+        params=params,
+    )
+
+
+def metrics_summary(top: int) -> Call[MetricsSummary]:
+    return Call("GET", "/metrics/summary", _model(MetricsSummary), params={"top": str(top)})
 
 
 _POINTS = TypeAdapter(list[MetricPoint])

@@ -31,6 +31,7 @@ from kairos.api_models import (
     Explanation,
     HealthStatus,
     MetricPoint,
+    MetricsSummary,
     MetricWindow,
     PurgeResult,
     ReadyStatus,
@@ -217,8 +218,14 @@ class KairosClient:
     def ready(self) -> ReadyStatus:
         return self.run(calls.ready())
 
-    def metrics(self) -> MetricsSnapshot:
-        return self.run(calls.metrics())
+    def metrics(self, prefix: str | None = None) -> MetricsSnapshot:
+        """The /metrics exposition, parsed; ``prefix`` keeps only the families starting with it."""
+        return self.run(calls.metrics(prefix))
+
+    def metrics_summary(self, top: int = 10) -> MetricsSummary:
+        """Totals, the merged latency histogram and the ``top`` busiest routes, computed by the
+        gateway (cheap to poll; per worker process)."""
+        return self.run(calls.metrics_summary(top))
 
     def metric_names(self) -> list[str]:
         return self.run(calls.metric_names())
@@ -426,8 +433,11 @@ class AsyncKairosClient:
     async def ready(self) -> ReadyStatus:
         return await self.run(calls.ready())
 
-    async def metrics(self) -> MetricsSnapshot:
-        return await self.run(calls.metrics())
+    async def metrics(self, prefix: str | None = None) -> MetricsSnapshot:
+        return await self.run(calls.metrics(prefix))
+
+    async def metrics_summary(self, top: int = 10) -> MetricsSummary:
+        return await self.run(calls.metrics_summary(top))
 
     async def metric_names(self) -> list[str]:
         return await self.run(calls.metric_names())

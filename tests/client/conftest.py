@@ -18,7 +18,7 @@ from tests.client.helpers import Blocking
 from tests.processes import Server, backend, gateway_server, route, upstream_server
 
 TOKEN = "client-tests-admin-token-5c2e9a"
-GUARDED_PREFIX = "/admin"
+GUARDED_PREFIX = "/admin"  # the dashboard steps aside from its default path
 CLIENT_VARIABLES = ("KAIROS_URL", "KAIROS_ADMIN_TOKEN", "KAIROS_ADMIN_PREFIX")
 
 

@@ -590,3 +590,30 @@ def test_async_client_natively(gateway: Gateway) -> None:
     assert health.status == "healthy" and ready.status == "ready"
     assert ready.routes == len(listed) and backends.success is True and metrics.samples
     assert event.type == "Snapshot"
+
+
+def test_metrics_summary_counts_what_metrics_counts(kairos: KairosClient, gateway: Gateway) -> None:
+    for number in range(4):
+        assert proxied(gateway, f"/fast/s{number}").status_code == 200
+    assert proxied(gateway, "/broken").status_code == 503
+    summary = kairos.metrics_summary(top=50)
+    snapshot = kairos.metrics()  # read right after: no request in between on this gateway's client
+    figures = {f.route: f for f in snapshot.routes()}
+    routes = {r.route: r for r in summary.routes}
+    for name in ("/fast/{id}", "/broken"):
+        assert (routes[name].requests, routes[name].errors) == (figures[name].requests, figures[name].errors)
+        assert len(routes[name].buckets) == len(summary.bounds) + 1
+        assert routes[name].buckets[-1] == routes[name].requests  # every proxied request timed
+    assert summary.total_routes == len(figures)
+    assert summary.requests >= sum(r.requests for r in summary.routes)
+    assert [r.requests for r in summary.routes] == sorted((r.requests for r in summary.routes), reverse=True)
+    assert len(kairos.metrics_summary(top=1).routes) == 1
+
+
+def test_metrics_with_a_prefix_keeps_only_those_families(kairos: KairosClient, gateway: Gateway) -> None:
+    only = kairos.metrics(prefix="kairos_config_")
+    names = {sample.name for sample in only.samples}
+    assert names and all(name.startswith("kairos_config_") for name in names)
+    assert "kairos_requests_total" not in only.text  # filtered by the gateway, not only here
+    raw = httpx.get(f"{gateway.url}/metrics", params={"prefix": "kairos_config_"}, timeout=10)
+    assert "kairos_request_duration_seconds" not in raw.text and "kairos_config_generation" in raw.text
