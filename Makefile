@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Servers the tests drive for real (redis-server for shared rate limits), from Debian when missing.
+# Servers and browsers the tests drive for real (redis-server for shared rate limits, chromium for
+# the dashboard), from Debian when missing.
 system-deps:
-	@.ci/apt-install redis-server:redis-server
+	@.ci/apt-install redis-server:redis-server chromium:chromium
 
 # Starts the demo upstream (HTTP + WebSocket echo on 127.0.0.1:$(DEMO_PORT)) and the gateway on
 # 0.0.0.0:5900 with the embedded default config; Ctrl-C stops both.
@@ -54,8 +55,8 @@ fuzz: install
 # ruff, mypy strict (kairos/ and tests/), the import contracts of the architecture
 # ([tool.importlinter] in pyproject.toml), and the docs site built strictly.
 lint: install
-	$(VENV)/bin/ruff check kairos tests bench
-	$(VENV)/bin/ruff format --check kairos tests bench
+	$(VENV)/bin/ruff check kairos admin tests bench scripts
+	$(VENV)/bin/ruff format --check kairos admin tests bench scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	@$(MAKE) --no-print-directory docs

@@ -11,6 +11,9 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dashboard import DashboardResults
+from dashboard import headline as dashboard_headline
+from dashboard import report_lines as dashboard_lines
 from load import WrkResult
 from policies import PolicyResults, report_lines
 from route_match import TableResult
@@ -219,9 +222,12 @@ def render(
     route_results: list[TableResult] | None,
     route_error: str | None,
     policies: PolicyResults | None = None,
+    dashboard: DashboardResults | None = None,
 ) -> str:
     lines = [f"# {title}", "", "## Headline", ""]
     lines += [headline.line() for headline in headlines(measurements, rounds)]
+    if dashboard is not None:
+        lines.append(dashboard_headline(dashboard))
     lines += ["", "## Machine", "", *(f"- {item}" for item in machine), "", "## Method", ""]
     lines += [f"- {item}" for item in method]
     lines += ["", "Systems under test:", "", *(f"- `{name}`: {description}" for name, description in suts)]
@@ -232,6 +238,9 @@ def render(
         lines += report_lines(policies)
     lines += ["", "## Route matching (RouteTable.match, median of repeats)", ""]
     lines += route_lines(route_results, route_error)
+    if dashboard is not None:
+        lines += ["", f"## Dashboard pages ({dashboard.routes:,} routes)", ""]
+        lines += dashboard_lines(dashboard)
     lines += [
         "",
         "<details><summary>Per-round raw numbers</summary>",

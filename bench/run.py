@@ -1,4 +1,5 @@
-"""``make bench``: Kairos against a bare aiohttp proxy, asgiproxy and nginx, plus route matching.
+"""``make bench``: Kairos against a bare aiohttp proxy, asgiproxy and nginx, plus route matching and
+the dashboard's pages.
 
 Why it is built this way (a 2-core, noisy machine):
 
@@ -10,7 +11,8 @@ Why it is built this way (a 2-core, noisy machine):
 - SUT CPU time per request (from /proc) is reported next to throughput: it is the number that
   does not depend on how busy the neighbours were.
 
-Usage: ``bench/run.py [--quick] [--rounds N] [--duration S]`` (``make bench BENCH_ARGS=--quick``).
+Usage: ``bench/run.py [--quick] [--rounds N] [--duration S]`` (``make bench BENCH_ARGS=--quick``);
+``--policies NAMES`` or ``--dashboard`` run only that part and print its report.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
+from dashboard import ROUTES as DASHBOARD_ROUTES
+from dashboard import DashboardResults
+from dashboard import report_lines as dashboard_lines
 from load import run_wrk
 from policies import PolicyResults, report_lines, run_policy_bench, scenarios, selected
 from procs import cpus, pinned
@@ -55,6 +60,7 @@ class Settings:
     code: Path  # the kairos snapshot every Python process imports
     route_iterations: int
     route_repeats: int
+    dashboard_samples: int  # timed requests per dashboard page and deployment
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,7 +74,15 @@ def parse_args() -> argparse.Namespace:
         help="only the policy routes NAMES (comma-separated, e.g. transform,cache-hit) and their "
         "baselines, --rounds rounds (default 5); prints the report, keeps latest.md",
     )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="only the dashboard pages with 1,000 routes (1-2 min: a page over the goal is sampled for "
+        "up to 10 s); prints the report, keeps latest.md",
+    )
     args = parser.parse_args()
+    if args.dashboard and args.policies:
+        parser.error("--dashboard and --policies each run one part alone: pick one")
     args.only = None
     if args.policies:
         args.only = frozenset(name.strip() for name in args.policies.split(",") if name.strip())
@@ -218,6 +232,17 @@ def policies_only(settings: Settings, only: frozenset[str]) -> str:
     return "\n".join([head, "", *report_lines(results)])
 
 
+def dashboard_only(settings: Settings) -> str:
+    """The dashboard pages alone (``--dashboard``): one gateway with 1,000 routes, nothing else."""
+    snapshot = snapshot_kairos(settings.code)
+    results = run_dashboard_bench(settings)
+    head = (
+        f"Dashboard pages only, {results.routes:,} routes, {settings.dashboard_samples} requests per page; "
+        f"kairos code: {snapshot}"
+    )
+    return "\n".join([head, "", *dashboard_lines(results)])
+
+
 def run_route_bench(settings: Settings) -> tuple[list[TableResult] | None, str | None]:
     """In a child pinned to the (now idle) SUT CPU, so the timing is not shared with this script."""
     command = [sys.executable, str(BENCH / "route_match.py"), "--json"]
@@ -238,6 +263,42 @@ def run_route_bench(settings: Settings) -> tuple[list[TableResult] | None, str |
         return None, exc.stderr.strip()[-300:]
     except (subprocess.TimeoutExpired, ValueError, TypeError) as exc:
         return None, str(exc)
+
+
+def run_dashboard_bench(settings: Settings) -> DashboardResults:
+    """In a child on the load CPU (it is the client; it starts the gateway and the standalone
+    dashboard on the SUT CPU and stops them by PID); its progress goes to our stderr. Stopped with
+    SIGTERM, never SIGKILL first, so its ``finally`` stops those servers."""
+    command = [sys.executable, str(BENCH / "dashboard.py"), "--json"]
+    command += ["--samples", str(settings.dashboard_samples), "--code", str(settings.code)]
+    command += ["--sut-cpu", str(settings.sut_cpu), "--load-cpu", str(settings.load_cpu)]
+    command += ["--logs", str(settings.raw_dir)]
+    env = {**os.environ, "PYTHONPATH": str(settings.code)}
+    failed = DashboardResults(DASHBOARD_ROUTES, settings.dashboard_samples)
+    child = subprocess.Popen(
+        pinned(settings.load_cpu, command), stdout=subprocess.PIPE, text=True, cwd=settings.code, env=env
+    )
+    try:
+        out, _ = child.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        failed.errors["setup"] = "bench/dashboard.py did not finish within 600 s"
+        return failed
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    if child.returncode != 0:
+        failed.errors["setup"] = f"bench/dashboard.py exited with code {child.returncode} (see its stderr)"
+        return failed
+    try:
+        return DashboardResults.from_json(json.loads(out))
+    except (ValueError, TypeError, KeyError) as exc:
+        failed.errors["setup"] = f"unreadable output of bench/dashboard.py: {exc}"
+        return failed
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -297,6 +358,13 @@ def method_notes(settings: Settings) -> list[str]:
         f"Route matching: RouteTables built via load_data → compile_route → RouteTable; "
         f"{settings.route_iterations:,} match() calls x {settings.route_repeats} repeats per path kind, "
         "median ns/match; pinned to the SUT CPU with nothing else on it.",
+        f"Dashboard pages: one `kairos run` with {DASHBOARD_ROUTES:,} generated routes (static and "
+        "`{param}` paths, backends on ports nothing listens on, no health checks), each route served "
+        "one request first (a 502) so the per-route metric series exist; the pages measured as the "
+        "gateway serves them at /admin and from a standalone `uvicorn admin.app:app` (KAIROS_URL = the "
+        "gateway), both on the SUT CPU; client: httpx, one keep-alive connection, on the load CPU, "
+        f"3 warm-ups then {settings.dashboard_samples} sequential requests per page, wall time until "
+        "the body is read.",
     ]
 
 
@@ -314,15 +382,18 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 
 
 def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
-    """All HTTP rounds, then the route-matching benchmark; returns the markdown report."""
+    """All HTTP rounds, then the route-matching benchmark and the dashboard pages; returns the
+    markdown report."""
     per_round = len(SUTS) * (settings.warmup + len(CASES) * settings.duration + 2)
-    policies = settings.policy_rounds * len(scenarios("")) * settings.duration
-    estimate = settings.rounds * per_round + policies + 60
+    policy_seconds = settings.policy_rounds * len(scenarios("")) * settings.duration
+    estimate = settings.rounds * per_round + policy_seconds + 60 + 60
     log(f"benchmark: {settings.rounds} round(s) x {len(SUTS)} SUTs, about {estimate / 60:.0f} min")
     measurements, policies = run_rounds(settings)
     machine.append(f"load average at end of the HTTP rounds: {Path('/proc/loadavg').read_text().split()[:3]}")
     log("route matching micro-benchmark")
     route_results, route_error = run_route_bench(settings)
+    log(f"dashboard pages with {DASHBOARD_ROUTES:,} routes")
+    dashboard = run_dashboard_bench(settings)
     return render(
         title=f"Kairos benchmark, {stamp:%Y-%m-%d %H:%M}",
         machine=machine,
@@ -333,6 +404,7 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
         route_results=route_results,
         route_error=route_error,
         policies=policies,
+        dashboard=dashboard,
     )
 
 
@@ -340,7 +412,8 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    ensure_tools()
+    if not args.dashboard:  # the dashboard part needs neither wrk nor nginx
+        ensure_tools()
     stamp = datetime.now()
     started = time.monotonic()
     sut_cpu, load_cpu = cpus()
@@ -357,11 +430,16 @@ def main() -> None:
             code=Path(code),
             route_iterations=50_000 if args.quick else 100_000,
             route_repeats=3 if args.quick else 5,
+            dashboard_samples=10 if args.quick else 30,
         )
         settings.raw_dir.mkdir(parents=True, exist_ok=True)
         if args.only is not None:
             print(policies_only(settings, args.only))
             log(f"done in {time.monotonic() - started:.0f} s; raw wrk output in {settings.raw_dir}")
+            return
+        if args.dashboard:
+            print(dashboard_only(settings))
+            log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
             return
         machine = machine_info()
         snapshot = snapshot_kairos(settings.code)

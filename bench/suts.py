@@ -19,6 +19,7 @@ from pathlib import Path
 from procs import children, cpu_seconds, free_port, http_get, pinned, start, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("kairos", "admin")  # what snapshot_kairos copies: the gateway imports both
 BODIES = {"small": 100, "16k": 16 * 1024}
 """Upstream paths and their body sizes; each SUT is checked to return exactly these bytes."""
 
@@ -224,16 +225,18 @@ class NginxProxy(Sut):
 
 
 def snapshot_kairos(dest: Path, attempts: int = 6, pause: float = 5.0) -> str:
-    """Copy the kairos package to ``dest`` once, so every round measures the same code even while
-    other people edit the working tree; ``python -m uvicorn`` run with ``cwd=dest`` imports this copy
-    (the editable install's finder comes after sys.path). A copy taken mid-edit may not import, so
-    retry a bounded number of times. Returns a description for the report."""
+    """Copy the kairos and admin (the dashboard the gateway mounts) packages to ``dest`` once, so
+    every round measures the same code even while other people edit the working tree; ``python -m
+    uvicorn`` run with ``cwd=dest`` imports this copy (the editable install's finder comes after
+    sys.path). A copy taken mid-edit may not import, so retry a bounded number of times. Returns a
+    description for the report."""
     for attempt in range(1, attempts + 1):
-        shutil.rmtree(dest / "kairos", ignore_errors=True)
         stamp = time.strftime("%H:%M:%S")
-        shutil.copytree(ROOT / "kairos", dest / "kairos", ignore=shutil.ignore_patterns("__pycache__"))
+        for package in PACKAGES:
+            shutil.rmtree(dest / package, ignore_errors=True)
+            shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
         check = subprocess.run(
-            [sys.executable, "-c", "import kairos.app"],
+            [sys.executable, "-c", "import kairos.app, admin.app"],
             cwd=dest,
             env={**os.environ, "PYTHONPATH": str(dest), "KAIROS_CONFIG_PATH": str(dest / "none.json")},
             capture_output=True,

@@ -14,12 +14,15 @@ Mounted in another Starlette/FastAPI app, drive our lifespan from the parent's::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kairos.admin.api import STREAM_PATHS, AdminApi
@@ -30,6 +33,8 @@ from kairos.middleware.headguard import HeadGuardMiddleware
 from kairos.observability.metrics import MetricsEndpoint
 from kairos.pipeline import build_pipeline
 from kairos.settings import Settings, load_settings
+
+logger = logging.getLogger("kairos")
 
 
 class GatewayApp(Starlette):
@@ -100,6 +105,7 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
             Route("/live", health.live, methods=["GET"]),
             Route("/metrics", metrics.render, methods=["GET"]),
             Mount(admin.prefix, app=admin.rest),
+            *_dashboard(settings, lambda: app),
             *(WebSocketRoute(path, admin.streams) for path in STREAM_PATHS),
             Mount("", app=pipeline),
         ],
@@ -108,6 +114,39 @@ def create_app(config: ConfigInput = None, settings: Settings | None = None) -> 
     )
     app.state.gateway = gateway
     return app
+
+
+def _dashboard(settings: Settings, gateway_app: Callable[[], ASGIApp]) -> list[BaseRoute]:
+    """The web dashboard (the top-level ``admin`` package) at ``KAIROS_DASHBOARD_PATH``. It talks
+    to this gateway through the typed client over an in-process ASGI transport (no socket, no
+    port to know), as it would to a remote one over HTTP. Imported only when enabled."""
+    path = settings.served_dashboard_path
+    if path is None:
+        if settings.dashboard:
+            logger.warning(
+                "dashboard not served: KAIROS_ADMIN_PREFIX=%s takes its default path %s "
+                "(set KAIROS_DASHBOARD_PATH to serve it elsewhere)",
+                settings.admin_prefix,
+                settings.dashboard_path,
+            )
+        return []
+    import httpx
+
+    from admin.app import create_app as create_dashboard
+    from admin.session import Sessions
+
+    token = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    dashboard = create_dashboard(
+        "http://kairos.internal",
+        transport=lambda: httpx.ASGITransport(app=gateway_app(), client=("127.0.0.1", 0)),
+        sessions=Sessions(derived_from=token),
+        local_only=token is None,
+    )
+
+    async def to_slash(request: Request) -> RedirectResponse:
+        return RedirectResponse(path + "/", status_code=308)
+
+    return [Route(path, to_slash, methods=["GET", "HEAD"]), Mount(path, app=dashboard)]
 
 
 app = create_app()

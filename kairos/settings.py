@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OTEL_INSTALL_HINT = "pip install 'kairos[otel]'"
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # Where the admin API lives (kairos-rs: /api). The WebSocket streams /ws/metrics and
     # /ws/admin/metrics keep their kairos-rs paths.
     admin_prefix: str = Field("/api", pattern=r"^/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]$")
+    # The web dashboard (the top-level `admin` package) served by the gateway at `dashboard_path`,
+    # with the admin API's exposure rule: only local clients when no admin token is set.
+    dashboard: bool = True
+    dashboard_path: str = Field("/admin", pattern=r"^/[A-Za-z0-9._~\-/]*[A-Za-z0-9._~\-]$")
     redis_url: str | None = None
     upstream_max_connections: int = Field(0, ge=0, description="0 = unlimited")
     # HTTP/1.1 engine for backends without "http2": the lean httptools-based engine
@@ -57,6 +61,30 @@ class Settings(BaseSettings):
     # OpenTelemetry tracing (kairos/observability/tracing.py, extra `otel`): off (nothing imported, no
     # layer), otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT) or console; the rest is standard OTEL_*.
     tracing: Literal["off", "otlp", "console"] = "off"
+
+    @model_validator(mode="after")
+    def _dashboard_apart(self) -> Settings:
+        """The dashboard and the admin API cannot share a path: one would hide the other. Refused
+        when KAIROS_DASHBOARD_PATH was set so; with the default path the dashboard steps aside
+        (``served_dashboard_path``) so that an existing KAIROS_ADMIN_PREFIX=/admin keeps working."""
+        if self.dashboard and "dashboard_path" in self.model_fields_set and self._dashboard_overlaps():
+            raise ValueError(
+                f"KAIROS_DASHBOARD_PATH={self.dashboard_path} overlaps KAIROS_ADMIN_PREFIX="
+                f"{self.admin_prefix}: give the dashboard its own path (or KAIROS_DASHBOARD=false)"
+            )
+        return self
+
+    def _dashboard_overlaps(self) -> bool:
+        dashboard, api = self.dashboard_path.rstrip("/"), self.admin_prefix.rstrip("/")
+        return dashboard == api or dashboard.startswith(api + "/") or api.startswith(dashboard + "/")
+
+    @property
+    def served_dashboard_path(self) -> str | None:
+        """Where the gateway serves the dashboard, or None (off, or its default path is the admin
+        API's)."""
+        if not self.dashboard or self._dashboard_overlaps():
+            return None
+        return self.dashboard_path
 
     @field_validator("tracing")
     @classmethod
@@ -93,5 +121,8 @@ def load_settings() -> Settings:
         lines = []
         for problem in problems_from_validation_error(exc):
             field = problem.path.split(".")[0].split("[")[0]
+            if field.startswith("("):  # a rule across variables: its message names them
+                lines.append(problem.message)
+                continue
             lines.append(str(problem).replace(problem.path, "KAIROS_" + field.upper(), 1))
         raise SettingsError("invalid environment:\n  " + "\n  ".join(lines)) from None
