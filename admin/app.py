@@ -651,6 +651,11 @@ def create_app(
     """The dashboard app. ``transport``: how to reach the gateway (the gateway serving the
     dashboard itself passes an in-process ASGI transport); ``local_only``: refuse every non-local
     client (the gateway sets it when it has no admin token)."""
+    # Standalone: the session key from KAIROS_DASHBOARD_SECRET, else from KAIROS_ADMIN_TOKEN when
+    # this process has it (replicas of the dashboard then read each other's cookies). The token in
+    # the environment never logs anyone in: the login form is the only way in (Kong Manager OSS's
+    # unauthenticated UI is what the dashboard must not be).
+    sessions = sessions or Sessions(derived_from=os.environ.get("KAIROS_ADMIN_TOKEN") or None)
     board = Dashboard(gateway_url, transport, sessions, local_only)
     app = Starlette(
         routes=[
