@@ -37,6 +37,7 @@ from kairos.config import (
 from kairos.config.loader import client_networks
 from kairos.config.persist import render_document, write_atomically
 from kairos.config.problems import StaleConfig
+from kairos.ftp.pool import FtpPool
 from kairos.heap import freeze_long_lived
 from kairos.logs import configure_logging
 from kairos.observability.accesslog import AccessLog
@@ -155,6 +156,7 @@ class Gateway:
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
         # AI routing: providers, decision cache, counters; loads litellm only if a route needs it.
         self.ai_router = AiRouter()
+        self.ftp_pool = FtpPool()  # logged-in FTP control connections of ftp routes
         # kairos.access handler + writer thread, from startup() to shutdown(); None: KAIROS_ACCESS_LOG=false
         self.access_log = AccessLog(settings.log_format) if settings.access_log else None
         # OpenTelemetry tracer provider (KAIROS_TRACING); exports from startup() to shutdown().
@@ -443,6 +445,7 @@ class Gateway:
         await self.rate_limiter.close()
         await self.cache.close()
         await self.ai_router.close()
+        self.ftp_pool.close()
         if self.access_log is not None:
             self.access_log.stop()  # writes what is queued, then ends the thread
         if self.tracing is not None:

@@ -234,3 +234,41 @@ def rss_bytes(pid: int) -> tuple[int, int]:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+@contextmanager
+def ftp_server(
+    tmp_path: Path,
+    root: Path,
+    *,
+    user: str = "kairos",
+    password: str = "kairos-ftp-secret",
+    readonly: tuple[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[Server]:
+    """A real FTP server (pyftpdlib, tests/servers/ftp.py) serving ``root``: ``user`` may do
+    everything, ``readonly`` = (user, password) only list and download. ``tls`` = (certificate chain,
+    key) makes it explicit FTPS, TLS required on the control and data channels."""
+    port = free_port()
+    args = ["-m", "tests.servers.ftp", "--port", str(port), "--root", str(root)]
+    args += ["--user", user, "--password", password]
+    if readonly is not None:
+        args += ["--readonly-user", readonly[0], "--readonly-password", readonly[1]]
+    if tls is not None:
+        args += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    name = "ftps" if tls is not None else "ftp"
+    with server_process(args, port, tmp_path / f"{name}-{port}.log") as server:
+        yield server
+
+
+@contextmanager
+def hostile_ftp_server(tmp_path: Path, mode: str, record: Path | None = None) -> Iterator[Server]:
+    """tests/servers/hostile_ftp.py: an FTP server that misbehaves as ``mode`` says
+    (``pasv-elsewhere``, ``cut-transfer``, ``login-421``, ``normal``); what it saw goes to ``record``
+    (JSON, rewritten after every event)."""
+    port = free_port()
+    args = ["-m", "tests.servers.hostile_ftp", "--port", str(port), "--mode", mode]
+    if record is not None:
+        args += ["--record", str(record)]
+    with server_process(args, port, tmp_path / f"hostile-ftp-{mode}-{port}.log") as server:
+        yield server

@@ -11,7 +11,7 @@ import ipaddress
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, AliasChoices, Field, Strict, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, Strict, field_validator, model_validator
 
 from kairos.config.ai import AiConfig, AiPolicy
 from kairos.config.base import Bool, ConfigModel, Int, NonNegativeInt, PositiveInt, Str
@@ -108,6 +108,16 @@ class BackendConfig(ConfigModel):
         True,
         description="Verify the backend's TLS certificate and host name; `false` turns verification off "
         "(test setups only).",
+    )
+    username: Str | None = Field(
+        None,
+        description="`ftp` routes: the user the gateway logs in as (use `${NAME}`). Unset: `anonymous`. "
+        "With the route's `ftp_auth: passthrough` the client's HTTP Basic credentials are used instead.",
+    )
+    password: SecretStr | None = Field(
+        None,
+        description="`ftp` routes: the password of `username` (use `${NAME}`). Never shown in logs, "
+        "metrics, errors or `/api/config`.",
     )
 
     @field_validator("tls_ca_file")
@@ -346,6 +356,12 @@ class RouteConfig(ConfigModel):
         description="Also map `Set-Cookie` `Path` attributes from `internal_path` to `external_path` and "
         "drop a `Domain` attribute naming a backend host (nginx's `proxy_cookie_path` / "
         "`proxy_cookie_domain`).",
+    )
+    ftp_auth: Literal["backend", "passthrough"] = Field(
+        "backend",
+        description="`ftp` routes: whose credentials log in to the FTP server: `backend` (the backend's "
+        "`username`/`password`) or `passthrough` (the client's HTTP Basic `Authorization`; without it "
+        "the answer is 401 with `WWW-Authenticate: Basic`). Never from a query string.",
     )
     allow_dot_segment_params: Bool = Field(
         False,

@@ -51,7 +51,7 @@ HealthPolicy = HealthCheckConfig | Callable[[], HealthCheckConfig | None] | None
 DEFAULT_FAILURE_STATUSES = CircuitBreakerConfig().failure_status_codes
 
 
-_PROTOCOLS = {"http": ("http",), "websocket": ("http", "websocket")}
+_PROTOCOLS = {"http": ("http", "ftp"), "websocket": ("http", "websocket")}
 
 
 def _circuit_breaker(route: Route) -> CircuitBreakerConfig | None:

@@ -9,9 +9,10 @@ from kairos.exchange import get_exchange
 
 
 class ProtocolEndpoint:
-    def __init__(self, http: ASGIApp, websocket: ASGIApp) -> None:
+    def __init__(self, http: ASGIApp, websocket: ASGIApp, ftp: ASGIApp | None = None) -> None:
         self._http = http
         self._websocket = websocket
+        self._ftp = ftp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
@@ -33,6 +34,8 @@ class ProtocolEndpoint:
             return
         if protocol == "http":
             await self._http(scope, receive, send)
+        elif protocol == "ftp" and self._ftp is not None:
+            await self._ftp(scope, receive, send)
         elif protocol == "websocket":
             await reject(
                 scope,
