@@ -27,16 +27,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kairos.client.errors import (
-    Conflict,
-    KairosAPIError,
-    KairosConnectionError,
-    KairosError,
-    NotFound,
-    Unauthorized,
-    ValidationFailed,
-)
-
 OK, NEGATIVE, FAILED = 0, 1, 2
 
 EXIT_CODES = (
@@ -132,7 +122,19 @@ def _cell(value: Any) -> str:
 
 @contextmanager
 def reporting(output: Output) -> Iterator[None]:
-    """Turn client errors into one line (or one JSON document) and the documented exit code."""
+    """Turn client errors into one line (or one JSON document) and the documented exit code.
+    The client is imported here, not with the module: the offline commands (``--version``,
+    ``validate``, ``init``, ``run``) start ~0.3 s sooner without it."""
+    from kairos.client.errors import (
+        Conflict,
+        KairosAPIError,
+        KairosConnectionError,
+        KairosError,
+        NotFound,
+        Unauthorized,
+        ValidationFailed,
+    )
+
     try:
         yield
     except KairosConnectionError as exc:
