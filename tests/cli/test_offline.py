@@ -1,4 +1,4 @@
-"""``kairos init`` and ``kairos validate``, run as real processes with no KAIROS_* variable set.
+"""``kairos init`` and ``kairos validate`` with no KAIROS_* variable set.
 
 Every template must be a config an operator can start on at once: it validates with ``--strict``
 and the real gateway (``kairos run``) answers ``/ready`` on it. The backends it names are not
@@ -8,6 +8,8 @@ upstream error, or the policy's own answer, never ``route_not_found``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kairos.cli import main
 from kairos.cli.offline import TEMPLATES, template_text
 from tests.processes import ROOT, kairos_run
 
@@ -32,14 +35,35 @@ def _env() -> dict[str, str]:
 
 
 def kairos(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kairos", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    """The ``kairos`` command run in this process (``kairos.cli.main``, the console script's
+    entry point) in ``cwd`` with the environment of ``_env()``, its output captured: the same code
+    as ``python -m kairos`` without an interpreter start per call. ``test_the_command_as_a_process``
+    runs the console script itself."""
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(_env())
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["kairos", *args], code, out.getvalue(), err.getvalue())
+
+
+def test_the_command_as_a_process(tmp_path: Path) -> None:
+    """The console script end to end: init then validate, as processes, with their exit codes."""
+    out = tmp_path / "config.json"
+    run = [sys.executable, "-m", "kairos"]
+    written = subprocess.run(
+        [*run, "init", "-o", str(out)], env=_env(), capture_output=True, text=True, timeout=60
     )
+    assert written.returncode == 0, written
+    checked = subprocess.run(
+        [*run, "validate", str(out), "--strict"], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0 and checked.stdout.startswith(f"{out}: OK"), checked
 
 
 def _init(template: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
