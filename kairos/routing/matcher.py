@@ -13,7 +13,8 @@ Precedence, most specific first, independent of config order except as the last 
    reach ``/users/{id}`` when ``/users/me`` is GET-only. Only when no route takes the method is the
    answer 405, with ``Allow`` listing what the matching paths accept.
 5. A trailing catch-all ``{*rest}`` comes last at its position: ``/api/{*rest}`` takes what no more
-   specific route takes, at any depth (``/api/`` included, ``/api`` not).
+   specific route takes, at any depth (``/api/`` included, ``/api`` not). A ``subtree`` route (an
+   ftp route without parameters) takes ``/api`` too, as its root.
 6. At one template, a WebSocket upgrade prefers a ``protocol: websocket`` route and a plain request
    a non-WebSocket one, so ``/chat`` can serve both; with only one kind, it takes both.
 
@@ -92,6 +93,8 @@ class RouteTable:
                     static = False
                     node = _pattern_child(node, segment)
             (node.catch_all if route.template.catch_all is not None else node.routes).append(route)
+            if route.subtree:
+                node.routes.append(route)  # the bare prefix too: /ftp as well as /ftp/...
             if static:
                 # Keyed by the canonical encoded form: a raw path equal to it decodes, segment by
                 # segment, to exactly the route's literals, so the fast path agrees with the trie.

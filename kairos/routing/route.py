@@ -23,6 +23,7 @@ from kairos.config.path_template import (
     Param,
     PathTemplate,
     encode_segment_value,
+    parse_template,
 )
 from kairos.proxy.redirects import RedirectRewriter
 from kairos.proxy.tls import client_context
@@ -63,6 +64,10 @@ class Route:
     # Maps Location-type headers (and, optionally, cookies) naming a backend back to the gateway;
     # None when the route turned both off.
     redirects: RedirectRewriter | None = None
+    # An ftp route without parameters (kairos-rs's ``"external_path": "/ftp"``) serves the whole
+    # tree below ``internal_path``: ``template`` gained a trailing ``{*path}`` and the matcher
+    # also gives it the bare prefix (``/ftp``), which a catch-all alone never matches.
+    subtree: bool = False
 
     @property
     def name(self) -> str:
@@ -144,6 +149,9 @@ def allow_header(methods: frozenset[str]) -> str:
     return ", ".join(method for method in HTTP_METHODS if method in methods)
 
 
+SUBTREE_PARAM = "path"  # the parameter a parameterless ftp route's subtree is matched into
+
+
 def compile_route(index: int, config: RouteConfig, states: dict[str, BackendState]) -> Route:
     """Compile one validated route; backend state is looked up in (or added to) ``states``."""
     backends: list[Backend] = []
@@ -175,6 +183,11 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         )
     methods = allowed_methods(config)
     template = config.external_template
+    internal = config.internal_template
+    subtree = config.protocol == "ftp" and not template.param_names
+    if subtree:
+        template = parse_template(config.external_path.rstrip("/") + "/{*" + SUBTREE_PARAM + "}")
+        internal = parse_template(config.internal_path.rstrip("/") + "/{*" + SUBTREE_PARAM + "}")
     tail = template.catch_all
     catch_all_names = frozenset({tail}) if tail is not None else frozenset[str]()
     redirects = None
@@ -195,7 +208,7 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         allow=allow_header(methods),
         backends=tuple(backends),
         balancer=make_balancer(config.load_balancing_strategy),
-        upstream_path=UpstreamPath.compile(config.internal_template, catch_all_names),
+        upstream_path=UpstreamPath.compile(internal, catch_all_names),
         timeout=config.timeout_ms / 1000 if config.timeout_ms else None,
         connect_timeout=config.connect_timeout_ms / 1000,
         websocket=config.protocol == "websocket",
@@ -203,4 +216,5 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
         auth=AuthRule(config.auth_required, frozenset(config.required_roles), config.auth),
         allow_dot_segment_params=config.allow_dot_segment_params,
         redirects=redirects,
+        subtree=subtree,
     )

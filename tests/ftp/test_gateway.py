@@ -115,6 +115,8 @@ def gateway(
             "failover", [ftp_backend(free_port(), **CREDENTIALS), ftp_backend(ftp.port, **CREDENTIALS)]
         ),
         ftp_route("breaker", [ftp_backend(free_port(), **CREDENTIALS)], circuit_breaker=BREAKER),
+        # kairos-rs's shape: no parameter, the whole tree below internal_path.
+        {**ftp_route("docs", [ftp_backend(ftp.port, **CREDENTIALS)]), "external_path": "/docs", "internal_path": "/docs"},
         *(ftp_route(prefix, [ftp_backend(server.server.port)]) for prefix, server in hostile.items()),
     ]
     env = {
@@ -429,6 +431,32 @@ def test_rename(client: httpx.Client, ftp: FtpServer) -> None:
     finally:
         (ftp.root / name).unlink(missing_ok=True)
         (ftp.root / "renamed.txt").unlink(missing_ok=True)
+
+
+def test_a_route_without_parameters_serves_the_tree_below_internal_path(
+    client: httpx.Client, ftp: FtpServer
+) -> None:
+    """``{"external_path": "/docs", "internal_path": "/docs"}``: ``/docs`` is the listing of the
+    server's ``docs/``, paths below it are below it, and nothing climbs out of it."""
+    for root in ("/docs", "/docs/"):
+        listing = client.get(root)
+        assert listing.status_code == 200, listing.text
+        assert listing.json()["path"] == "/docs/"
+        assert [entry["name"] for entry in listing.json()["entries"]] == ["readme.md"]
+    assert client.get("/docs/readme.md").content == README
+    name = f"tree-{token()}.txt"
+    try:
+        assert client.put(f"/docs/{name}", content=b"below docs\n").status_code == 201
+        assert (ftp.root / "docs" / name).read_bytes() == b"below docs\n"
+        moved = client.post(f"/docs/{name}", params={"rename_to": f"/moved-{name}"})
+        assert moved.status_code == 204, moved.text
+        assert (ftp.root / "docs" / f"moved-{name}").exists()  # rename_to is below internal_path too
+    finally:
+        (ftp.root / "docs" / name).unlink(missing_ok=True)
+        (ftp.root / "docs" / f"moved-{name}").unlink(missing_ok=True)
+    for escape in ("/docs/%2e%2e/hello.txt", "/docs/..%2Fhello.txt", "/docs/a%5C..%5C..%5Chello.txt"):
+        error_of(client.get(escape), 400, "bad_request")
+    assert client.get("/docsx").status_code == 404
 
 
 def test_delete_file_and_directories(client: httpx.Client, ftp: FtpServer) -> None:

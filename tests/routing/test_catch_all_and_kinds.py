@@ -24,6 +24,41 @@ def test_catch_all_takes_the_rest_of_the_path_at_any_depth() -> None:
     assert isinstance(table.match("GET", "/apix/a"), NoMatch)
 
 
+def ftp_router(external: str, internal: str) -> dict[str, object]:
+    return {
+        "protocol": "ftp",
+        "external_path": external,
+        "internal_path": internal,
+        "methods": ["GET", "PUT"],
+        "backends": [{"host": "ftp://127.0.0.1", "port": 2121}],
+    }
+
+
+@pytest.mark.parametrize(("external", "internal"), [("/ftp", "/"), ("/ftp/", "/pub/"), ("/ftp", "/pub")])
+def test_an_ftp_route_without_parameters_serves_the_whole_tree(external: str, internal: str) -> None:
+    """kairos-rs's ``{"external_path": "/ftp", "internal_path": "/"}``: the prefix is the root of
+    ``internal_path`` and every path below it maps below ``internal_path``."""
+    table = build_table([ftp_router(external, internal)])
+    base = internal.rstrip("/")
+    for path, upstream in [
+        ("/ftp", base + "/"),
+        ("/ftp/", base + "/"),
+        ("/ftp/a.txt", base + "/a.txt"),
+        ("/ftp/a/b%20c/", base + "/a/b%20c/"),
+    ]:
+        result = matched(table.match("GET", path))
+        assert result.route.upstream_path.build(result.params) == upstream, path
+    assert isinstance(table.match("GET", "/ftpx"), NoMatch)
+    bad = table.match("GET", "/ftp/a/%2e%2e/%2e%2e/etc")
+    assert isinstance(bad, NoMatch) and bad.bad_path is not None
+
+
+def test_an_http_route_without_parameters_is_still_exact() -> None:
+    table = build_table([router("/ftp", "/")])
+    assert isinstance(table.match("GET", "/ftp"), RouteMatch)
+    assert isinstance(table.match("GET", "/ftp/a.txt"), NoMatch)
+
+
 def test_catch_all_keeps_encoding_and_cannot_climb_out() -> None:
     table = build_table([router("/api/{*rest}", "/v2/{*rest}")])
     result = matched(table.match("GET", "/api/a%2Fb/c%3Fd%23e/caf%C3%A9"))
