@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 DEMO_PORT ?= 9101
 
-.PHONY: install system-deps run test lint docs reference bench fuzz clean
+.PHONY: install system-deps run test soak lint docs reference bench fuzz clean
 
 # The venv marker is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -17,10 +17,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Servers and browsers the tests drive for real (redis-server for shared rate limits, chromium for
-# the dashboard), from Debian when missing.
+# Servers, clients and browsers the tests drive for real (redis-server for shared rate limits,
+# chromium for the dashboard, dnsmasq as an upstream DNS server, dig and kdig as DNS clients), from
+# Debian when missing.
 system-deps:
-	@.ci/apt-install redis-server:redis-server chromium:chromium
+	@.ci/apt-install redis-server:redis-server chromium:chromium dnsmasq:dnsmasq-base \
+		dig:bind9-dnsutils kdig:knot-dnsutils
 
 # Starts the demo upstream (HTTP + WebSocket echo on 127.0.0.1:$(DEMO_PORT)) and the gateway on
 # 0.0.0.0:5900 with the embedded default config; Ctrl-C stops both.
@@ -44,6 +46,11 @@ test: install system-deps
 	@$(PY) -m coverage combine -q
 	@$(PY) .ci/coverage_by_package.py
 	$(PY) -m coverage report --format=total
+
+# The long versions of the bounded soaks in `make test` (tests marked `slow`): 50,000 proxied
+# requests, 20 s of reloads under load, 1 GiB FTP transfers both ways.
+soak: install system-deps
+	KAIROS_SOAK=1 $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 # Long fuzzing of the parsers that face hostile input (tests/fuzz/harness.py): atheris when it
 # installs, else Hypothesis alone; `make test` replays the checked-in seeds and a bounded run.
