@@ -30,6 +30,7 @@ STATUS_BY_TYPE = {
     "conflict": 409,
     "precondition_failed": 412,
     "range_not_satisfiable": 416,
+    "unsupported_media_type": 415,
     "method_not_allowed": 405,
     "request_timeout": 408,
     "payload_too_large": 413,

@@ -37,6 +37,8 @@ from kairos.config import (
 from kairos.config.loader import client_networks
 from kairos.config.persist import render_document, write_atomically
 from kairos.config.problems import StaleConfig
+from kairos.dns.listener import DnsListener
+from kairos.dns.service import DnsService
 from kairos.ftp.pool import FtpPool
 from kairos.heap import freeze_long_lived
 from kairos.logs import configure_logging
@@ -159,6 +161,11 @@ class Gateway:
         self.ftp_pool = FtpPool()  # logged-in FTP control connections of ftp routes
         # kairos.access handler + writer thread, from startup() to shutdown(); None: KAIROS_ACCESS_LOG=false
         self.access_log = AccessLog(settings.log_format) if settings.access_log else None
+        # dns routes: caches, upstreams, the answer path; the listener (KAIROS_DNS_PORT) from
+        # startup() (or the reload that brings the first DNS route) to shutdown().
+        self.dns = DnsService(self.access_log)
+        self.dns.on_routes = self._dns_routes_appeared
+        self.dns_listener: DnsListener | None = None
         # OpenTelemetry tracer provider (KAIROS_TRACING); exports from startup() to shutdown().
         self.tracing = _tracing(settings)
         self._explicit_config = config
@@ -226,6 +233,7 @@ class Gateway:
         self.config_digest = loaded.digest
         self.ai_router.configure(config)
         self.table = table
+        self.dns.update(table, lambda: self.config.circuit_breaker if self.config is not None else None)
         self.health_checker.update(table.routes, config.health_check)  # re-plans the probes
         status = self.reload_status
         now = time.time()
@@ -406,11 +414,28 @@ class Gateway:
             if any(backend.http2 for route in self.table.routes for backend in route.backends):
                 await self.http2_engine.start()
             self._start_reload_triggers()
+            await self._start_dns_listener()
             if self.metrics_exporter is not None:
                 self.metrics_exporter.start()
             self._started = True
             freeze_long_lived()  # the collector stops rescanning modules, routes, litellm (kairos/heap.py)
             logger.info("Kairos %s started", self.version)
+
+    async def _start_dns_listener(self) -> None:
+        """The DNS listener, when ``KAIROS_DNS_PORT`` is set and a DNS route exists. A port that
+        cannot be bound stops the startup: a gateway that silently serves no DNS is worse."""
+        port = self.settings.dns_port
+        if port is None or self.dns_listener is not None or not self.dns.routes:
+            return
+        idle = max(runtime.config.tcp_idle_timeout_ms for runtime in self.dns.routes.values()) / 1000
+        listener = DnsListener(self.dns, self.settings.dns_host, port, self.settings.workers > 1, idle)
+        await listener.start()
+        self.dns_listener = listener
+
+    def _dns_routes_appeared(self) -> None:
+        """A reload brought DNS routes to a running gateway without a listener: start it."""
+        if self._started and self.dns_listener is None and self.settings.dns_port is not None:
+            self.dns.spawn(self._start_dns_listener())
 
     async def ensure_started(self) -> None:
         """For a parent app that never runs our lifespan: start on the first request instead."""
@@ -446,6 +471,10 @@ class Gateway:
         await self.cache.close()
         await self.ai_router.close()
         self.ftp_pool.close()
+        if self.dns_listener is not None:
+            await self.dns_listener.stop()
+            self.dns_listener = None
+        await self.dns.close()
         if self.access_log is not None:
             self.access_log.stop()  # writes what is queued, then ends the thread
         if self.tracing is not None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
 
 from starlette.types import ASGIApp
 
+from kairos.dns.doh import DohEndpoint
 from kairos.ftp.endpoint import FtpEndpoint
 from kairos.gateway import Gateway
 from kairos.middleware.accesslog import AccessLogMiddleware
@@ -228,7 +229,9 @@ def protocol_endpoint(gateway: Gateway) -> ASGIApp:
 
         http = UpstreamSpanMiddleware(http, tracing.tracer)
         websocket = UpstreamSpanMiddleware(websocket, tracing.tracer)
-    return ProtocolEndpoint(http=http, websocket=websocket, ftp=FtpEndpoint(gateway.ftp_pool))
+    return ProtocolEndpoint(
+        http=http, websocket=websocket, ftp=FtpEndpoint(gateway.ftp_pool), dns=DohEndpoint(gateway.dns)
+    )
 
 
 def build_pipeline(gateway: Gateway) -> ASGIApp:

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # `kairos run` only: connections one worker holds at once; past it a new connection gets a 503
     # and is closed at once (its file descriptor is back immediately). 0 = no cap.
     max_connections: int = Field(10_000, ge=0)
+    # The DNS listener (kairos/dns/listener.py), UDP and TCP, for "protocol": "dns" routes: off
+    # without a port. 53 needs CAP_NET_BIND_SERVICE (or root); 5353 runs unprivileged. Loopback by
+    # default: a listener open to the world is an open resolver (a DDoS amplifier) unless the
+    # routes' ip_filter and client_rate_limit say otherwise, so exposing it is the operator's choice.
+    dns_host: str = "127.0.0.1"
+    dns_port: int | None = Field(None, ge=1, le=65535)
     # OpenTelemetry tracing (kairos/observability/tracing.py, extra `otel`): off (nothing imported, no
     # layer), otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT) or console; the rest is standard OTEL_*.
     tracing: Literal["off", "otlp", "console"] = "off"

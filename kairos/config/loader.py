@@ -427,6 +427,13 @@ def check_route(route: RouteConfig, prefix: tuple[Any, ...]) -> list[Problem]:
                     format_path(where), f"must use {wanted} for protocol {route.protocol!r}", backend.host
                 )
             )
+    if route.dns is not None and route.protocol != "dns":
+        problems.append(
+            Problem(
+                format_path((*prefix, "dns")),
+                f"applies to `dns` routes only (this one is {route.protocol!r})",
+            )
+        )
     fallback = route.ai_policy.fallback_backend_index if route.ai_policy is not None else None
     if fallback is not None and fallback >= len(route.upstreams):
         problems.append(

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, AliasChoices, Field, SecretStr, Strict, fie
 
 from kairos.config.ai import AiConfig, AiPolicy
 from kairos.config.base import Bool, ConfigModel, Int, NonNegativeInt, PositiveInt, Str
+from kairos.config.dns import DEFAULT_DNS_TIMEOUT_MS, FLAT_KEYS, DnsConfig
 from kairos.config.jwt import JwtConfig
 from kairos.config.path_template import PathTemplate, parse_template
 from kairos.config.policies import (
@@ -36,13 +37,26 @@ Protocol = Literal["http", "websocket", "ftp", "dns"]
 Strategy = Literal["round_robin", "least_connections", "random", "weighted", "ip_hash"]
 
 NO_BACKENDS = "needs `backends` (or the legacy `host` + `port`)"
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21, "ftps": 990, "dns": 53}
+DEFAULT_PORTS = {
+    "http": 80,
+    "https": 443,
+    "ws": 80,
+    "wss": 443,
+    "ftp": 21,
+    "ftps": 990,
+    "dns": 53,
+    "udp": 53,
+    "tcp": 53,
+    "tls": 853,
+}
 # The backend URL schemes each protocol can use ("": a bare IP or host name).
 PROTOCOL_SCHEMES = {
     "http": ("http", "https"),
     "websocket": ("ws", "wss", "http", "https"),
     "ftp": ("ftp", "ftps", "http", "https"),
-    "dns": ("", "udp", "tcp", "dns"),
+    # dns:// and a bare address: UDP, then TCP for a truncated answer; tls:// DNS-over-TLS; https://
+    # DNS-over-HTTPS (the route's internal_path is the upstream's path, `/` meaning /dns-query).
+    "dns": ("", "udp", "tcp", "dns", "tls", "https"),
 }
 
 
@@ -217,6 +231,12 @@ class RouteConfig(ConfigModel):
     route whose methods do not include the request's is skipped. Policy blocks (`cors`, `rate_limit`,
     `ip_filter`, ...) that also exist at the top level replace the top-level block on this route."""
 
+    input_keys = {
+        key: {"description": f"`dns` routes: the same as `dns.{key}` (moved there when the config loads)."}
+        for key in FLAT_KEYS
+        if key != "cache"  # a field of every route; on a DNS route it is the DNS answer cache
+    }
+
     external_path: Str = Field(
         description="Path template the client requests, starting with `/`: literal segments, `{param}` "
         "segments (one non-empty segment each), mixed segments such as `{name}.json`, and a trailing "
@@ -244,8 +264,9 @@ class RouteConfig(ConfigModel):
     protocol: Protocol = Field(
         "http",
         description="`http` proxies requests (an upgrade request is relayed as a WebSocket too); "
-        "`websocket` proxies WebSocket upgrades (an HTTP route may share its path); `ftp` and `dns` "
-        "validate but answer 501 for now. Any case.",
+        "`websocket` proxies WebSocket upgrades (an HTTP route may share its path); `ftp` serves an HTTP "
+        "file API over FTP servers; `dns` forwards DNS queries (the DNS listener, DNS-over-HTTPS on "
+        "`external_path`). Any case.",
     )
     backends: tuple[BackendConfig, ...] | None = Field(
         None,
@@ -293,7 +314,11 @@ class RouteConfig(ConfigModel):
         description='This route\'s rate limit, replacing the top-level one; `{"enabled": false}` exempts the '
         "route. Unset: the top-level `rate_limit` applies.",
     )
-    cache: CacheConfig | None = Field(None, description="Response cache for this route. Unset: no caching.")
+    cache: CacheConfig | None = Field(
+        None,
+        description="Response cache for this route. Unset: no caching. On a `dns` route: the DNS answer "
+        "cache (`dns.cache`).",
+    )
     cors: CorsConfig | None = Field(
         None,
         description="CORS policy of this route, replacing the top-level one. Unset: the top-level `cors`.",
@@ -363,12 +388,39 @@ class RouteConfig(ConfigModel):
         "`username`/`password`) or `passthrough` (the client's HTTP Basic `Authorization`; without it "
         "the answer is 401 with `WWW-Authenticate: Basic`). Never from a query string.",
     )
+    dns: DnsConfig | None = Field(
+        None,
+        description="`dns` routes: zones, answer cache, upstream policy, failover and per-client limits. "
+        "The keys may also be written flat on the route (`zones`, `cache`, `policy`, `failover_rcodes`, "
+        "`client_rate_limit`). Unset on a DNS route: every zone, the default cache. `timeout_ms` is the "
+        f"deadline of one query across its upstreams "
+        f"({DEFAULT_DNS_TIMEOUT_MS} ms when unset on a DNS route).",
+    )
     allow_dot_segment_params: Bool = Field(
         False,
         description="Let a path parameter whose decoded value holds a `.` or `..` segment (split on `/` or "
         "`\\`, e.g. `..%2F..%2Fadmin`) through. `false`: such a request is refused with 400, so a backend "
         "that decodes `%2F` cannot be walked out of its path.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_dns_keys(cls, data: Any) -> Any:
+        """A DNS route's flat `zones`, `cache`, ... go into its `dns` section (one shape to run)."""
+        if not isinstance(data, dict):
+            return data
+        protocol = data.get("protocol")
+        if not (isinstance(protocol, str) and protocol.strip().lower() == "dns"):
+            return data
+        flat = {key: data[key] for key in FLAT_KEYS if key in data}
+        if not flat:
+            return data
+        section = data.get("dns")
+        if section is not None and not isinstance(section, dict):
+            return data  # the section's own validation names the problem
+        data = {key: value for key, value in data.items() if key not in flat}
+        data["dns"] = {**flat, **(section or {})}
+        return data
 
     @field_validator("external_path", "internal_path")
     @classmethod

@@ -55,7 +55,7 @@ class RetryMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange: Exchange | None = scope.get(SCOPE_KEY)
         route = exchange.route if exchange is not None else None
-        if scope["type"] != "http" or exchange is None or route is None:
+        if scope["type"] != "http" or exchange is None or route is None or route.config.protocol == "dns":
             await self.app(scope, receive, send)
             return
         config = policy_of(route, _retry, self._global)

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from kairos.ai.metrics import ai_families
+from kairos.dns.metrics import dns_families
 from kairos.observability.multiprocess import MultiprocessExporter
 from kairos.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 
@@ -89,6 +90,15 @@ class GatewayCollector(Collector):
         yield from _resilience(gateway)
         yield from _cache(gateway)
         yield from ai_families(gateway.ai_router)
+        dns = gateway.dns
+        if dns.routes or dns.stats.requests:
+            listener = gateway.dns_listener
+            yield from dns_families(
+                dns.stats,
+                dns.cache_entries,
+                dns.upstream_health,
+                lambda: listener.running if listener is not None else {"udp": False, "tcp": False},
+            )
         checker = gateway.health_checker
         health = GaugeMetricFamily(
             "kairos_upstream_health",

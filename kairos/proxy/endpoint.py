@@ -9,10 +9,13 @@ from kairos.exchange import get_exchange
 
 
 class ProtocolEndpoint:
-    def __init__(self, http: ASGIApp, websocket: ASGIApp, ftp: ASGIApp | None = None) -> None:
+    def __init__(
+        self, http: ASGIApp, websocket: ASGIApp, ftp: ASGIApp | None = None, dns: ASGIApp | None = None
+    ) -> None:
         self._http = http
         self._websocket = websocket
         self._ftp = ftp
+        self._dns = dns
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
@@ -36,6 +39,8 @@ class ProtocolEndpoint:
             await self._http(scope, receive, send)
         elif protocol == "ftp" and self._ftp is not None:
             await self._ftp(scope, receive, send)
+        elif protocol == "dns" and self._dns is not None:
+            await self._dns(scope, receive, send)
         elif protocol == "websocket":
             await reject(
                 scope,

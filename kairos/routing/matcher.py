@@ -14,7 +14,7 @@ Precedence, most specific first, independent of config order except as the last 
    answer 405, with ``Allow`` listing what the matching paths accept.
 5. A trailing catch-all ``{*rest}`` comes last at its position: ``/api/{*rest}`` takes what no more
    specific route takes, at any depth (``/api/`` included, ``/api`` not). A ``subtree`` route (an
-   ftp route without parameters) takes ``/api`` too, as its root.
+   ftp or dns route without parameters) takes ``/api`` too, as its root.
 6. At one template, a WebSocket upgrade prefers a ``protocol: websocket`` route and a plain request
    a non-WebSocket one, so ``/chat`` can serve both; with only one kind, it takes both.
 

@@ -64,9 +64,10 @@ class Route:
     # Maps Location-type headers (and, optionally, cookies) naming a backend back to the gateway;
     # None when the route turned both off.
     redirects: RedirectRewriter | None = None
-    # An ftp route without parameters (kairos-rs's ``"external_path": "/ftp"``) serves the whole
-    # tree below ``internal_path``: ``template`` gained a trailing ``{*path}`` and the matcher
-    # also gives it the bare prefix (``/ftp``), which a catch-all alone never matches.
+    # An ftp or dns route without parameters (kairos-rs's ``"external_path": "/ftp"``) also takes
+    # the paths below it (the FTP tree below ``internal_path``; a DNS route's ``/query`` and
+    # ``/cache/...``): ``template`` gained a trailing ``{*path}`` and the matcher also gives it the
+    # bare prefix (``/ftp``), which a catch-all alone never matches.
     subtree: bool = False
 
     @property
@@ -184,7 +185,7 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
     methods = allowed_methods(config)
     template = config.external_template
     internal = config.internal_template
-    subtree = config.protocol == "ftp" and not template.param_names
+    subtree = config.protocol in ("ftp", "dns") and not template.param_names
     if subtree:
         template = parse_template(config.external_path.rstrip("/") + "/{*" + SUBTREE_PARAM + "}")
         internal = parse_template(config.internal_path.rstrip("/") + "/{*" + SUBTREE_PARAM + "}")

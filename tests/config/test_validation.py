@@ -134,7 +134,7 @@ def test_auth_required_is_satisfied_by_jwt_or_api_keys() -> None:
         ("http", "ftp://x", "http:// or https://"),
         ("websocket", "ftp://x", "ws:// or wss:// or http:// or https://"),
         ("ftp", "ws://x", "ftp:// or ftps:// or http:// or https://"),
-        ("dns", "http://8.8.8.8", "a bare IP/hostname or udp:// or tcp:// or dns://"),
+        ("dns", "http://8.8.8.8", "a bare IP/hostname or udp:// or tcp:// or dns:// or tls:// or https://"),
     ],
 )
 def test_backend_scheme_must_fit_the_protocol(protocol: str, host: str, wanted: str) -> None:
