@@ -428,7 +428,9 @@ class Gateway:
         if port is None or self.dns_listener is not None or not self.dns.routes:
             return
         idle = max(runtime.config.tcp_idle_timeout_ms for runtime in self.dns.routes.values()) / 1000
-        listener = DnsListener(self.dns, self.settings.dns_host, port, self.settings.workers > 1, idle)
+        # SO_REUSEPORT always (as Envoy and CoreDNS do on Linux): every worker of `--workers N` binds
+        # the port (a worker cannot tell it has siblings), and so can a new process during a restart.
+        listener = DnsListener(self.dns, self.settings.dns_host, port, True, idle)
         await listener.start()
         self.dns_listener = listener
 

@@ -20,6 +20,7 @@ holding it).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 import socket
@@ -39,7 +40,7 @@ import httpx
 import pytest
 
 from tests.dns.servers import Dnsmasq, DnsUpstream, dig, dns_upstream, dnsmasq, flags, kdig, status
-from tests.processes import Server, free_port, kairos_run
+from tests.processes import Server, free_port, kairos_run, server_process
 from tests.servers.dns_upstream import DECOY_A
 
 ADMIN_TOKEN = "dns-admin-token-for-tests"
@@ -482,3 +483,23 @@ def test_reload_adds_and_removes_dns_routes_without_restarting_the_listener(
         assert again.status_code == 200, again.text
         assert status(dig(dns_port, "www.local.test", "A")) == "NOERROR"
         assert server.process.poll() is None
+
+
+def test_every_worker_binds_the_dns_port(module_tmp: Path, local: Dnsmasq) -> None:
+    """``--workers 2``: both workers bind the listener's port (SO_REUSEPORT); without it the second
+    worker's startup would fail on an address in use."""
+    port, dns_port = free_port(), free_port()
+    config = module_tmp / f"workers-{port}.json"
+    config.write_text(
+        json.dumps({"version": 1, "routers": [dns_route("/local", [local.port], ["local.test"])]})
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("KAIROS_")}
+    environment.update({"KAIROS_CONFIG_PATH": str(config), "KAIROS_DNS_PORT": str(dns_port)})
+    command = ["-m", "kairos", "run", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    with server_process(command, port, module_tmp / f"workers-{port}.log", environment) as server:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and server.output().count("DNS listener on") < 2:
+            time.sleep(0.1)
+        assert server.output().count("DNS listener on") == 2, server.output()
+        for _ in range(20):
+            assert "198.51.100.10" in dig(dns_port, "www.local.test", "A", "+short")
