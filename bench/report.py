@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from dashboard import DashboardResults
 from dashboard import headline as dashboard_headline
 from dashboard import report_lines as dashboard_lines
+from ftp import FtpResults
+from ftp import headline_lines as ftp_headline
+from ftp import report_lines as ftp_lines
 from load import WrkResult
 from policies import PolicyResults, report_lines
 from route_match import TableResult
@@ -223,11 +226,14 @@ def render(
     route_error: str | None,
     policies: PolicyResults | None = None,
     dashboard: DashboardResults | None = None,
+    ftp: FtpResults | None = None,
 ) -> str:
     lines = [f"# {title}", "", "## Headline", ""]
     lines += [headline.line() for headline in headlines(measurements, rounds)]
     if dashboard is not None:
         lines.append(dashboard_headline(dashboard))
+    if ftp is not None:
+        lines += ftp_headline(ftp)
     lines += ["", "## Machine", "", *(f"- {item}" for item in machine), "", "## Method", ""]
     lines += [f"- {item}" for item in method]
     lines += ["", "Systems under test:", "", *(f"- `{name}`: {description}" for name, description in suts)]
@@ -241,6 +247,9 @@ def render(
     if dashboard is not None:
         lines += ["", f"## Dashboard pages ({dashboard.routes:,} routes)", ""]
         lines += dashboard_lines(dashboard)
+    if ftp is not None:
+        lines += ["", "## FTP transfers (through Kairos vs direct)", ""]
+        lines += ftp_lines(ftp)
     lines += [
         "",
         "<details><summary>Per-round raw numbers</summary>",

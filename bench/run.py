@@ -1,5 +1,5 @@
-"""``make bench``: Kairos against a bare aiohttp proxy, asgiproxy and nginx, plus route matching and
-the dashboard's pages.
+"""``make bench``: Kairos against a bare aiohttp proxy, asgiproxy and nginx, plus route matching, the
+dashboard's pages and FTP transfers through Kairos against the same transfers direct.
 
 Why it is built this way (a 2-core, noisy machine):
 
@@ -12,7 +12,7 @@ Why it is built this way (a 2-core, noisy machine):
   does not depend on how busy the neighbours were.
 
 Usage: ``bench/run.py [--quick] [--rounds N] [--duration S]`` (``make bench BENCH_ARGS=--quick``);
-``--policies NAMES`` or ``--dashboard`` run only that part and print its report.
+``--policies NAMES``, ``--dashboard`` or ``--ftp`` run only that part and print its report.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from types import FrameType
 from dashboard import ROUTES as DASHBOARD_ROUTES
 from dashboard import DashboardResults
 from dashboard import report_lines as dashboard_lines
+from ftp import FtpResults
+from ftp import report_lines as ftp_lines
 from load import run_wrk
 from policies import PolicyResults, report_lines, run_policy_bench, scenarios, selected
 from procs import cpus, pinned
@@ -61,6 +63,7 @@ class Settings:
     route_iterations: int
     route_repeats: int
     dashboard_samples: int  # timed requests per dashboard page and deployment
+    ftp_rounds: int  # interleaved rounds of the FTP transfers (bench/ftp.py)
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,9 +83,15 @@ def parse_args() -> argparse.Namespace:
         help="only the dashboard pages with 1,000 routes (1-2 min: a page over the goal is sampled for "
         "up to 10 s); prints the report, keeps latest.md",
     )
+    parser.add_argument(
+        "--ftp",
+        action="store_true",
+        help="only the FTP transfers (100 MB each way and a 1,000-entry listing, through Kairos and "
+        "direct; --rounds rounds, default 5, under a minute); prints the report, keeps latest.md",
+    )
     args = parser.parse_args()
-    if args.dashboard and args.policies:
-        parser.error("--dashboard and --policies each run one part alone: pick one")
+    if sum(bool(part) for part in (args.dashboard, args.policies, args.ftp)) > 1:
+        parser.error("--dashboard, --policies and --ftp each run one part alone: pick one")
     args.only = None
     if args.policies:
         args.only = frozenset(name.strip() for name in args.policies.split(",") if name.strip())
@@ -90,7 +99,7 @@ def parse_args() -> argparse.Namespace:
             selected(scenarios(""), args.only)
         except ValueError as exc:
             parser.error(f"--policies: {exc}")
-    if args.only is not None and args.rounds is None:
+    if (args.only is not None or args.ftp) and args.rounds is None:
         args.rounds = 5
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
@@ -301,6 +310,49 @@ def run_dashboard_bench(settings: Settings) -> DashboardResults:
         return failed
 
 
+def run_ftp_bench(settings: Settings) -> FtpResults:
+    """In a child on the load CPU (it is the client's side: it starts the FTP server there and Kairos
+    on the SUT CPU, and stops them by PID); its progress goes to our stderr. Stopped with SIGTERM,
+    never SIGKILL first, so its ``finally`` stops those servers."""
+    command = [sys.executable, str(BENCH / "ftp.py"), "--json", "--rounds", str(settings.ftp_rounds)]
+    command += ["--code", str(settings.code), "--logs", str(settings.raw_dir)]
+    command += ["--sut-cpu", str(settings.sut_cpu), "--load-cpu", str(settings.load_cpu)]
+    env = {**os.environ, "PYTHONPATH": str(settings.code)}
+    failed = FtpResults(0, 0, settings.ftp_rounds, 0, 0)
+    child = subprocess.Popen(
+        pinned(settings.load_cpu, command), stdout=subprocess.PIPE, text=True, cwd=BENCH.parent, env=env
+    )
+    try:
+        out, _ = child.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        failed.errors["setup"] = "bench/ftp.py did not finish within 1200 s"
+        return failed
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    if child.returncode != 0:
+        failed.errors["setup"] = f"bench/ftp.py exited with code {child.returncode} (see its stderr)"
+        return failed
+    try:
+        return FtpResults.from_json(json.loads(out))
+    except (ValueError, TypeError, KeyError) as exc:
+        failed.errors["setup"] = f"unreadable output of bench/ftp.py: {exc}"
+        return failed
+
+
+def ftp_only(settings: Settings) -> str:
+    """The FTP transfers alone (``--ftp``): one Kairos, one pyftpdlib server, curl, nothing else."""
+    snapshot = snapshot_kairos(settings.code)
+    results = run_ftp_bench(settings)
+    head = f"FTP transfers only, {settings.ftp_rounds} rounds; kairos code: {snapshot}"
+    return "\n".join([head, "", *ftp_lines(results)])
+
+
 # -- report ----------------------------------------------------------------------------------------
 
 
@@ -365,6 +417,11 @@ def method_notes(settings: Settings) -> list[str]:
         "gateway), both on the SUT CPU; client: httpx, one keep-alive connection, on the load CPU, "
         f"3 warm-ups then {settings.dashboard_samples} sequential requests per page, wall time until "
         "the body is read.",
+        "FTP transfers (bench/ftp.py): one pyftpdlib server (tests/servers/ftp.py, root on tmpfs) on the "
+        "load CPU, one `kairos run` with an ftp route in front of it on the SUT CPU; curl for every "
+        "transfer (timed by curl), on the load CPU through Kairos and for `direct`, on the SUT CPU for "
+        f"`direct-split`; 100 MB down and up, a 1,000-entry listing; {settings.ftp_rounds} rounds, the "
+        "ways taking turns; ratios within a round, then the median across rounds.",
     ]
 
 
@@ -386,7 +443,7 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
     markdown report."""
     per_round = len(SUTS) * (settings.warmup + len(CASES) * settings.duration + 2)
     policy_seconds = settings.policy_rounds * len(scenarios("")) * settings.duration
-    estimate = settings.rounds * per_round + policy_seconds + 60 + 60
+    estimate = settings.rounds * per_round + policy_seconds + 60 + 60 + 25 * settings.ftp_rounds
     log(f"benchmark: {settings.rounds} round(s) x {len(SUTS)} SUTs, about {estimate / 60:.0f} min")
     measurements, policies = run_rounds(settings)
     machine.append(f"load average at end of the HTTP rounds: {Path('/proc/loadavg').read_text().split()[:3]}")
@@ -394,6 +451,8 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
     route_results, route_error = run_route_bench(settings)
     log(f"dashboard pages with {DASHBOARD_ROUTES:,} routes")
     dashboard = run_dashboard_bench(settings)
+    log(f"FTP transfers: {settings.ftp_rounds} round(s)")
+    ftp = run_ftp_bench(settings)
     return render(
         title=f"Kairos benchmark, {stamp:%Y-%m-%d %H:%M}",
         machine=machine,
@@ -405,6 +464,7 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
         route_error=route_error,
         policies=policies,
         dashboard=dashboard,
+        ftp=ftp,
     )
 
 
@@ -412,7 +472,7 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    if not args.dashboard:  # the dashboard part needs neither wrk nor nginx
+    if not (args.dashboard or args.ftp):  # these parts need neither wrk nor nginx
         ensure_tools()
     stamp = datetime.now()
     started = time.monotonic()
@@ -431,6 +491,7 @@ def main() -> None:
             route_iterations=50_000 if args.quick else 100_000,
             route_repeats=3 if args.quick else 5,
             dashboard_samples=10 if args.quick else 30,
+            ftp_rounds=args.rounds if args.ftp else (1 if args.quick else 5),
         )
         settings.raw_dir.mkdir(parents=True, exist_ok=True)
         if args.only is not None:
@@ -439,6 +500,10 @@ def main() -> None:
             return
         if args.dashboard:
             print(dashboard_only(settings))
+            log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
+            return
+        if args.ftp:
+            print(ftp_only(settings))
             log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
             return
         machine = machine_info()

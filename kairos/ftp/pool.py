@@ -32,6 +32,12 @@ from aioftp.common import SSLSessionBoundContext
 
 logger = logging.getLogger("kairos.ftp")
 
+PROBE_ANSWERS = ("2xx", "500", "502")
+"""Answers to the ``NOOP`` probe that prove an idle connection alive and in step. A server without
+``NOOP`` (aioftp's: ``502 'noop' not implemented``) answers the probe too: taking that for a dead
+connection would log in again for every request after ``probe_after`` idle seconds. A 4xx (421:
+the server is closing it) or a 530 (the login expired) still closes the connection."""
+
 
 @dataclass(frozen=True, slots=True)
 class FtpTarget:
@@ -155,7 +161,7 @@ class FtpPool:
                 continue
             if now - kept.since > self.probe_after:
                 try:
-                    await asyncio.wait_for(kept.client.command("NOOP", "200"), self.connect_timeout)
+                    await asyncio.wait_for(kept.client.command("NOOP", PROBE_ANSWERS), self.connect_timeout)
                 except (aioftp.AIOFTPException, OSError, TimeoutError):
                     _close(kept.client)
                     continue

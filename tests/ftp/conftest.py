@@ -1,18 +1,20 @@
 """Real FTP servers for the FTP file API tests: pyftpdlib plain and explicit FTPS (a trustme CA) on a
-module's ``ftp_root``; the hostile servers are started per test with ``hostile_ftp_server``."""
+module's ``ftp_root``, and aioftp's own server (``aioftp``, a second implementation); the hostile
+servers are started per test with ``hostile_ftp_server``."""
 
 from __future__ import annotations
 
 import os
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trustme
 
-from tests.processes import Server, ftp_server
+from tests.processes import Server, free_port, ftp_server, server_process
 
 FTP_USER = "kairos"
 FTP_PASSWORD = "kairos-ftp-secret"
@@ -89,3 +91,29 @@ def ftps(module_tmp: Path, ftp_root: Path) -> Iterator[FtpServer]:
         module_tmp, ftp_root, user=FTP_USER, password=FTP_PASSWORD, readonly=readonly, tls=(cert, key)
     ) as server:
         yield FtpServer(server, ftp_root, ca_file=ca_file)
+
+
+@contextmanager
+def aioftp_server(
+    tmp_path: Path, root: Path, *, user: str, password: str, readonly: tuple[str, str] | None = None
+) -> Iterator[Server]:
+    """The second FTP server implementation (aioftp's ``aioftp.Server``, tests/servers/aioftp_server.py)
+    serving ``root`` as a real process: ``user`` may do everything, ``readonly`` = (user, password)
+    only list and download. Stopped by PID."""
+    port = free_port()
+    args = ["-m", "tests.servers.aioftp_server", "--port", str(port), "--root", str(root)]
+    args += ["--user", user, "--password", password]
+    if readonly is not None:
+        args += ["--readonly-user", readonly[0], "--readonly-password", readonly[1]]
+    with server_process(args, port, tmp_path / f"aioftp-{port}.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def aioftp_ftp(module_tmp: Path, ftp_root: Path) -> Iterator[FtpServer]:
+    """aioftp's server on ``ftp_root``, with a full and a read-only user."""
+    readonly = (READONLY_USER, READONLY_PASSWORD)
+    with aioftp_server(
+        module_tmp, ftp_root, user=FTP_USER, password=FTP_PASSWORD, readonly=readonly
+    ) as server:
+        yield FtpServer(server, ftp_root)

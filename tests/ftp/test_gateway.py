@@ -55,7 +55,8 @@ BASIC = "Basic " + base64.b64encode(f"{FTP_USER}:{FTP_PASSWORD}".encode()).decod
 # What must never show in an answer, /api/config or the gateway's log.
 SECRETS = (FTP_PASSWORD, READONLY_PASSWORD, WRONG_PASSWORD, BASIC.split(" ")[1])
 HOSTILE_MODES = {"watched": "normal", "pasv": "pasv-elsewhere", "cut": "cut-transfer", "refused": "login-421"}
-MEMORY_BOUND = 50 * 1000 * 1000  # bytes the gateway's RSS may grow by while streaming 256 MiB
+MEMORY_BOUND = 50 * 1000 * 1000  # bytes the gateway's RSS may grow by while streaming 256 MiB or 1 GiB
+LONG = os.environ.get("KAIROS_SOAK") == "1"  # `make soak`: the memory tests stream 1 GiB too
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,11 @@ def gateway(
         ),
         ftp_route("breaker", [ftp_backend(free_port(), **CREDENTIALS)], circuit_breaker=BREAKER),
         # kairos-rs's shape: no parameter, the whole tree below internal_path.
-        {**ftp_route("docs", [ftp_backend(ftp.port, **CREDENTIALS)]), "external_path": "/docs", "internal_path": "/docs"},
+        {
+            **ftp_route("docs", [ftp_backend(ftp.port, **CREDENTIALS)]),
+            "external_path": "/docs",
+            "internal_path": "/docs",
+        },
         *(ftp_route(prefix, [ftp_backend(server.server.port)]) for prefix, server in hostile.items()),
     ]
     env = {
@@ -785,31 +790,59 @@ def test_a_big_listing_is_complete_over_ftp_and_ftps(client: httpx.Client, ftp: 
 # -- memory ------------------------------------------------------------------------------------
 
 
-def test_256_mib_download_streams_in_bounded_memory(
-    client: httpx.Client, ftp: FtpServer, gateway: Server
+SIZES = [
+    pytest.param(256 * MIB, id="256mib"),
+    pytest.param(
+        1024 * MIB,
+        id="1gib",
+        marks=[
+            pytest.mark.slow,
+            pytest.mark.skipif(not LONG, reason="KAIROS_SOAK=1 runs the 1 GiB transfers"),
+        ],
+    ),
+]
+"""How much each memory test streams: 256 MiB in ``make test``, also 1 GiB in ``make soak``."""
+
+
+def report(what: str, size: int, before: int, peak: int, started: float) -> str:
+    """One line for ``pytest -rP`` (``make soak`` shows what the soak measured) and for a failure."""
+    seconds = time.monotonic() - started
+    return (
+        f"{what} {size // MIB} MiB: RSS {before / MIB:.1f} -> peak {peak / MIB:.1f} MiB "
+        f"(grew {(peak - before) / MIB:.1f} MiB), {seconds:.1f} s, {size / MIB / seconds:.0f} MiB/s"
+    )
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_mib_scale_download_streams_in_bounded_memory(
+    client: httpx.Client, ftp: FtpServer, gateway: Server, size: int
 ) -> None:
     name = f"mem-down-{token()}.bin"
-    size = 256 * MIB
     write_big(ftp.root / name, size)
     try:
         before = rss_bytes(gateway.pid)[0]
         peak = before
         received = 0
-        with client.stream("GET", f"/files/{name}") as response:
+        started = time.monotonic()
+        with client.stream("GET", f"/files/{name}", timeout=60) as response:
             assert response.status_code == 200
+            assert response.headers["content-length"] == str(size)
             for chunk in response.iter_bytes(MIB):
                 received += len(chunk)
                 if received % (8 * MIB) < len(chunk):
                     peak = max(peak, rss_bytes(gateway.pid)[0])
         peak = max(peak, rss_bytes(gateway.pid)[0])
+        summary = report("download", size, before, peak, started)
+        print(summary)
         assert received == size
-        assert peak - before < MEMORY_BOUND, f"RSS grew by {(peak - before) / MIB:.1f} MiB"
+        assert peak - before < MEMORY_BOUND, summary
     finally:
         (ftp.root / name).unlink()
 
 
-def test_256_mib_upload_streams_in_bounded_memory(
-    client: httpx.Client, ftp: FtpServer, gateway: Server
+@pytest.mark.parametrize("size", SIZES)
+def test_mib_scale_upload_streams_in_bounded_memory(
+    client: httpx.Client, ftp: FtpServer, gateway: Server, size: int
 ) -> None:
     name = f"mem-up-{token()}.bin"
     block = os.urandom(MIB)
@@ -818,22 +851,25 @@ def test_256_mib_upload_streams_in_bounded_memory(
 
     def body() -> Iterator[bytes]:
         nonlocal peak
-        for index in range(256):
+        for index in range(size // MIB):
             if index % 8 == 0:
                 peak = max(peak, rss_bytes(gateway.pid)[0])
             yield block
 
     try:
+        started = time.monotonic()
         response = client.put(f"/files/{name}", content=body(), timeout=60)
         peak = max(peak, rss_bytes(gateway.pid)[0])
+        summary = report("upload", size, before, peak, started)
+        print(summary)
         assert response.status_code == 201, response.text
         stored = ftp.root / name
-        assert stored.stat().st_size == 256 * MIB
+        assert stored.stat().st_size == size
         with stored.open("rb") as written:
             assert written.read(MIB) == block
             written.seek(-MIB, os.SEEK_END)
             assert written.read() == block
-        assert peak - before < MEMORY_BOUND, f"RSS grew by {(peak - before) / MIB:.1f} MiB"
+        assert peak - before < MEMORY_BOUND, summary
     finally:
         (ftp.root / name).unlink(missing_ok=True)
 
