@@ -75,7 +75,7 @@ class DnsService:
         self._health: dict[str, UpstreamHealth] = {}
         self._udp: dict[tuple[str, int], UdpUpstream] = {}
         self._tls: dict[tuple[str | None, bool], ssl.SSLContext] = {}
-        self._http: httpx.AsyncClient | None = None
+        self._http: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
         self._limiter = MemoryStore(clock=time.monotonic)
         self._limits: dict[str, Limit] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -147,23 +147,32 @@ class DnsService:
             udp = self._udp.get(address)
             if udp is None:
                 udp = self._udp[address] = UdpUpstream(backend.host, backend.port, self._stray)
+        config = route.config.upstreams[backend.index]
+        tls_key = (config.tls_ca_file, config.tls_verify)
         tls = None
-        if backend.scheme == "tls":
-            config = route.config.upstreams[backend.index]
-            tls_key = (config.tls_ca_file, config.tls_verify)
+        if backend.scheme in ("tls", "https"):
             tls = self._tls.get(tls_key)
             if tls is None:
                 tls = client_context(config.tls_ca_file, config.tls_verify) or ssl.create_default_context()
                 self._tls[tls_key] = tls
         internal = route.config.internal_path
         return Upstream(
-            backend, health, udp, self._http_client, internal if internal != "/" else DOH_DEFAULT_PATH, tls
+            backend,
+            health,
+            udp,
+            lambda: self._http_client(tls_key),
+            internal if internal != "/" else DOH_DEFAULT_PATH,
+            tls,
         )
 
-    def _http_client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(http2=False, limits=httpx.Limits(max_keepalive_connections=20))
-        return self._http
+    def _http_client(self, tls_key: tuple[str | None, bool]) -> httpx.AsyncClient:
+        """One pooled client per TLS setting (CA file, verify) of DNS-over-HTTPS upstreams."""
+        client = self._http.get(tls_key)
+        if client is None:
+            client = self._http[tls_key] = httpx.AsyncClient(
+                verify=self._tls[tls_key], limits=httpx.Limits(max_keepalive_connections=20)
+            )
+        return client
 
     def _stray(self, reason: str) -> None:
         self.stats.dropped[("upstream", reason)] += 1
@@ -396,9 +405,9 @@ class DnsService:
         for udp in self._udp.values():
             udp.close()
         self._udp.clear()
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        for client in self._http.values():
+            await client.aclose()
+        self._http.clear()
 
 
 def _breaker_of(

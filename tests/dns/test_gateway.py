@@ -28,6 +28,7 @@ import struct
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import dns.rcode
 import dns.rdatatype
 import httpx
 import pytest
+import trustme
 
 from tests.dns.servers import Dnsmasq, DnsUpstream, dig, dns_upstream, dnsmasq, flags, kdig, status
 from tests.processes import Server, free_port, kairos_run, server_process
@@ -104,6 +106,35 @@ def hostile(module_tmp: Path) -> Iterator[dict[str, DnsUpstream]]:
         }
 
 
+@dataclass(frozen=True)
+class Encrypted:
+    dot: Server
+    doh: Server
+    ca_file: Path
+
+
+@pytest.fixture(scope="module")
+def encrypted(module_tmp: Path, primary: DnsUpstream) -> Iterator[Encrypted]:
+    """DNS-over-TLS and DNS-over-HTTPS servers (tests/servers/dns_tls.py) relaying to ``primary``,
+    their certificate from a trustme CA."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file, cert, key = module_tmp / "dns-ca.pem", module_tmp / "dns-tls.pem", module_tmp / "dns-tls.key"
+    ca.cert_pem.write_to_path(str(ca_file))
+    issued.private_key_pem.write_to_path(str(key))
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    servers = {}
+    with ExitStack() as stack:
+        for mode in ("dot", "doh"):
+            port = free_port()
+            args = ["-m", "tests.servers.dns_tls", "--port", str(port), "--upstream-port", str(primary.port)]
+            args += ["--cert", str(cert), "--key", str(key), "--mode", mode]
+            servers[mode] = stack.enter_context(
+                server_process(args, port, module_tmp / f"dns-{mode}-{port}.log")
+            )
+        yield Encrypted(servers["dot"], servers["doh"], ca_file)
+
+
 @pytest.fixture(scope="module")
 def local(module_tmp: Path) -> Iterator[Dnsmasq]:
     with dnsmasq(module_tmp) as server:
@@ -119,6 +150,7 @@ def gateway(
     failing: DnsUpstream,
     local: Dnsmasq,
     hostile: dict[str, DnsUpstream],
+    encrypted: Encrypted,
 ) -> Iterator[Gateway]:
     routes = [
         dns_route("/dns", [primary.port], ["example.test"]),
@@ -144,6 +176,17 @@ def gateway(
         dns_route(f"/{mode}", [server.port], ["example.test"], timeout_ms=1000, cache={"enabled": False})
         for mode, server in hostile.items()
     ]
+    for name, scheme, server in (("dot", "tls", encrypted.dot), ("doh-upstream", "https", encrypted.doh)):
+        for trusted in (True, False):
+            tls = {"tls_ca_file": str(encrypted.ca_file)} if trusted else {}
+            routes.append(
+                {
+                    **dns_route(f"/{name}{'' if trusted else '-untrusted'}", [], ["example.test"]),
+                    "backends": [{"host": f"{scheme}://127.0.0.1", "port": server.port, **tls}],
+                    "cache": {"enabled": False},
+                    "timeout_ms": 2000,
+                }
+            )
     dns_port = free_port()
     env = {"KAIROS_DNS_PORT": str(dns_port), "KAIROS_ADMIN_TOKEN": ADMIN_TOKEN, "KAIROS_ACCESS_LOG": "true"}
     with kairos_run(module_tmp, {"version": 1, "routers": routes}, env=env) as server:
@@ -314,6 +357,16 @@ def test_a_spoofed_reply_first_is_ignored(http: httpx.Client, mode: str) -> None
 def test_an_upstream_sending_garbage_gives_servfail(http: httpx.Client) -> None:
     answer = doh(http, "/garbage", dns.message.make_query("www.example.test", "A"))
     assert answer.rcode() == dns.rcode.SERVFAIL and not answer.answer
+
+
+@pytest.mark.parametrize("name", ["dot", "doh-upstream"])
+def test_encrypted_upstreams_verified_by_the_routes_ca(http: httpx.Client, name: str) -> None:
+    """tls:// (DNS-over-TLS) and https:// (DNS-over-HTTPS) upstreams: answered when the route trusts
+    their CA (tls_ca_file), SERVFAIL when it does not (the system CAs do not know the test CA)."""
+    answer = doh(http, f"/{name}", dns.message.make_query("www.example.test", "A"))
+    assert {record.to_text() for rrset in answer.answer for record in rrset} == {"192.0.2.10", "192.0.2.11"}
+    refused = doh(http, f"/{name}-untrusted", dns.message.make_query("www.example.test", "A"))
+    assert refused.rcode() == dns.rcode.SERVFAIL and not refused.answer
 
 
 # -- zones, limits, DoH --------------------------------------------------------------------------------
