@@ -1,0 +1,1 @@
+"""OpenAI-compatible LLM routes: the endpoint, provider calls with fallbacks, limits, analytics."""
