@@ -99,6 +99,8 @@ def _controls(schema: Mapping[str, Any], defs: Mapping[str, Any], prefix: str = 
     required = set(schema.get("required", []))
     controls = []
     for name, raw in schema.get("properties", {}).items():
+        if raw.get("writeOnly"):  # another spelling of a key the form already has (e.g. dns.zones)
+            continue
         node, _ = _resolve(raw, defs)
         kind, options, items = _kind(node, defs)
         control = Control(

@@ -336,3 +336,35 @@ class StreamEvent(Answer):
     message: str | None = None
     metric_name: str | None = None
     data_points: list[MetricPoint] | None = None
+
+
+class LlmAnalyticsRow(Answer):
+    """One group of LLM calls (a consumer, a model, a route, a provider or a UTC day)."""
+
+    key: str
+    requests: int
+    errors: int = Field(description="Calls that ended in an error (a stream cut included).")
+    rate_limited: int = 0
+    client_cancelled: int = 0
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    avg_latency_ms: float | None = None
+    p50_latency_ms: float | None = None
+    avg_ttft_ms: float | None = Field(None, description="Streams only: time to the first chunk.")
+    cache_hits: int = 0
+    fallbacks: int = Field(0, description="Targets given up on before one answered.")
+
+
+class LlmAnalytics(Answer):
+    """``GET /analytics/llm``: the request analytics of LLM routes, aggregated in the database."""
+
+    group_by: str
+    since: str | None = None
+    until: str | None = None
+    backend: str = Field(description="`sqlite` or `postgresql`.")
+    written: int = Field(description="Records written since the gateway started.")
+    dropped: int = Field(description="Records lost (queue full, database down too long).")
+    queue_depth: int
+    last_error: str | None = None
+    rows: list[LlmAnalyticsRow] = Field(default_factory=list)

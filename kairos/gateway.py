@@ -41,6 +41,7 @@ from kairos.dns.listener import DnsListener
 from kairos.dns.service import DnsService
 from kairos.ftp.pool import FtpPool
 from kairos.heap import freeze_long_lived
+from kairos.llm.service import LlmService
 from kairos.logs import configure_logging
 from kairos.observability.accesslog import AccessLog
 from kairos.observability.history import MetricsHistory, Reading
@@ -179,6 +180,13 @@ class Gateway:
             if config is None
             else None
         )
+        # llm routes (after config_file: the analytics database lives next to it): litellm, token
+        # limits, request analytics, from startup() to shutdown().
+        analytics_url = settings.analytics_url if settings.analytics else None
+        analytics_dir = None
+        if settings.analytics:
+            analytics_dir = self.config_file.parent if self.config_file is not None else Path(".")
+        self.llm = LlmService(settings.redis_url, analytics_url, analytics_dir)
         self._started = False
         self._start_lock = asyncio.Lock()
         # Live reload triggers (kairos/reload.py), from startup() to shutdown().
@@ -234,6 +242,7 @@ class Gateway:
         self.ai_router.configure(config)
         self.table = table
         self.dns.update(table, lambda: self.config.circuit_breaker if self.config is not None else None)
+        self.llm.update(table)
         self.health_checker.update(table.routes, config.health_check)  # re-plans the probes
         status = self.reload_status
         now = time.time()
@@ -415,6 +424,7 @@ class Gateway:
                 await self.http2_engine.start()
             self._start_reload_triggers()
             await self._start_dns_listener()
+            await self.llm.start()
             if self.metrics_exporter is not None:
                 self.metrics_exporter.start()
             self._started = True
@@ -477,6 +487,7 @@ class Gateway:
             await self.dns_listener.stop()
             self.dns_listener = None
         await self.dns.close()
+        await self.llm.close()
         if self.access_log is not None:
             self.access_log.stop()  # writes what is queued, then ends the thread
         if self.tracing is not None:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 from kairos.dns.doh import DohEndpoint
 from kairos.ftp.endpoint import FtpEndpoint
 from kairos.gateway import Gateway
+from kairos.llm.endpoint import LlmEndpoint
 from kairos.middleware.accesslog import AccessLogMiddleware
 from kairos.middleware.airouting import AiRoutingMiddleware
 from kairos.middleware.auth import AuthMiddleware
@@ -230,7 +231,11 @@ def protocol_endpoint(gateway: Gateway) -> ASGIApp:
         http = UpstreamSpanMiddleware(http, tracing.tracer)
         websocket = UpstreamSpanMiddleware(websocket, tracing.tracer)
     return ProtocolEndpoint(
-        http=http, websocket=websocket, ftp=FtpEndpoint(gateway.ftp_pool), dns=DohEndpoint(gateway.dns)
+        http=http,
+        websocket=websocket,
+        ftp=FtpEndpoint(gateway.ftp_pool),
+        dns=DohEndpoint(gateway.dns),
+        llm=LlmEndpoint(gateway.llm),
     )
 
 

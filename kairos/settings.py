@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # routes' ip_filter and client_rate_limit say otherwise, so exposing it is the operator's choice.
     dns_host: str = "127.0.0.1"
     dns_port: int | None = Field(None, ge=1, le=65535)
+    # LLM request analytics (kairos/analytics/): SQLite next to the config file by default, or the
+    # database this URL names (postgresql://...); KAIROS_ANALYTICS=false writes none.
+    analytics: bool = True
+    analytics_url: str | None = None
     # OpenTelemetry tracing (kairos/observability/tracing.py, extra `otel`): off (nothing imported, no
     # layer), otlp (OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT) or console; the rest is standard OTEL_*.
     tracing: Literal["off", "otlp", "console"] = "off"

@@ -14,7 +14,9 @@ from __future__ import annotations
 # kairos-rs's stream paths, kept as they are (not moved by KAIROS_ADMIN_PREFIX).
 STREAM_PATHS = ("/ws/metrics", "/ws/admin/metrics")
 # First path segment after the prefix of every admin endpoint (and everything below it).
-ADMIN_SECTIONS = frozenset({"routes", "config", "metrics", "explain", "backends", "cache", "openapi.json"})
+ADMIN_SECTIONS = frozenset(
+    {"routes", "config", "metrics", "explain", "backends", "cache", "analytics", "openapi.json"}
+)
 
 
 def admin_owns(path: str, prefix: str) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from starlette.routing import BaseRoute, Router
 from starlette.types import ASGIApp
 
-from kairos.admin import STREAM_PATHS, admin_owns, config_api, metrics_api
+from kairos.admin import STREAM_PATHS, admin_owns, analytics_api, config_api, metrics_api
 from kairos.admin.guard import AdminGuard
 from kairos.admin.responses import AdminErrors
 
@@ -32,7 +32,11 @@ class AdminApi:
         self._gateway = gateway
         self._yields: tuple[object, bool] = (None, False)  # (route table, a route claims the path)
         token = gateway.settings.admin_token
-        rest: list[BaseRoute] = [*config_api.endpoints(gateway), *metrics_api.endpoints(gateway)]
+        rest: list[BaseRoute] = [
+            *config_api.endpoints(gateway),
+            *metrics_api.endpoints(gateway),
+            *analytics_api.endpoints(gateway),
+        ]
         # AdminErrors: unknown paths, wrong methods and handler exceptions answer JSON, not text.
         self.guard = AdminGuard(AdminErrors(Router(routes=rest)), token)
         self.rest: ASGIApp = self.guard

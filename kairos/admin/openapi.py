@@ -23,6 +23,7 @@ from kairos.api_models import (
     Backends,
     ConfigStatus,
     Explanation,
+    LlmAnalytics,
     MetricsSummary,
     PurgeResult,
     RouteAnswer,
@@ -170,6 +171,7 @@ ANSWERS: tuple[type[BaseModel], ...] = (
     Backends,
     PurgeResult,
     MetricsSummary,
+    LlmAnalytics,
 )
 
 
@@ -403,6 +405,50 @@ def document(prefix: str, version: str) -> dict[str, Any]:
                 "responses": {
                     "200": _answer("The summary (this worker's)", "MetricsSummary"),
                     "400": _answer("A bad `top`"),
+                    **_GUARD,
+                },
+            }
+        },
+        f"{p}/analytics/llm": {
+            "get": {
+                "summary": "LLM request analytics, aggregated by consumer, model, day, route or provider",
+                "operationId": "llmAnalytics",
+                "parameters": [
+                    {
+                        "name": "group_by",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": ["consumer", "model", "day", "route", "provider"],
+                        },
+                    },
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {
+                        "name": "until",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
+                    {"name": "consumer", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
+                "responses": {
+                    "200": _answer("Rows, busiest first (by day: oldest first)", "LlmAnalytics"),
+                    "400": _answer("A bad parameter (named)"),
+                    "404": _answer("No analytics store runs"),
+                    "503": _answer("The analytics database cannot answer now"),
                     **_GUARD,
                 },
             }

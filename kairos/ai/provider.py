@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,14 +290,19 @@ class Provider:
             self.usage.cost += float(cost)
 
     def scrub(self, text: str) -> str:
-        """``text`` without this provider's key (whole, or its tail as some SDKs print it) and
-        without anything key-like; cut to 300 characters."""
-        key = self.spec.api_key
+        """``text`` without this provider's key and without anything key-like; cut to 300 characters."""
+        return scrub_keys(text, [self.spec.api_key] if self.spec.api_key else [])[:300]
+
+
+def scrub_keys(text: str, keys: Iterable[str]) -> str:
+    """``text`` without these keys (whole, or their head or tail as some SDKs print them) and without
+    anything key-like (``redact``), on one line."""
+    for key in keys:
         if key:
             text = text.replace(key, "[REDACTED:api_key]")
             if len(key) > 8:
                 text = text.replace(key[-8:], "[REDACTED]").replace(key[:8], "[REDACTED]")
-        return redact(" ".join(text.split()))[:300]
+    return redact(" ".join(text.split()))
 
 
 def _is_timeout(exc: Exception) -> bool:

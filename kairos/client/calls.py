@@ -23,6 +23,7 @@ from kairos.api_models import (
     ConfigStatus,
     Explanation,
     HealthStatus,
+    LlmAnalytics,
     MetricPoint,
     MetricsSummary,
     MetricWindow,
@@ -166,6 +167,24 @@ def metrics(prefix: str | None) -> Call[MetricsSnapshot]:
 
 def metrics_summary(top: int) -> Call[MetricsSummary]:
     return Call("GET", "/metrics/summary", _model(MetricsSummary), params={"top": str(top)})
+
+
+def llm_analytics(
+    group_by: str,
+    since: datetime | None,
+    until: datetime | None,
+    consumer: str | None,
+    model: str | None,
+    limit: int,
+) -> Call[LlmAnalytics]:
+    params = {"group_by": group_by, "limit": str(limit)}
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
+            params[name] = value.isoformat()
+    for name, text in (("consumer", consumer), ("model", model)):
+        if text is not None:
+            params[name] = text
+    return Call("GET", "/analytics/llm", _model(LlmAnalytics), params=params)
 
 
 _POINTS = TypeAdapter(list[MetricPoint])

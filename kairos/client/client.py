@@ -30,6 +30,7 @@ from kairos.api_models import (
     ConfigStatus,
     Explanation,
     HealthStatus,
+    LlmAnalytics,
     MetricPoint,
     MetricsSummary,
     MetricWindow,
@@ -226,6 +227,19 @@ class KairosClient:
         """Totals, the merged latency histogram and the ``top`` busiest routes, computed by the
         gateway (cheap to poll; per worker process)."""
         return self.run(calls.metrics_summary(top))
+
+    def llm_analytics(
+        self,
+        group_by: str = "model",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        consumer: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+    ) -> LlmAnalytics:
+        """The LLM routes' request analytics, aggregated by ``group_by`` (consumer, model, day,
+        route, provider) over ``[since, until)``."""
+        return self.run(calls.llm_analytics(group_by, since, until, consumer, model, limit))
 
     def metric_names(self) -> list[str]:
         return self.run(calls.metric_names())
@@ -438,6 +452,17 @@ class AsyncKairosClient:
 
     async def metrics_summary(self, top: int = 10) -> MetricsSummary:
         return await self.run(calls.metrics_summary(top))
+
+    async def llm_analytics(
+        self,
+        group_by: str = "model",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        consumer: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+    ) -> LlmAnalytics:
+        return await self.run(calls.llm_analytics(group_by, since, until, consumer, model, limit))
 
     async def metric_names(self) -> list[str]:
         return await self.run(calls.metric_names())

@@ -427,13 +427,12 @@ def check_route(route: RouteConfig, prefix: tuple[Any, ...]) -> list[Problem]:
                     format_path(where), f"must use {wanted} for protocol {route.protocol!r}", backend.host
                 )
             )
-    if route.dns is not None and route.protocol != "dns":
-        problems.append(
-            Problem(
-                format_path((*prefix, "dns")),
-                f"applies to `dns` routes only (this one is {route.protocol!r})",
-            )
-        )
+    if route.protocol == "llm" and route.llm is None:
+        problems.append(Problem(format_path((*prefix, "llm")), "is required on an `llm` route (its models)"))
+    for section in ("dns", "llm"):  # a protocol's own section on another protocol's route
+        if getattr(route, section) is not None and route.protocol != section:
+            message = f"applies to `{section}` routes only (this one is {route.protocol!r})"
+            problems.append(Problem(format_path((*prefix, section)), message))
     fallback = route.ai_policy.fallback_backend_index if route.ai_policy is not None else None
     if fallback is not None and fallback >= len(route.upstreams):
         problems.append(

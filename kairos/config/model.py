@@ -17,6 +17,7 @@ from kairos.config.ai import AiConfig, AiPolicy
 from kairos.config.base import Bool, ConfigModel, Int, NonNegativeInt, PositiveInt, Str
 from kairos.config.dns import DEFAULT_DNS_TIMEOUT_MS, FLAT_KEYS, DnsConfig
 from kairos.config.jwt import JwtConfig
+from kairos.config.llm import LlmConfig
 from kairos.config.path_template import PathTemplate, parse_template
 from kairos.config.policies import (
     CacheConfig,
@@ -33,7 +34,7 @@ from kairos.config.retry import RetryConfig
 from kairos.config.transform import RequestTransformation, ResponseTransformation
 
 HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE")
-Protocol = Literal["http", "websocket", "ftp", "dns"]
+Protocol = Literal["http", "websocket", "ftp", "dns", "llm"]
 Strategy = Literal["round_robin", "least_connections", "random", "weighted", "ip_hash"]
 
 NO_BACKENDS = "needs `backends` (or the legacy `host` + `port`)"
@@ -57,6 +58,8 @@ PROTOCOL_SCHEMES = {
     # dns:// and a bare address: UDP, then TCP for a truncated answer; tls:// DNS-over-TLS; https://
     # DNS-over-HTTPS (the route's internal_path is the upstream's path, `/` meaning /dns-query).
     "dns": ("", "udp", "tcp", "dns", "tls", "https"),
+    # llm routes name their providers in their `llm` section; `backends` are not used.
+    "llm": ("http", "https"),
 }
 
 
@@ -231,8 +234,12 @@ class RouteConfig(ConfigModel):
     route whose methods do not include the request's is skipped. Policy blocks (`cors`, `rate_limit`,
     `ip_filter`, ...) that also exist at the top level replace the top-level block on this route."""
 
+    # writeOnly: accepted, never shown back (the running config has them in `dns`); forms skip them.
     input_keys = {
-        key: {"description": f"`dns` routes: the same as `dns.{key}` (moved there when the config loads)."}
+        key: {
+            "description": f"`dns` routes: the same as `dns.{key}` (moved there when the config loads).",
+            "writeOnly": True,
+        }
         for key in FLAT_KEYS
         if key != "cache"  # a field of every route; on a DNS route it is the DNS answer cache
     }
@@ -266,7 +273,7 @@ class RouteConfig(ConfigModel):
         description="`http` proxies requests (an upgrade request is relayed as a WebSocket too); "
         "`websocket` proxies WebSocket upgrades (an HTTP route may share its path); `ftp` serves an HTTP "
         "file API over FTP servers; `dns` forwards DNS queries (the DNS listener, DNS-over-HTTPS on "
-        "`external_path`). Any case.",
+        "`external_path`); `llm` serves the OpenAI API over the providers of its `llm` section. Any case.",
     )
     backends: tuple[BackendConfig, ...] | None = Field(
         None,
@@ -388,6 +395,11 @@ class RouteConfig(ConfigModel):
         "`username`/`password`) or `passthrough` (the client's HTTP Basic `Authorization`; without it "
         "the answer is 401 with `WWW-Authenticate: Basic`). Never from a query string.",
     )
+    llm: LlmConfig | None = Field(
+        None,
+        description="`llm` routes (required there): the public models of the OpenAI-compatible API on "
+        "`external_path`, their provider targets and fallbacks, and the consumers' limits.",
+    )
     dns: DnsConfig | None = Field(
         None,
         description="`dns` routes: zones, answer cache, upstream policy, failover and per-client limits. "
@@ -456,6 +468,9 @@ class RouteConfig(ConfigModel):
     @model_validator(mode="after")
     def _resolve_backends(self) -> RouteConfig:
         if self.backends is None:
+            if self.protocol == "llm" and self.host is None:
+                object.__setattr__(self, "backends", ())  # its providers are in `llm`
+                return self
             if self.host is None:
                 raise ValueError(NO_BACKENDS)
             scheme = self.host.split("://", 1)[0].lower() if "://" in self.host else ""

@@ -124,6 +124,8 @@ def _refs(schema: Any, suffix: str) -> Iterator[tuple[str, str]]:
         yield from _refs(choice, suffix)
     if "items" in schema:
         yield from _refs(schema["items"], suffix + "[]")
+    if isinstance(schema.get("additionalProperties"), dict):  # a map: its values (e.g. llm.models)
+        yield from _refs(schema["additionalProperties"], suffix + ".<name>")
 
 
 def _slugs(sections: list[Section]) -> dict[str, str]:

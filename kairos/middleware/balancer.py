@@ -77,7 +77,7 @@ class BalancerMiddleware:
             return
         exchange = get_exchange(scope)
         route = exchange.route
-        if route is None or route.config.protocol == "dns":  # a DNS route orders its own upstreams
+        if route is None or route.config.protocol in ("dns", "llm"):  # these order their own upstreams
             await self.app(scope, receive, send)
             return
         backends = route.backends

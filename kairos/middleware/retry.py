@@ -55,7 +55,12 @@ class RetryMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange: Exchange | None = scope.get(SCOPE_KEY)
         route = exchange.route if exchange is not None else None
-        if scope["type"] != "http" or exchange is None or route is None or route.config.protocol == "dns":
+        if (
+            scope["type"] != "http"
+            or exchange is None
+            or route is None
+            or route.config.protocol in ("dns", "llm")  # these order and retry their own upstreams
+        ):
             await self.app(scope, receive, send)
             return
         config = policy_of(route, _retry, self._global)

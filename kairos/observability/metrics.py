@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from kairos.ai.metrics import ai_families
 from kairos.dns.metrics import dns_families
+from kairos.llm.metrics import llm_families
 from kairos.observability.multiprocess import MultiprocessExporter
 from kairos.resilience.breaker import CLOSED, HALF_OPEN, OPEN
 
@@ -90,6 +91,8 @@ class GatewayCollector(Collector):
         yield from _resilience(gateway)
         yield from _cache(gateway)
         yield from ai_families(gateway.ai_router)
+        if gateway.llm.routes or gateway.llm.stats.requests:
+            yield from llm_families(gateway.llm)
         dns = gateway.dns
         if dns.routes or dns.stats.requests:
             listener = gateway.dns_listener

@@ -10,12 +10,18 @@ from kairos.exchange import get_exchange
 
 class ProtocolEndpoint:
     def __init__(
-        self, http: ASGIApp, websocket: ASGIApp, ftp: ASGIApp | None = None, dns: ASGIApp | None = None
+        self,
+        http: ASGIApp,
+        websocket: ASGIApp,
+        ftp: ASGIApp | None = None,
+        dns: ASGIApp | None = None,
+        llm: ASGIApp | None = None,
     ) -> None:
         self._http = http
         self._websocket = websocket
         self._ftp = ftp
         self._dns = dns
+        self._llm = llm
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
@@ -41,6 +47,8 @@ class ProtocolEndpoint:
             await self._ftp(scope, receive, send)
         elif protocol == "dns" and self._dns is not None:
             await self._dns(scope, receive, send)
+        elif protocol == "llm" and self._llm is not None:
+            await self._llm(scope, receive, send)
         elif protocol == "websocket":
             await reject(
                 scope,

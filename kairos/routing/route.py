@@ -185,7 +185,7 @@ def compile_route(index: int, config: RouteConfig, states: dict[str, BackendStat
     methods = allowed_methods(config)
     template = config.external_template
     internal = config.internal_template
-    subtree = config.protocol in ("ftp", "dns") and not template.param_names
+    subtree = config.protocol in ("ftp", "dns", "llm") and not template.param_names
     if subtree:
         template = parse_template(config.external_path.rstrip("/") + "/{*" + SUBTREE_PARAM + "}")
         internal = parse_template(config.internal_path.rstrip("/") + "/{*" + SUBTREE_PARAM + "}")

@@ -81,7 +81,7 @@ def test_the_error_message_carries_every_line() -> None:
         (config(route(methods="GET")), 'routers[0].methods: must be an array (got "GET")'),
         (config(route(auth_required="yes")), 'routers[0].auth_required: must be true or false (got "yes")'),
         (config(route(protocol="gopher")),
-         "routers[0].protocol: must be one of 'http', 'websocket', 'ftp' or 'dns' (got \"gopher\")"),
+         "routers[0].protocol: must be one of 'http', 'websocket', 'ftp', 'dns' or 'llm' (got \"gopher\")"),
         (config(route(load_balancing_strategy="fastest")),
          "routers[0].load_balancing_strategy: must be one of 'round_robin', 'least_connections', 'random', "
          "'weighted' or 'ip_hash' (got \"fastest\")"),

@@ -1,0 +1,141 @@
+"""The `llm` section of a `"protocol": "llm"` route: the public models it serves, the provider
+targets behind each, when to fall back, what a consumer may spend.
+
+A public model name (what clients put in `"model"`) maps to targets tried in order (or by weight
+for the first attempt), then to the targets of the models in its `fallbacks`. A target is a litellm
+provider and model (`openai` + `gpt-4o-mini`, `anthropic` + `claude-3-5-haiku-latest`, any
+OpenAI-compatible server through `api_base`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from kairos.config.base import ConfigModel, Float, NonNegativeInt, PositiveInt, StatusCode, Str
+
+DEFAULT_FALLBACK_STATUSES = (408, 429, 500, 502, 503, 504)
+
+
+class LlmTarget(ConfigModel):
+    """One provider model that can answer for a public model."""
+
+    provider: Str = Field(
+        min_length=1,
+        description="litellm provider name (`openai`, `anthropic`, `azure`, `mistral`, `groq`, `ollama`, "
+        "`hosted_vllm`, ...); any case. An OpenAI-compatible server is `openai` with `api_base`.",
+    )
+    model: Str = Field(min_length=1, description="The provider's model name, e.g. `gpt-4o-mini`.")
+    api_base: Str | None = Field(
+        None, description="`http(s)://` base URL of the provider (an OpenAI-compatible server: its `/v1`)."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="The provider's key; use `${NAME}`. Never shown in an answer, a log, a metric, an "
+        "error or `/api/config`. Unset: the provider's usual environment variable (litellm's lookup).",
+    )
+    weight: PositiveInt = Field(
+        1,
+        description="Share of first attempts among the model's targets (the others stay in order after it).",
+    )
+    timeout_ms: PositiveInt = Field(
+        60_000,
+        description="Milliseconds the target has to answer (a stream: to send its first chunk); past it the "
+        "next target is tried.",
+    )
+    max_retries: NonNegativeInt = Field(
+        0,
+        le=5,
+        description="Retries of this target (after its `Retry-After`, when it sends one within the "
+        "timeout) before the next target; only before the first byte reaches the client.",
+    )
+
+    @field_validator("provider")
+    @classmethod
+    def _lower(cls, provider: str) -> str:
+        return provider.strip().lower()
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, api_base: str | None) -> str | None:
+        if api_base is not None and not api_base.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return api_base.rstrip("/") if api_base is not None else None
+
+    @property
+    def label(self) -> str:
+        """`provider/model`, what headers, metrics and analytics name it by (never the key)."""
+        return self.model if self.model.startswith(self.provider + "/") else f"{self.provider}/{self.model}"
+
+
+class LlmModel(ConfigModel):
+    """A public model: its targets, its fallbacks and, when litellm's price list does not know the
+    targets (local models), its prices."""
+
+    targets: tuple[LlmTarget, ...] = Field(min_length=1, description="Provider targets, in order.")
+    fallbacks: tuple[Str, ...] = Field(
+        (),
+        description="Other public models whose targets are tried, in this order, after this model's own.",
+    )
+    input_cost_per_token: Float | None = Field(
+        None, ge=0, description="USD per prompt token, overriding litellm's price list."
+    )
+    output_cost_per_token: Float | None = Field(
+        None, ge=0, description="USD per completion token, overriding litellm's price list."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_list(cls, data: Any) -> Any:
+        """A bare list is the model's targets: `"gpt-4o": [{...}, {...}]`."""
+        return {"targets": data} if isinstance(data, list) else data
+
+
+class LlmLimits(ConfigModel):
+    """Limits per consumer (the API key's consumer or the JWT subject) and public model, charged
+    before the call with an estimate (prompt tokens + `max_tokens`) and corrected from the real
+    usage after it, so a burst cannot overshoot by more than one request. Memory, or Redis shared by
+    replicas when `KAIROS_REDIS_URL` is set."""
+
+    tokens_per_minute: PositiveInt | None = Field(None, description="Prompt + completion tokens per minute.")
+    requests_per_minute: PositiveInt | None = Field(None, description="Calls per minute.")
+    budget_usd_per_day: Float | None = Field(None, gt=0, description="USD per UTC day.")
+    budget_usd_per_month: Float | None = Field(None, gt=0, description="USD per UTC month.")
+
+
+class LlmConfig(ConfigModel):
+    """An OpenAI-compatible API on the route's `external_path`: `POST .../chat/completions`,
+    `.../completions`, `.../embeddings`, `GET .../models`."""
+
+    models: dict[Str, LlmModel] = Field(
+        min_length=1,
+        description='Public model name → its targets (a list, or `{"targets": [...], "fallbacks": '
+        "[...], ...}`).",
+    )
+    on_status_codes: tuple[StatusCode, ...] = Field(
+        DEFAULT_FALLBACK_STATUSES,
+        description="Provider answers that move to the next target (timeouts and connection errors always "
+        "do); any other error is the client's answer (a 400 for a bad request is not retried elsewhere).",
+    )
+    max_tokens: PositiveInt | None = Field(
+        None,
+        description="The largest `max_tokens` a request may ask for (400 above it); also the estimate "
+        "when a request names none.",
+    )
+    default_max_tokens: PositiveInt = Field(
+        1024,
+        description="The completion tokens reserved against `limits` for a request that names no "
+        "`max_tokens` (and no route `max_tokens`).",
+    )
+    limits: LlmLimits | None = Field(None, description="Token, request and spend limits. Unset: none.")
+
+    @model_validator(mode="after")
+    def _known_fallbacks(self) -> LlmConfig:
+        for name, model in self.models.items():
+            for fallback in model.fallbacks:
+                if fallback not in self.models:
+                    raise ValueError(f"models.{name}.fallbacks: {fallback!r} is not a model of this route")
+                if fallback == name:
+                    raise ValueError(f"models.{name}.fallbacks: a model cannot fall back to itself")
+        return self

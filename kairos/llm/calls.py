@@ -1,0 +1,190 @@
+"""Provider calls for LLM routes: the ordered targets of a public model, tried until one answers.
+
+**Fallback only before the first byte.** A target that fails before it answers (a status in
+``on_status_codes``, a timeout, a connection error) is retried after its ``Retry-After`` when it
+has ``max_retries`` left and the wait fits its timeout, else the next target is asked. A stream is
+only handed to the client once its first chunk has arrived, so everything up to that point can
+still fail over; after it, a failing stream cannot be replayed without duplicating what the client
+already has, and the endpoint ends it with an SSE error event and an aborted connection.
+
+Any other provider error (a 400 for a bad request, a 401 for a bad key...) is not another target's
+business: it is answered as it is, in OpenAI's error shape, its message scrubbed of keys.
+
+Everything goes through litellm's SDK (``acompletion``, ``atext_completion``, ``aembedding``) with
+no retries of its own: the gateway decides. litellm's exceptions carry ``status_code`` and, for a
+429, the provider's response headers, which is where ``Retry-After`` is read from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kairos.ai.provider import ensure_litellm, scrub_keys
+from kairos.config.llm import LlmConfig, LlmTarget
+
+
+@dataclass(slots=True)
+class Attempted:
+    """What the calls of one request did, for headers, metrics and analytics."""
+
+    fallbacks: int = 0  # targets given up on before the one that answered
+    calls: int = 0  # provider calls made (retries included)
+    target: LlmTarget | None = None  # the one that answered
+    errors: list[str] = field(default_factory=list)
+
+
+class ProviderFailed(Exception):
+    """No target answered. ``status`` and ``kind`` are what the client gets (OpenAI's error shape):
+    the last provider error when it is the client's business, else 502/504 from the gateway."""
+
+    def __init__(self, status: int, kind: str, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.code = code
+
+
+def targets_of(config: LlmConfig, model: str) -> list[LlmTarget]:
+    """The model's targets (the first by weight when weights differ), then its fallbacks' targets."""
+    entry = config.models[model]
+    own = list(entry.targets)
+    if len(own) > 1 and any(target.weight != own[0].weight for target in own):
+        first = random.choices(own, weights=[target.weight for target in own])[0]
+        own.remove(first)
+        own.insert(0, first)
+    chain = own
+    for fallback in entry.fallbacks:
+        chain += [target for target in config.models[fallback].targets if target not in chain]
+    return chain
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "headers", None)
+    if headers is None:
+        return None
+    value = headers.get("retry-after") if hasattr(headers, "get") else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _is_timeout(exc: BaseException, litellm: Any) -> bool:
+    return isinstance(exc, TimeoutError | litellm.Timeout) or _status(exc) == 408
+
+
+def _is_connection(exc: BaseException, litellm: Any) -> bool:
+    return isinstance(exc, litellm.APIConnectionError | ConnectionError | OSError)
+
+
+def _kwargs(target: LlmTarget, timeout: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"model": target.label, "timeout": timeout, "num_retries": 0, "max_retries": 0}
+    if target.api_base is not None:
+        kwargs["api_base"] = target.api_base
+    if target.api_key is not None:
+        kwargs["api_key"] = target.api_key.get_secret_value()
+    return kwargs
+
+
+def _secrets(targets: Sequence[LlmTarget]) -> list[str]:
+    return [target.api_key.get_secret_value() for target in targets if target.api_key is not None]
+
+
+async def call(
+    config: LlmConfig,
+    model: str,
+    kind: str,
+    params: dict[str, Any],
+    attempted: Attempted,
+) -> Any:
+    """The provider's answer for ``kind`` (``chat``, ``text``, ``embedding``), from the first target
+    that gives one. For a stream (``params["stream"]``) the answer is ``(first_chunk, rest)``: the
+    first chunk already received, and the async iterator of the others."""
+    litellm = await ensure_litellm()
+    function = {
+        "chat": litellm.acompletion,
+        "text": litellm.atext_completion,
+        "embedding": litellm.aembedding,
+    }[kind]
+    targets = targets_of(config, model)
+    fallback_statuses = frozenset(config.on_status_codes)
+    last: ProviderFailed | None = None
+    for position, target in enumerate(targets):
+        retries = target.max_retries
+        timeout = target.timeout_ms / 1000
+        while True:
+            attempted.calls += 1
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(timeout):
+                    answer = await function(**params, **_kwargs(target, timeout))
+                    if params.get("stream"):
+                        stream = aiter(answer)
+                        first = await anext(stream)
+                        answer = (first, stream)
+                attempted.target = target
+                attempted.fallbacks = position
+                return answer
+            except StopAsyncIteration:  # an empty stream: nothing to hand over, as if it failed
+                last = ProviderFailed(502, "upstream", f"{target.label} sent an empty stream")
+            except Exception as exc:  # litellm raises its own classes, httpx's, openai's
+                status = _status(exc)
+                message = scrub_keys(f"{type(exc).__name__}: {exc}", _secrets(targets))[:500]
+                attempted.errors.append(f"{target.label}: {message}")
+                if _is_timeout(exc, litellm):
+                    last = ProviderFailed(504, "timeout", f"{target.label} did not answer in {timeout:.3g} s")
+                elif status is not None and status not in fallback_statuses:
+                    raise ProviderFailed(
+                        status, _kind_of(status), message, getattr(exc, "code", None)
+                    ) from None
+                elif status is None and not _is_connection(exc, litellm):
+                    raise ProviderFailed(502, "upstream", message) from None
+                else:
+                    if status == 429:  # every target busy: the client may retry later, as it would direct
+                        last = ProviderFailed(429, "rate_limit_error", message, "rate_limit_exceeded")
+                    else:  # a provider's 5xx or no connection: the gateway could not get an answer
+                        last = ProviderFailed(502, "upstream", message)
+                    wait = _retry_after(exc)
+                    left = timeout - (time.monotonic() - started)
+                    if retries > 0 and (wait is None or wait < left):
+                        retries -= 1
+                        await asyncio.sleep(wait or 0.0)
+                        continue
+            if retries > 0:
+                retries -= 1
+                continue
+            break
+    assert last is not None
+    if len(targets) > 1:
+        last.message = f"every target of {model} failed; the last: {last.message}"
+    raise last
+
+
+def _kind_of(status: int) -> str:
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        422: "invalid_request_error",
+        429: "rate_limit_error",
+    }.get(status, "api_error")
+
+
+async def rest_of(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The chunks after the first (a plain re-export, so the endpoint reads as a sequence)."""
+    async for chunk in stream:
+        yield chunk

@@ -1,0 +1,349 @@
+"""The endpoint of ``"protocol": "llm"`` routes: OpenAI's API below the route's ``external_path``.
+
+``POST {path}/chat/completions``, ``{path}/completions``, ``{path}/embeddings`` and ``GET
+{path}/models``, for the route's public models. The gateway's pipeline has already run (auth,
+rate limits, IP filters, metrics); then, per request:
+
+1. the body is read (bounded by the route's ``max_body_size``), checked (``model`` known,
+   ``max_tokens`` within the route's cap), and the consumer named (the API key's consumer or the
+   JWT subject; ``anonymous``);
+2. with ``limits``: an estimate (prompt tokens + ``max_tokens``) is reserved, or the answer is 429
+   with ``x-ratelimit-remaining-tokens``/``-requests``;
+3. the targets are called (kairos/llm/calls.py) until one answers before the first byte;
+4. the answer goes out: JSON as the provider gave it (its ``model`` field the public name), or the
+   stream chunk by chunk as SSE (no buffering). Usage is always asked of a streaming provider
+   (``stream_options.include_usage``) and recorded; the usage chunk reaches the client only if it
+   asked for it. A stream that fails after its first chunk ends with an SSE ``error`` event and an
+   aborted connection, never a clean end;
+5. usage reconciles the reservation, and one analytics record goes to the store (off the request
+   path). ``x-kairos-model``, ``x-kairos-provider`` and ``x-kairos-attempted-fallbacks`` say which
+   target answered.
+
+Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, plus the gateway's
+``type``, ``timestamp`` and ``request_id`` beside it, so OpenAI SDKs and Kairos clients both read
+them. Target keys never appear in an answer, a header, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from kairos.config.llm import LlmConfig
+from kairos.errors import timestamp
+from kairos.exchange import Exchange, get_exchange
+from kairos.llm.calls import Attempted, ProviderFailed, call
+from kairos.llm.service import LlmService, Usage
+from kairos.proxy.http import ResponseAborted
+from kairos.routing.route import SUBTREE_PARAM
+
+KINDS = {"chat/completions": "chat", "completions": "text", "embeddings": "embedding"}
+MAX_BODY = 8 * 1024 * 1024  # a route without max_body_size: prompts are big, not unbounded
+# Parameters that are the gateway's to set (the target's), never the client's.
+_RESERVED = (
+    "api_key",
+    "api_base",
+    "base_url",
+    "timeout",
+    "num_retries",
+    "max_retries",
+    "custom_llm_provider",
+)
+
+
+class LlmError(Exception):
+    def __init__(
+        self, status: int, kind: str, message: str, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class LlmEndpoint:
+    def __init__(self, service: LlmService) -> None:
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = get_exchange(scope)
+        route = exchange.route
+        assert route is not None
+        config = route.config.llm
+        assert config is not None  # the loader requires it on llm routes
+        below = exchange.params.get(SUBTREE_PARAM, "") if route.subtree else ""
+        below = below.strip("/")
+        method = scope["method"]
+        try:
+            if below == "models" and method in ("GET", "HEAD"):
+                await _json(send, 200, _models(config), exchange)
+            elif below in KINDS and method == "POST":
+                limit = route.config.max_body_size or MAX_BODY
+                await self._complete(scope, receive, send, exchange, config, KINDS[below], limit)
+            elif below in KINDS or below == "models":
+                raise LlmError(
+                    405, "invalid_request_error", f"{method} is not allowed on {route.name}/{below}"
+                )
+            else:
+                raise LlmError(
+                    404,
+                    "invalid_request_error",
+                    f"{route.name}/{below} is not an OpenAI endpoint here: use {route.name}/chat/completions,"
+                    f" {route.name}/completions, {route.name}/embeddings or {route.name}/models",
+                )
+        except LlmError as error:
+            await _error(send, error, exchange)
+
+    async def _complete(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+        config: LlmConfig,
+        kind: str,
+        limit: int,
+    ) -> None:
+        started = time.perf_counter()
+        began = datetime.now(UTC)
+        body = await _read(receive, limit)
+        request = _parse(body, config, kind)
+        model = request["model"]
+        stream = bool(request.get("stream")) and kind != "embedding"
+        wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        consumer = _consumer(exchange)
+        service = self.service
+        route_name = exchange.route.name if exchange.route is not None else "?"
+        reservation = await service.reserve(config, consumer, model, kind, request, send, exchange)
+        if reservation is False:
+            return  # refused: the 429 is out
+        params = {key: value for key, value in request.items() if key not in ("model", *_RESERVED)}
+        if stream:
+            params["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+        attempted = Attempted()
+        record = service.recorder(began, exchange.request_id, consumer, route_name, model, stream)
+        try:
+            answer = await call(config, model, kind, params, attempted)
+        except ProviderFailed as failed:
+            await service.settle(reservation, None, config, model)
+            record(attempted, Usage(), started, None, "error", failed.status)
+            raise LlmError(failed.status, failed.kind, failed.message, code=failed.code) from None
+        headers = _kairos_headers(attempted)
+        if not stream:
+            usage = service.usage_of(answer, config, model, attempted)
+            payload = _dump(answer)
+            payload["model"] = model
+            await _json(send, 200, payload, exchange, headers)
+            await service.settle(reservation, usage, config, model)
+            record(attempted, usage, started, None, "ok", 200)
+            return
+        first, rest = answer
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-request-id", exchange.request_id.encode()),
+                    *headers,
+                ],
+            }
+        )
+        ttft = (time.perf_counter() - started) * 1000
+        usage = Usage()
+        outcome = "ok"
+        try:
+            await _send_chunk(send, first, model, wants_usage, usage)
+            async for chunk in rest:
+                await _send_chunk(send, chunk, model, wants_usage, usage)
+        except OSError:  # the client went away (the server's send failed): stop reading the provider
+            outcome = "client_cancelled"
+        except Exception as exc:  # the provider failed mid-stream: an error event, then cut
+            outcome = "stream_error"
+            error = {
+                "error": {"message": "the provider failed mid-stream", "type": "api_error", "code": None}
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
+            service.finish_usage(usage, config, model, attempted)
+            await service.settle(reservation, usage, config, model)
+            record(attempted, usage, started, ttft, outcome, 200)
+            raise ResponseAborted(
+                f"{attempted.target.label if attempted.target else model}: {type(exc).__name__}"
+            ) from None
+        if outcome == "ok":
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        service.finish_usage(usage, config, model, attempted)
+        await service.settle(reservation, usage, config, model)
+        record(attempted, usage, started, ttft, outcome, 200)
+
+
+async def _send_chunk(send: Send, chunk: Any, model: str, wants_usage: bool, usage: Usage) -> None:
+    data = _dump(chunk)
+    found = data.get("usage")
+    if isinstance(found, dict) and found:
+        usage.prompt_tokens = int(found.get("prompt_tokens") or 0)
+        usage.completion_tokens = int(found.get("completion_tokens") or 0)
+        usage.reported = True
+        if not data.get("choices"):  # the usage-only chunk asked for by the gateway
+            if not wants_usage:
+                return
+        elif not wants_usage:
+            data.pop("usage", None)
+    elif not wants_usage:
+        data.pop("usage", None)
+        if not data.get("choices"):
+            return  # an empty chunk (litellm's end-of-stream marker without usage): nothing for the client
+    data["model"] = model
+    await send(
+        {
+            "type": "http.response.body",
+            "body": b"data: " + json.dumps(data).encode() + b"\n\n",
+            "more_body": True,
+        }
+    )
+
+
+def _dump(answer: Any) -> dict[str, Any]:
+    """An answer or chunk as OpenAI's JSON: litellm's own fields (``provider_specific_fields``,
+    ``_hidden_params``) removed, and a stream delta's empty fields dropped as OpenAI omits them."""
+    if isinstance(answer, dict):
+        dumped = dict(answer)
+    else:
+        dumped = answer.model_dump() if hasattr(answer, "model_dump") else dict(answer)
+    cleaned = _clean(dumped)
+    assert isinstance(cleaned, dict)
+    for choice in cleaned.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict):
+            choice["delta"] = {key: value for key, value in delta.items() if value is not None}
+    return cleaned
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _clean(item)
+            for key, item in value.items()
+            if key != "provider_specific_fields" and not key.startswith("_")
+        }
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value
+
+
+def _kairos_headers(attempted: Attempted) -> list[tuple[bytes, bytes]]:
+    target = attempted.target
+    if target is None:
+        return []
+    return [
+        (b"x-kairos-model", target.label.encode()),
+        (b"x-kairos-provider", target.provider.encode()),
+        (b"x-kairos-attempted-fallbacks", str(attempted.fallbacks).encode()),
+    ]
+
+
+def _consumer(exchange: Exchange) -> str:
+    identity = exchange.identity
+    subject = getattr(identity, "subject", None)
+    return subject if isinstance(subject, str) and subject else "anonymous"
+
+
+def _models(config: LlmConfig) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "kairos"} for name in config.models
+        ],
+    }
+
+
+def _parse(body: bytes, config: LlmConfig, kind: str) -> dict[str, Any]:
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise LlmError(400, "invalid_request_error", "the body must be a JSON object") from None
+    if not isinstance(request, dict):
+        raise LlmError(400, "invalid_request_error", "the body must be a JSON object")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise LlmError(400, "invalid_request_error", "`model` is required (a string)", param="model")
+    if model not in config.models:
+        known = ", ".join(sorted(config.models))
+        raise LlmError(
+            404,
+            "invalid_request_error",
+            f"The model `{model}` does not exist here (models: {known})",
+            param="model",
+            code="model_not_found",
+        )
+    field = {"chat": "messages", "text": "prompt", "embedding": "input"}[kind]
+    if field not in request:
+        raise LlmError(400, "invalid_request_error", f"`{field}` is required", param=field)
+    if kind == "chat" and not (isinstance(request["messages"], list) and request["messages"]):
+        raise LlmError(400, "invalid_request_error", "`messages` must be a non-empty list", param="messages")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = request.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LlmError(400, "invalid_request_error", f"`{name}` must be a positive integer", param=name)
+        if config.max_tokens is not None and value > config.max_tokens:
+            raise LlmError(
+                400,
+                "invalid_request_error",
+                f"`{name}` is {value}; this route allows at most {config.max_tokens}",
+                param=name,
+            )
+    return request
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            raise LlmError(400, "invalid_request_error", "the client went away before its request arrived")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise LlmError(413, "invalid_request_error", f"the request body is over {limit} bytes")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def _json(
+    send: Send, status: int, payload: Any, exchange: Exchange, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(payload).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", exchange.request_id.encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _error(
+    send: Send, error: LlmError, exchange: Exchange, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = {
+        "error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code},
+        "type": error.kind,
+        "timestamp": timestamp(),
+        "request_id": exchange.request_id,
+    }
+    await _json(send, error.status, payload, exchange, extra)

@@ -1,0 +1,306 @@
+"""The gateway's LLM side: litellm loaded when an ``llm`` route exists, the limit store, the
+analytics store, and the counters /metrics reads.
+
+Owned by the Gateway: ``update()`` on every config apply, ``start()``/``close()`` in the lifespan.
+litellm (~5 s to import) is loaded in a thread at startup, or by the reload that brings the first
+``llm`` route, as AI routing does. The analytics store (kairos/analytics/) writes one record per
+call in batches, off the request path: SQLite next to the config file by default, PostgreSQL with
+``KAIROS_ANALYTICS_URL``. The limit store is memory, or Redis with ``KAIROS_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Send
+
+from kairos.ai.provider import ensure_litellm, litellm_loaded
+from kairos.config.llm import LlmConfig
+from kairos.exchange import Exchange
+from kairos.llm.calls import Attempted
+from kairos.observability.requests import Histogram
+from kairos.routing.matcher import RouteTable
+
+if TYPE_CHECKING:  # imported when an llm route first needs them (SQLAlchemy, redis scripts)
+    from kairos.analytics.store import AnalyticsStore
+    from kairos.llm.limits import LimitStore, Reservation
+
+logger = logging.getLogger("kairos.llm")
+
+ANALYTICS_FILE = "kairos-analytics.db"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    reported: bool = False  # the provider sent usage (else the counts are estimates or zero)
+
+
+@dataclass(slots=True)
+class LlmStats:
+    """Plain counters for /metrics (OpenTelemetry GenAI names where they exist)."""
+
+    requests: defaultdict[tuple[str, str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    tokens: defaultdict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    cost: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    durations: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    ttft: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    fallbacks: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    limited: defaultdict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+
+    @staticmethod
+    def observe(table: dict[tuple[str, str], Histogram], key: tuple[str, str], seconds: float) -> None:
+        histogram = table.get(key)
+        if histogram is None:
+            histogram = table[key] = Histogram()
+        histogram.observe(seconds)
+
+
+class LlmService:
+    def __init__(self, redis_url: str | None, analytics_url: str | None, analytics_dir: Path | None) -> None:
+        self.stats = LlmStats()
+        self._redis_url = redis_url
+        self._analytics_url = analytics_url
+        self._analytics_dir = analytics_dir
+        self.limits: LimitStore | None = None
+        self.analytics: AnalyticsStore | None = None
+        self.routes = 0
+        self._started = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def update(self, table: RouteTable) -> None:
+        self.routes = sum(1 for route in table.routes if route.config.protocol == "llm")
+        if self.routes and self._started:
+            self._spawn(self._ensure_started())
+
+    async def start(self) -> None:
+        self._started = True
+        if self.routes:
+            await self._ensure_started()
+
+    async def _ensure_started(self) -> None:
+        if not litellm_loaded():
+            await ensure_litellm()
+        if self.analytics is None and (self._analytics_url or self._analytics_dir is not None):
+            from kairos.analytics.store import AnalyticsStore
+
+            directory = self._analytics_dir or Path(".")
+            store = AnalyticsStore(self._analytics_url, directory / ANALYTICS_FILE)
+            self.analytics = store
+            await store.start()
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.analytics is not None:
+            await self.analytics.stop()
+            self.analytics = None
+        if self.limits is not None:
+            await self.limits.close()
+            self.limits = None
+        self._started = False
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        config: LlmConfig,
+        consumer: str,
+        model: str,
+        kind: str,
+        request: dict[str, Any],
+        send: Send,
+        exchange: Exchange,
+    ) -> Reservation | bool | None:
+        """None: no limits; a Reservation: admitted; False: refused (the 429 has been sent)."""
+        settings = config.limits
+        if settings is None:
+            return None
+        from kairos.llm.limits import TokenLimits, make_limit_store
+
+        if self.limits is None:
+            self.limits = make_limit_store(self._redis_url)
+        limits = TokenLimits(
+            tokens_per_minute=settings.tokens_per_minute,
+            requests_per_minute=settings.requests_per_minute,
+            budget_usd_per_day=settings.budget_usd_per_day,
+            budget_usd_per_month=settings.budget_usd_per_month,
+        )
+        prompt = await estimate_prompt_tokens(config, model, kind, request)
+        completion = int(
+            request.get("max_tokens")
+            or request.get("max_completion_tokens")
+            or config.max_tokens
+            or config.default_max_tokens
+        )
+        if kind == "embedding":
+            completion = 0
+        cost = self.price(config, model, prompt, completion)
+        verdict = await self.limits.reserve(f"{consumer}|{model}", limits, prompt + completion, cost)
+        headers = _limit_headers(verdict)
+        if verdict.allowed:
+            return verdict.reservation
+        self.stats.limited[(model, verdict.reason or "limit")] += 1
+        from kairos.llm.endpoint import LlmError, _error  # the endpoint imports this module
+
+        await _error(
+            send,
+            LlmError(
+                429,
+                "rate_limit_error",
+                f"{consumer} is over the route's {verdict.reason} for {model}; "
+                f"retry in {verdict.reset_seconds:.0f} s",
+                code="rate_limit_exceeded",
+            ),
+            exchange,
+            [*headers, (b"retry-after", str(max(1, round(verdict.reset_seconds))).encode())],
+        )
+        return False
+
+    async def settle(
+        self, reservation: Reservation | bool | None, usage: Usage | None, config: LlmConfig, model: str
+    ) -> None:
+        if reservation is None or reservation is False or reservation is True or self.limits is None:
+            return
+        if usage is None:
+            await self.limits.reconcile(reservation, 0, 0.0)
+        else:
+            await self.limits.reconcile(
+                reservation, usage.prompt_tokens + usage.completion_tokens, usage.cost_usd
+            )
+
+    # -- usage, cost, records ----------------------------------------------------------------------
+
+    def price(self, config: LlmConfig, model: str, prompt: int, completion: int, target: Any = None) -> float:
+        entry = config.models[model]
+        if entry.input_cost_per_token is not None or entry.output_cost_per_token is not None:
+            return prompt * (entry.input_cost_per_token or 0.0) + completion * (
+                entry.output_cost_per_token or 0.0
+            )
+        label = (target or entry.targets[0]).label
+        try:
+            import litellm
+
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=label, prompt_tokens=prompt, completion_tokens=completion
+            )
+            return float(prompt_cost + completion_cost)
+        except Exception:  # a model litellm's price list does not know: unpriced
+            return 0.0
+
+    def usage_of(self, answer: Any, config: LlmConfig, model: str, attempted: Attempted) -> Usage:
+        found = getattr(answer, "usage", None)
+        if found is None and isinstance(answer, dict):
+            found = answer.get("usage")
+        usage = Usage()
+        if found is not None:
+            fields = (
+                found
+                if isinstance(found, dict)
+                else {name: getattr(found, name, None) for name in ("prompt_tokens", "completion_tokens")}
+            )
+            usage.prompt_tokens = int(fields.get("prompt_tokens") or 0)
+            usage.completion_tokens = int(fields.get("completion_tokens") or 0)
+            usage.reported = True
+        self.finish_usage(usage, config, model, attempted)
+        return usage
+
+    def finish_usage(self, usage: Usage, config: LlmConfig, model: str, attempted: Attempted) -> None:
+        usage.cost_usd = self.price(
+            config, model, usage.prompt_tokens, usage.completion_tokens, attempted.target
+        )
+
+    def recorder(
+        self, began: datetime, request_id: str, consumer: str, route: str, model: str, stream: bool
+    ) -> Callable[[Attempted, Usage, float, float | None, str, int], None]:
+        """What the endpoint calls once per request: counts for /metrics, one analytics record."""
+
+        def record(
+            attempted: Attempted,
+            usage: Usage,
+            started: float,
+            ttft_ms: float | None,
+            outcome: str,
+            status: int,
+        ) -> None:
+            elapsed = time.perf_counter() - started
+            target = attempted.target
+            provider = target.provider if target is not None else ""
+            stats = self.stats
+            stats.requests[(route, model, provider, outcome)] += 1
+            if usage.prompt_tokens:
+                stats.tokens[(model, provider, "input")] += usage.prompt_tokens
+            if usage.completion_tokens:
+                stats.tokens[(model, provider, "output")] += usage.completion_tokens
+            if usage.cost_usd:
+                stats.cost[(model, provider)] += usage.cost_usd
+            if attempted.fallbacks:
+                stats.fallbacks[(route, model)] += attempted.fallbacks
+            stats.observe(stats.durations, (model, provider), elapsed)
+            if ttft_ms is not None:
+                stats.observe(stats.ttft, (model, provider), ttft_ms / 1000)
+            if self.analytics is not None:
+                from kairos.analytics.records import LlmCallRecord
+
+                self.analytics.record(
+                    LlmCallRecord(
+                        time=began,
+                        request_id=request_id,
+                        consumer=consumer,
+                        route=route,
+                        model=model,
+                        provider=provider,
+                        target_model=target.model if target is not None else "",
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        cost_usd=usage.cost_usd,
+                        latency_ms=elapsed * 1000,
+                        ttft_ms=ttft_ms,
+                        outcome=outcome,
+                        status=status,
+                        cache="off",
+                        fallbacks=attempted.fallbacks,
+                        stream=stream,
+                    )
+                )
+
+        return record
+
+
+async def estimate_prompt_tokens(config: LlmConfig, model: str, kind: str, request: dict[str, Any]) -> int:
+    """Prompt tokens by litellm's counter (its bundled tokenizers: nothing is downloaded)."""
+    litellm = await ensure_litellm()
+    label = config.models[model].targets[0].label
+    try:
+        if kind == "chat":
+            return int(litellm.token_counter(model=label, messages=request["messages"]))
+        text = request.get("prompt") if kind == "text" else request.get("input")
+        if isinstance(text, list):
+            text = " ".join(str(item) for item in text)
+        return int(litellm.token_counter(model=label, text=str(text)))
+    except Exception:  # an unusual message shape: count characters / 4, the usual rule of thumb
+        return max(1, len(str(request.get("messages") or request.get("prompt") or request.get("input"))) // 4)
+
+
+def _limit_headers(verdict: Any) -> list[tuple[bytes, bytes]]:
+    headers = []
+    if verdict.remaining_tokens is not None:
+        headers.append((b"x-ratelimit-remaining-tokens", str(max(0, verdict.remaining_tokens)).encode()))
+    if verdict.remaining_requests is not None:
+        headers.append((b"x-ratelimit-remaining-requests", str(max(0, verdict.remaining_requests)).encode()))
+    return headers

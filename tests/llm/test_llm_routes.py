@@ -1,0 +1,430 @@
+"""LLM routes end to end: the real gateway (``python -m kairos run``) with an ``llm`` route in front of
+the local OpenAI-compatible fake provider (tests/servers/fake_llm.py), through the real litellm code
+path, asked with httpx and the real ``openai`` SDK.
+
+Each test uses public models of its own, each mapped to fake-provider model names of its own, so the
+faults one test sets through ``/_control`` never reach another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.analytics.postgres import available as postgres_available
+from tests.analytics.postgres import postgres_server
+from tests.processes import Server, free_port, kairos_run, server_process
+
+KEY = "sk-kairos-target-secret-0123456789abcdef"
+ADMIN = "llm-admin-token"
+
+
+def target(fake: Server, model: str, **extra: Any) -> dict[str, Any]:
+    return {"provider": "openai", "model": model, "api_base": f"{fake.url}/v1", "api_key": KEY, **extra}
+
+
+@pytest.fixture(scope="module")
+def fake(module_tmp: Path) -> Iterator[Server]:
+    port = free_port()
+    args = ["-m", "tests.servers.fake_llm", "--port", str(port)]
+    with server_process(args, port, module_tmp / f"fake-llm-{port}.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gateway(module_tmp: Path, fake: Server) -> Iterator[Server]:
+    models: dict[str, Any] = {
+        "echo": [target(fake, "echo-plain")],
+        "slow": [target(fake, "echo-slow")],
+        "busy": [target(fake, "echo-busy"), target(fake, "echo-busy-backup")],
+        "broken": [target(fake, "echo-broken"), target(fake, "echo-broken-backup")],
+        "hung": [target(fake, "echo-hung", timeout_ms=500), target(fake, "echo-hung-backup")],
+        "patient": [target(fake, "echo-patient", max_retries=1), target(fake, "echo-patient-backup")],
+        "cut": [target(fake, "echo-cut"), target(fake, "echo-cut-backup")],
+        "picky": [target(fake, "echo-picky"), target(fake, "echo-picky-backup")],
+        "primary": {"targets": [target(fake, "echo-primary")], "fallbacks": ["secondary"]},
+        "secondary": [target(fake, "echo-secondary")],
+    }
+    route = {
+        "protocol": "llm",
+        "external_path": "/v1",
+        "internal_path": "/",
+        "methods": ["GET", "POST"],
+        "llm": {"models": models, "max_tokens": 64},
+    }
+    limited = {
+        **route,
+        "external_path": "/limited",
+        "llm": {
+            "models": {"echo": [target(fake, "echo-limited")], "burst": [target(fake, "echo-burst")]},
+            "limits": {"requests_per_minute": 3, "tokens_per_minute": 400},
+            "default_max_tokens": 50,
+        },
+    }
+    # Analytics on, in SQLite next to the config file (module_tmp): the default.
+    env = {"KAIROS_ADMIN_TOKEN": ADMIN, "KAIROS_ACCESS_LOG": "true"}
+    with kairos_run(module_tmp, {"version": 1, "routers": [route, limited]}, env=env) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=20) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def direct(fake: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fake.url, timeout=20, headers={"authorization": f"Bearer {KEY}"}) as http:
+        yield http
+
+
+def control(direct: httpx.Client, **settings: Any) -> None:
+    direct.post("/_control", json=settings).raise_for_status()
+
+
+def calls(direct: httpx.Client, model: str) -> list[dict[str, Any]]:
+    models: dict[str, dict[str, Any]] = direct.get("/_stats").json()["models"]
+    found: list[dict[str, Any]] = models.get(model, {}).get("calls", [])
+    return found
+
+
+def chat(model: str, text: str = "hello there", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def events(body: bytes) -> list[str]:
+    return [line[6:] for line in body.decode().split("\n\n") if line.startswith("data: ")]
+
+
+def content_of(payloads: list[str]) -> str:
+    text = ""
+    for payload in payloads:
+        if payload == "[DONE]":
+            continue
+        for choice in json.loads(payload).get("choices", []):
+            text += choice.get("delta", {}).get("content") or ""
+    return text
+
+
+# -- answers ---------------------------------------------------------------------------------------
+
+
+def test_an_answer_is_the_providers(client: httpx.Client, direct: httpx.Client) -> None:
+    through = client.post("/v1/chat/completions", json=chat("echo", max_tokens=8))
+    assert through.status_code == 200, through.text
+    straight = direct.post("/v1/chat/completions", json=chat("echo-plain", max_tokens=8)).json()
+    body = through.json()
+    assert body["model"] == "echo"
+    assert body["choices"][0]["message"]["content"] == straight["choices"][0]["message"]["content"]
+    assert body["usage"]["prompt_tokens"] == straight["usage"]["prompt_tokens"]
+    assert body["usage"]["completion_tokens"] == straight["usage"]["completion_tokens"] == 8
+    assert through.headers["x-kairos-model"] == "openai/echo-plain"
+    assert through.headers["x-kairos-provider"] == "openai"
+    assert through.headers["x-kairos-attempted-fallbacks"] == "0"
+
+
+def test_a_stream_is_the_providers_and_usage_only_when_asked(
+    client: httpx.Client, direct: httpx.Client
+) -> None:
+    straight = direct.post("/v1/chat/completions", json=chat("echo-plain", max_tokens=6)).json()
+    expected = straight["choices"][0]["message"]["content"]
+    plain = client.post("/v1/chat/completions", json=chat("echo", max_tokens=6, stream=True))
+    assert plain.status_code == 200 and plain.headers["content-type"].startswith("text/event-stream")
+    payloads = events(plain.content)
+    assert payloads[-1] == "[DONE]"
+    assert content_of(payloads) == expected
+    assert not any("usage" in json.loads(p) and json.loads(p)["usage"] for p in payloads[:-1])
+    asked = client.post(
+        "/v1/chat/completions",
+        json=chat("echo", max_tokens=6, stream=True, stream_options={"include_usage": True}),
+    )
+    usage = [json.loads(p)["usage"] for p in events(asked.content)[:-1] if json.loads(p).get("usage")]
+    assert usage and usage[-1]["completion_tokens"] == 6
+    assert all(call["include_usage"] for call in calls(direct, "echo-plain") if call["stream"])
+
+
+def test_chunks_pass_through_without_buffering(client: httpx.Client, direct: httpx.Client) -> None:
+    control(direct, model="echo-slow", chunk_delay=0.15)
+    arrivals = []
+    with client.stream(
+        "POST", "/v1/chat/completions", json=chat("slow", max_tokens=8, stream=True)
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                arrivals.append(time.monotonic())
+    assert len(arrivals) >= 8
+    assert arrivals[-1] - arrivals[1] > 0.7  # they came as the provider sent them, not all at the end
+
+
+def test_the_openai_sdk_works_through_the_gateway(gateway: Server) -> None:
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=20) as sdk:
+        answer = sdk.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert answer.choices[0].message.content and answer.usage is not None
+        streamed = sdk.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+        assert text == answer.choices[0].message.content
+        assert next(model.id for model in sdk.models.list()) == "echo"
+
+
+# -- fallback before the first byte -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "fault"), [("busy", {"status": 429}), ("broken", {"status": 500})])
+def test_a_failing_target_falls_back_to_the_next(
+    client: httpx.Client, direct: httpx.Client, model: str, fault: dict[str, Any]
+) -> None:
+    control(direct, model=f"echo-{model}", **fault)
+    for stream in (False, True):
+        answer = client.post("/v1/chat/completions", json=chat(model, max_tokens=4, stream=stream))
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-kairos-model"] == f"openai/echo-{model}-backup"
+        assert answer.headers["x-kairos-attempted-fallbacks"] == "1"
+    assert len(calls(direct, f"echo-{model}-backup")) == 2
+
+
+def test_a_target_that_hangs_is_given_up_at_its_timeout(client: httpx.Client, direct: httpx.Client) -> None:
+    control(direct, model="echo-hung", mode="hang")
+    started = time.monotonic()
+    answer = client.post("/v1/chat/completions", json=chat("hung", max_tokens=4))
+    assert answer.status_code == 200 and answer.headers["x-kairos-model"] == "openai/echo-hung-backup"
+    assert time.monotonic() - started < 5
+
+
+def test_retry_after_is_honoured_before_the_next_target(client: httpx.Client, direct: httpx.Client) -> None:
+    control(direct, model="echo-patient", status=429, retry_after=0.2, fail_times=1)
+    answer = client.post("/v1/chat/completions", json=chat("patient", max_tokens=4))
+    assert answer.status_code == 200
+    assert answer.headers["x-kairos-model"] == "openai/echo-patient"  # the same target, after the wait
+    assert [call["outcome"] for call in calls(direct, "echo-patient")] == ["status_429", "ok"]
+    assert calls(direct, "echo-patient-backup") == []
+
+
+def test_fallbacks_reach_another_models_targets(client: httpx.Client, direct: httpx.Client) -> None:
+    control(direct, model="echo-primary", status=503)
+    answer = client.post("/v1/chat/completions", json=chat("primary", max_tokens=4))
+    assert answer.status_code == 200 and answer.headers["x-kairos-model"] == "openai/echo-secondary"
+    assert answer.json()["model"] == "primary"
+
+
+def test_a_stream_cut_midway_ends_with_an_error_and_is_never_replayed(
+    client: httpx.Client, direct: httpx.Client
+) -> None:
+    control(direct, model="echo-cut", cut_after=2)
+    received = b""
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream(
+            "POST", "/v1/chat/completions", json=chat("cut", max_tokens=10, stream=True)
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_raw():
+            received += chunk
+    text = received.decode()
+    assert "event: error" in text and "[DONE]" not in text
+    assert content_of(events(received))  # what came before the cut reached the client
+    assert len(calls(direct, "echo-cut")) == 1  # exactly one upstream call per target
+    assert calls(direct, "echo-cut-backup") == []  # no replay elsewhere once bytes went out
+
+
+def test_a_bad_request_is_the_clients_answer_not_a_fallback(
+    client: httpx.Client, direct: httpx.Client
+) -> None:
+    control(direct, model="echo-picky", status=400)
+    answer = client.post("/v1/chat/completions", json=chat("picky", max_tokens=4))
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert calls(direct, "echo-picky-backup") == []
+
+
+# -- limits ----------------------------------------------------------------------------------------------
+
+
+def test_requests_per_minute_are_refused_before_the_call(client: httpx.Client, direct: httpx.Client) -> None:
+    codes = [
+        client.post("/limited/chat/completions", json=chat("echo", max_tokens=5)).status_code
+        for _ in range(5)
+    ]
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+    refused = client.post("/limited/chat/completions", json=chat("echo", max_tokens=5))
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert len(calls(direct, "echo-limited")) == 3  # refused requests never reached the provider
+
+
+async def _burst(url: str, count: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+        return await asyncio.gather(
+            *(http.post("/limited/chat/completions", json=chat("burst", max_tokens=40)) for _ in range(count))
+        )
+
+
+def test_a_concurrent_burst_never_overshoots_the_token_limit(gateway: Server) -> None:
+    """Each request reserves its estimate (prompt + max_tokens 40) before the call, so however the
+    20 concurrent requests interleave, what is admitted fits the 400 tokens per minute."""
+    answers = asyncio.run(_burst(gateway.url, 20))
+    admitted = [answer for answer in answers if answer.status_code == 200]
+    assert all(answer.status_code in (200, 429) for answer in answers)
+    assert 0 < len(admitted) < 20
+    used = sum(answer.json()["usage"]["total_tokens"] for answer in admitted)
+    assert used <= 400
+    assert {
+        answer.headers.get("x-ratelimit-remaining-tokens") for answer in answers if answer.status_code == 429
+    }
+
+
+# -- requests the gateway refuses ------------------------------------------------------------------------
+
+
+def test_unknown_models_and_bad_requests_get_openais_error_shape(client: httpx.Client) -> None:
+    unknown = client.post("/v1/chat/completions", json=chat("gpt-unknown"))
+    assert unknown.status_code == 404
+    error = unknown.json()
+    assert error["error"]["code"] == "model_not_found" and error["error"]["param"] == "model"
+    assert error["request_id"] and error["timestamp"] and error["type"] == "invalid_request_error"
+    too_many = client.post("/v1/chat/completions", json=chat("echo", max_tokens=1000))
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "max_tokens"
+    assert client.post("/v1/chat/completions", content=b"{not json").status_code == 400
+    assert client.post("/v1/chat/completions", json={"model": "echo"}).json()["error"]["param"] == "messages"
+    assert client.get("/v1/chat/completions").status_code == 405
+    assert client.post("/v1/images/generations", json={}).status_code == 404
+
+
+def test_completions_embeddings_and_models(client: httpx.Client) -> None:
+    text = client.post("/v1/completions", json={"model": "echo", "prompt": "say", "max_tokens": 3})
+    assert text.status_code == 200, text.text
+    assert text.json()["choices"][0]["text"]
+    vectors = client.post("/v1/embeddings", json={"model": "echo", "input": ["one text", "another"]})
+    assert vectors.status_code == 200, vectors.text
+    assert len(vectors.json()["data"]) == 2
+    models = client.get("/v1/models").json()
+    assert {entry["id"] for entry in models["data"]} >= {"echo", "primary", "secondary"}
+
+
+def test_target_keys_never_leave_the_gateway(
+    client: httpx.Client, gateway: Server, direct: httpx.Client
+) -> None:
+    control(direct, model="echo-broken-backup", status=401)
+    failed = client.post("/v1/chat/completions", json=chat("broken", max_tokens=4))
+    ok = client.post("/v1/chat/completions", json=chat("echo", max_tokens=4))
+    config = client.get("/api/config", headers={"authorization": f"Bearer {ADMIN}"})
+    for response in (failed, ok, config):
+        assert KEY not in response.text and KEY[-8:] not in response.text
+        assert all(KEY not in value for value in response.headers.values())
+    assert KEY not in gateway.output() and KEY[-8:] not in gateway.output()
+    assert any(call["authorization"] == f"Bearer {KEY}" for call in calls(direct, "echo-plain"))
+
+
+def test_metrics_use_the_genai_names(client: httpx.Client) -> None:
+    client.post("/v1/chat/completions", json=chat("echo", max_tokens=3, stream=True))
+    text = client.get("/metrics").text
+    assert (
+        'gen_ai_client_token_usage_total{gen_ai_provider_name="openai",gen_ai_request_model="echo",'
+        'gen_ai_token_type="output"}' in text
+    )
+    assert (
+        'gen_ai_server_time_to_first_token_seconds_count{gen_ai_provider_name="openai",gen_ai_request_model="echo"}'
+        in text
+    )
+    assert 'kairos_llm_requests_total{model="echo",outcome="ok",provider="openai",route="/v1"}' in text
+    assert 'kairos_llm_fallbacks_total{model="busy",route="/v1"}' in text
+
+
+# -- analytics -----------------------------------------------------------------------------------------
+
+
+def analytics(client: httpx.Client, **params: str) -> dict[str, Any]:
+    answer = client.get("/api/analytics/llm", params=params, headers={"authorization": f"Bearer {ADMIN}"})
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()
+    return found
+
+
+def test_every_call_is_a_row_in_the_sqlite_file(client: httpx.Client, module_tmp: Path) -> None:
+    for stream in (False, True):
+        assert (
+            client.post(
+                "/v1/chat/completions", json=chat("secondary", max_tokens=5, stream=stream)
+            ).status_code
+            == 200
+        )
+    deadline = time.monotonic() + 10
+    rows: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        rows = {row["key"]: row for row in analytics(client, group_by="model")["rows"]}
+        if rows.get("secondary", {}).get("requests", 0) >= 2:
+            break
+        time.sleep(0.2)
+    secondary = rows["secondary"]
+    assert secondary["completion_tokens"] >= 10 and secondary["prompt_tokens"] > 0
+    assert secondary["avg_ttft_ms"] is not None  # the stream's time to first token
+    with sqlite3.connect(module_tmp / "kairos-analytics.db") as database:
+        stored = database.execute(
+            "SELECT provider, target_model, outcome, stream FROM llm_calls WHERE model = 'secondary'"
+        ).fetchall()
+    assert sorted(stored) == [("openai", "echo-secondary", "ok", 0), ("openai", "echo-secondary", "ok", 1)]
+    by_consumer = analytics(client, group_by="consumer")
+    assert by_consumer["backend"] == "sqlite" and by_consumer["rows"][0]["key"] == "anonymous"
+    bad = client.get(
+        "/api/analytics/llm", params={"group_by": "colour"}, headers={"authorization": f"Bearer {ADMIN}"}
+    )
+    assert bad.status_code == 400 and "group_by" in bad.json()["error"]
+
+
+@pytest.mark.skipif(not postgres_available(), reason="PostgreSQL 15 is not installed (make system-deps)")
+def test_postgresql_killed_mid_run_loses_no_request(module_tmp: Path, fake: Server) -> None:
+    """Analytics in a real PostgreSQL that dies while requests flow: every request is still
+    answered at once, and the records kept meanwhile are written when it is back."""
+    with postgres_server(module_tmp) as database:
+        route = {
+            "protocol": "llm",
+            "external_path": "/v1",
+            "internal_path": "/",
+            "methods": ["GET", "POST"],
+            "llm": {"models": {"echo": [target(fake, "echo-pg")]}},
+        }
+        env = {"KAIROS_ANALYTICS_URL": database.url, "KAIROS_ADMIN_TOKEN": ADMIN}
+        with (
+            kairos_run(module_tmp, {"version": 1, "routers": [route]}, env=env) as gateway,
+            httpx.Client(base_url=gateway.url, timeout=20) as http,
+        ):
+            sent = 0
+            for _ in range(5):
+                assert http.post("/v1/chat/completions", json=chat("echo", max_tokens=3)).status_code == 200
+                sent += 1
+            database.kill()
+            for _ in range(10):
+                started = time.monotonic()
+                answer = http.post("/v1/chat/completions", json=chat("echo", max_tokens=3))
+                assert answer.status_code == 200
+                assert time.monotonic() - started < 2  # the dead database never holds a request
+                sent += 1
+            down = http.get("/api/analytics/llm", headers={"authorization": f"Bearer {ADMIN}"})
+            assert down.status_code == 503
+            database.start()
+            deadline = time.monotonic() + 30
+            written = 0
+            while time.monotonic() < deadline and written < sent:
+                time.sleep(0.5)
+                reply = http.get("/api/analytics/llm", headers={"authorization": f"Bearer {ADMIN}"})
+                if reply.status_code == 200:
+                    written = reply.json()["written"]
+            assert written == sent
+            rows = analytics(http, group_by="model")
+            assert rows["backend"] == "postgresql" and rows["rows"][0]["requests"] == sent
+            assert rows["dropped"] == 0
