@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from dashboard import DashboardResults
 from dashboard import headline as dashboard_headline
 from dashboard import report_lines as dashboard_lines
+from dns_bench import DnsResults
+from dns_bench import headline_lines as dns_headline
+from dns_bench import report_lines as dns_lines
 from ftp import FtpResults
 from ftp import headline_lines as ftp_headline
 from ftp import report_lines as ftp_lines
@@ -227,6 +230,7 @@ def render(
     policies: PolicyResults | None = None,
     dashboard: DashboardResults | None = None,
     ftp: FtpResults | None = None,
+    dns: DnsResults | None = None,
 ) -> str:
     lines = [f"# {title}", "", "## Headline", ""]
     lines += [headline.line() for headline in headlines(measurements, rounds)]
@@ -234,6 +238,8 @@ def render(
         lines.append(dashboard_headline(dashboard))
     if ftp is not None:
         lines += ftp_headline(ftp)
+    if dns is not None:
+        lines += dns_headline(dns)
     lines += ["", "## Machine", "", *(f"- {item}" for item in machine), "", "## Method", ""]
     lines += [f"- {item}" for item in method]
     lines += ["", "Systems under test:", "", *(f"- `{name}`: {description}" for name, description in suts)]
@@ -250,6 +256,9 @@ def render(
     if ftp is not None:
         lines += ["", "## FTP transfers (through Kairos vs direct)", ""]
         lines += ftp_lines(ftp)
+    if dns is not None:
+        lines += ["", "## DNS forwarding (dnsperf; Kairos vs dnsmasq and dnsdist)", ""]
+        lines += dns_lines(dns)
     lines += [
         "",
         "<details><summary>Per-round raw numbers</summary>",

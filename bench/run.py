@@ -12,7 +12,7 @@ Why it is built this way (a 2-core, noisy machine):
   does not depend on how busy the neighbours were.
 
 Usage: ``bench/run.py [--quick] [--rounds N] [--duration S]`` (``make bench BENCH_ARGS=--quick``);
-``--policies NAMES``, ``--dashboard`` or ``--ftp`` run only that part and print its report.
+``--policies NAMES``, ``--dashboard``, ``--ftp`` or ``--dns`` run only that part and print its report.
 """
 
 from __future__ import annotations
@@ -27,14 +27,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any, TypeVar
 
 from dashboard import ROUTES as DASHBOARD_ROUTES
 from dashboard import DashboardResults
 from dashboard import report_lines as dashboard_lines
+from dns_bench import DnsResults
+from dns_bench import report_lines as dns_lines
 from ftp import FtpResults
 from ftp import report_lines as ftp_lines
 from load import run_wrk
@@ -64,6 +68,7 @@ class Settings:
     route_repeats: int
     dashboard_samples: int  # timed requests per dashboard page and deployment
     ftp_rounds: int  # interleaved rounds of the FTP transfers (bench/ftp.py)
+    dns_rounds: int  # interleaved rounds of the DNS part (bench/dns_bench.py)
 
 
 def parse_args() -> argparse.Namespace:
@@ -89,9 +94,15 @@ def parse_args() -> argparse.Namespace:
         help="only the FTP transfers (100 MB each way and a 1,000-entry listing, through Kairos and "
         "direct; --rounds rounds, default 5, under a minute); prints the report, keeps latest.md",
     )
+    parser.add_argument(
+        "--dns",
+        action="store_true",
+        help="only the DNS part (dnsperf against dnsmasq, dnsdist, Kairos cached and uncached; --rounds "
+        "rounds, default 5, about 3 min); prints the report, keeps latest.md",
+    )
     args = parser.parse_args()
-    if sum(bool(part) for part in (args.dashboard, args.policies, args.ftp)) > 1:
-        parser.error("--dashboard, --policies and --ftp each run one part alone: pick one")
+    if sum(bool(part) for part in (args.dashboard, args.policies, args.ftp, args.dns)) > 1:
+        parser.error("--dashboard, --policies, --ftp and --dns each run one part alone: pick one")
     args.only = None
     if args.policies:
         args.only = frozenset(name.strip() for name in args.policies.split(",") if name.strip())
@@ -99,7 +110,7 @@ def parse_args() -> argparse.Namespace:
             selected(scenarios(""), args.only)
         except ValueError as exc:
             parser.error(f"--policies: {exc}")
-    if (args.only is not None or args.ftp) and args.rounds is None:
+    if (args.only is not None or args.ftp or args.dns) and args.rounds is None:
         args.rounds = 5
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
@@ -310,22 +321,26 @@ def run_dashboard_bench(settings: Settings) -> DashboardResults:
         return failed
 
 
-def run_ftp_bench(settings: Settings) -> FtpResults:
-    """In a child on the load CPU (it is the client's side: it starts the FTP server there and Kairos
-    on the SUT CPU, and stops them by PID); its progress goes to our stderr. Stopped with SIGTERM,
-    never SIGKILL first, so its ``finally`` stops those servers."""
-    command = [sys.executable, str(BENCH / "ftp.py"), "--json", "--rounds", str(settings.ftp_rounds)]
+P = TypeVar("P")
+
+
+def run_part(script: str, extra: list[str], settings: Settings, parse: Callable[[Any], P], failed: P) -> P:
+    """A self-contained part (bench/ftp.py, bench/dns_bench.py) in a child on the load CPU: it is the
+    client's side, starts its servers (the SUT pinned to the SUT CPU) and stops them by PID; its
+    progress goes to our stderr, its ``--json`` result to ``parse``. Stopped with SIGTERM, never
+    SIGKILL first, so its ``finally`` stops those servers. ``failed`` (with ``errors``) otherwise."""
+    command = [sys.executable, str(BENCH / script), "--json", *extra]
     command += ["--code", str(settings.code), "--logs", str(settings.raw_dir)]
     command += ["--sut-cpu", str(settings.sut_cpu), "--load-cpu", str(settings.load_cpu)]
     env = {**os.environ, "PYTHONPATH": str(settings.code)}
-    failed = FtpResults(0, 0, settings.ftp_rounds, 0, 0)
+    errors: dict[str, str] = getattr(failed, "errors")  # noqa: B009  (every results class has it)
     child = subprocess.Popen(
         pinned(settings.load_cpu, command), stdout=subprocess.PIPE, text=True, cwd=BENCH.parent, env=env
     )
     try:
         out, _ = child.communicate(timeout=1200)
     except subprocess.TimeoutExpired:
-        failed.errors["setup"] = "bench/ftp.py did not finish within 1200 s"
+        errors["setup"] = f"bench/{script} did not finish within 1200 s"
         return failed
     finally:
         if child.poll() is None:
@@ -336,13 +351,32 @@ def run_ftp_bench(settings: Settings) -> FtpResults:
                 child.kill()
                 child.wait()
     if child.returncode != 0:
-        failed.errors["setup"] = f"bench/ftp.py exited with code {child.returncode} (see its stderr)"
+        errors["setup"] = f"bench/{script} exited with code {child.returncode} (see its stderr)"
         return failed
     try:
-        return FtpResults.from_json(json.loads(out))
+        return parse(json.loads(out))
     except (ValueError, TypeError, KeyError) as exc:
-        failed.errors["setup"] = f"unreadable output of bench/ftp.py: {exc}"
+        errors["setup"] = f"unreadable output of bench/{script}: {exc}"
         return failed
+
+
+def run_ftp_bench(settings: Settings) -> FtpResults:
+    failed = FtpResults(0, 0, settings.ftp_rounds, 0, 0)
+    return run_part("ftp.py", ["--rounds", str(settings.ftp_rounds)], settings, FtpResults.from_json, failed)
+
+
+def run_dns_bench(settings: Settings) -> DnsResults:
+    failed = DnsResults(settings.dns_rounds, 0, 0, 0, 0, 0, 0, 0)
+    extra = ["--rounds", str(settings.dns_rounds)]
+    return run_part("dns_bench.py", extra, settings, DnsResults.from_json, failed)
+
+
+def dns_only(settings: Settings) -> str:
+    """The DNS part alone (``--dns``): dnsperf against dnsmasq, dnsdist and Kairos (cached, uncached)."""
+    snapshot = snapshot_kairos(settings.code)
+    results = run_dns_bench(settings)
+    head = f"DNS forwarding only, {settings.dns_rounds} rounds; kairos code: {snapshot}"
+    return "\n".join([head, "", *dns_lines(results)])
 
 
 def ftp_only(settings: Settings) -> str:
@@ -422,6 +456,10 @@ def method_notes(settings: Settings) -> list[str]:
         "transfer (timed by curl), on the load CPU through Kairos and for `direct`, on the SUT CPU for "
         f"`direct-split`; 100 MB down and up, a 1,000-entry listing; {settings.ftp_rounds} rounds, the "
         "ways taking turns; ratios within a round, then the median across rounds.",
+        "DNS forwarding (bench/dns_bench.py): dnsperf on the load CPU against dnsmasq direct, dnsdist "
+        "(packet cache) and Kairos cached and uncached, each alone on the SUT CPU, forwarding to a second "
+        f"dnsmasq on the load CPU; saturating runs and a 2,000 q/s latency run; {settings.dns_rounds} "
+        "rounds, order rotated, medians; the gateway's RSS over 100,000 queries.",
     ]
 
 
@@ -443,7 +481,14 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
     markdown report."""
     per_round = len(SUTS) * (settings.warmup + len(CASES) * settings.duration + 2)
     policy_seconds = settings.policy_rounds * len(scenarios("")) * settings.duration
-    estimate = settings.rounds * per_round + policy_seconds + 60 + 60 + 25 * settings.ftp_rounds
+    estimate = (
+        settings.rounds * per_round
+        + policy_seconds
+        + 60
+        + 60
+        + 25 * settings.ftp_rounds
+        + 30 * settings.dns_rounds
+    )
     log(f"benchmark: {settings.rounds} round(s) x {len(SUTS)} SUTs, about {estimate / 60:.0f} min")
     measurements, policies = run_rounds(settings)
     machine.append(f"load average at end of the HTTP rounds: {Path('/proc/loadavg').read_text().split()[:3]}")
@@ -453,6 +498,8 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
     dashboard = run_dashboard_bench(settings)
     log(f"FTP transfers: {settings.ftp_rounds} round(s)")
     ftp = run_ftp_bench(settings)
+    log(f"DNS forwarding: {settings.dns_rounds} round(s)")
+    dns = run_dns_bench(settings)
     return render(
         title=f"Kairos benchmark, {stamp:%Y-%m-%d %H:%M}",
         machine=machine,
@@ -465,6 +512,7 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
         policies=policies,
         dashboard=dashboard,
         ftp=ftp,
+        dns=dns,
     )
 
 
@@ -472,7 +520,7 @@ def main() -> None:
     args = parse_args()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-    if not (args.dashboard or args.ftp):  # these parts need neither wrk nor nginx
+    if not (args.dashboard or args.ftp or args.dns):  # these parts need neither wrk nor nginx
         ensure_tools()
     stamp = datetime.now()
     started = time.monotonic()
@@ -492,6 +540,7 @@ def main() -> None:
             route_repeats=3 if args.quick else 5,
             dashboard_samples=10 if args.quick else 30,
             ftp_rounds=args.rounds if args.ftp else (1 if args.quick else 5),
+            dns_rounds=args.rounds if args.dns else (1 if args.quick else 5),
         )
         settings.raw_dir.mkdir(parents=True, exist_ok=True)
         if args.only is not None:
@@ -504,6 +553,10 @@ def main() -> None:
             return
         if args.ftp:
             print(ftp_only(settings))
+            log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
+            return
+        if args.dns:
+            print(dns_only(settings))
             log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
             return
         machine = machine_info()

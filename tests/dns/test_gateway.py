@@ -19,6 +19,7 @@ holding it).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.query
@@ -142,6 +144,12 @@ def local(module_tmp: Path) -> Iterator[Dnsmasq]:
 
 
 @pytest.fixture(scope="module")
+def slow(module_tmp: Path) -> Iterator[DnsUpstream]:
+    with dns_upstream(module_tmp, mode="slow:300") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def gateway(
     module_tmp: Path,
     primary: DnsUpstream,
@@ -151,6 +159,7 @@ def gateway(
     local: Dnsmasq,
     hostile: dict[str, DnsUpstream],
     encrypted: Encrypted,
+    slow: DnsUpstream,
 ) -> Iterator[Gateway]:
     routes = [
         dns_route("/dns", [primary.port], ["example.test"]),
@@ -176,6 +185,18 @@ def gateway(
         dns_route(f"/{mode}", [server.port], ["example.test"], timeout_ms=1000, cache={"enabled": False})
         for mode, server in hostile.items()
     ]
+    routes.append(dns_route("/slow", [slow.port], ["slow.example.test"]))
+    routes.append(
+        dns_route(
+            "/breaker",
+            [silent.port],
+            ["breaker.test", "example.test"],
+            timeout_ms=400,
+            cache={"enabled": False},
+            circuit_breaker={"failure_threshold": 1, "success_threshold": 1, "reset_timeout_ms": 600000},
+            dns={"max_fails": 100},  # the breaker, not the in-band health, is what stops the calls
+        )
+    )
     for name, scheme, server in (("dot", "tls", encrypted.dot), ("doh-upstream", "https", encrypted.doh)):
         for trusted in (True, False):
             tls = {"tls_ca_file": str(encrypted.ca_file)} if trusted else {}
@@ -367,6 +388,32 @@ def test_encrypted_upstreams_verified_by_the_routes_ca(http: httpx.Client, name:
     assert {record.to_text() for rrset in answer.answer for record in rrset} == {"192.0.2.10", "192.0.2.11"}
     refused = doh(http, f"/{name}-untrusted", dns.message.make_query("www.example.test", "A"))
     assert refused.rcode() == dns.rcode.SERVFAIL and not refused.answer
+
+
+async def _at_once(port: int, count: int) -> list[dns.message.Message]:
+    query = dns.message.make_query("www.slow.example.test", "A")
+    return await asyncio.gather(
+        *(dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=5) for _ in range(count))
+    )
+
+
+def test_identical_concurrent_misses_share_one_upstream_query(gateway: Gateway, slow: DnsUpstream) -> None:
+    """20 clients ask the same uncached name while the upstream takes 300 ms: one upstream query."""
+    slow.clear_queries()
+    answers = asyncio.run(_at_once(gateway.dns_port, 20))
+    assert {answer.rcode() for answer in answers} == {dns.rcode.NXDOMAIN}
+    assert len(slow.queries()) == 1
+
+
+def test_an_open_circuit_answers_servfail_without_asking(http: httpx.Client, silent: DnsUpstream) -> None:
+    silent.clear_queries()
+    first = doh(http, "/breaker", dns.message.make_query("a.breaker.test", "A"))  # times out: opens
+    assert first.rcode() == dns.rcode.SERVFAIL
+    asked = len(silent.queries())
+    started = time.monotonic()
+    second = doh(http, "/breaker", dns.message.make_query("b.breaker.test", "A"))
+    assert second.rcode() == dns.rcode.SERVFAIL and time.monotonic() - started < 0.3
+    assert len(silent.queries()) == asked  # the open circuit kept the query from the upstream
 
 
 # -- zones, limits, DoH --------------------------------------------------------------------------------
