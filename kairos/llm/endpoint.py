@@ -26,6 +26,7 @@ them. Target keys never appear in an answer, a header, a log line or an error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -159,13 +160,20 @@ class LlmEndpoint:
         ttft = (time.perf_counter() - started) * 1000
         usage = Usage()
         outcome = "ok"
+        watcher = _DisconnectWatcher(receive)
         try:
             await _send_chunk(send, first, model, wants_usage, usage)
             async for chunk in rest:
                 await _send_chunk(send, chunk, model, wants_usage, usage)
+        except asyncio.CancelledError:
+            if not watcher.gone:
+                raise
+            watcher.forgive()  # our own cancellation: the client left, so the provider's stream is dropped
+            outcome = "client_cancelled"
         except OSError:  # the client went away (the server's send failed): stop reading the provider
             outcome = "client_cancelled"
         except Exception as exc:  # the provider failed mid-stream: an error event, then cut
+            watcher.stop()
             outcome = "stream_error"
             error = {
                 "error": {"message": "the provider failed mid-stream", "type": "api_error", "code": None}
@@ -183,11 +191,57 @@ class LlmEndpoint:
             raise ResponseAborted(
                 f"{attempted.target.label if attempted.target else model}: {type(exc).__name__}"
             ) from None
+        finally:
+            watcher.stop()
+            if outcome == "client_cancelled":
+                await _close(rest)
         if outcome == "ok":
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         service.finish_usage(usage, config, model, attempted)
         await service.settle(reservation, usage, config, model)
         record(attempted, usage, started, ttft, outcome, 200)
+
+
+class _DisconnectWatcher:
+    """Cancels the streaming task when the client disconnects, so the provider's stream is closed
+    at once instead of being read to its end for nobody (the server's ``send`` to a departed client
+    silently does nothing). The request body has been read: the next ``receive`` is the disconnect."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._streaming = asyncio.current_task()
+        self._task = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                if self._streaming is not None:
+                    self._streaming.cancel()
+                return
+
+    def forgive(self) -> None:
+        if self._streaming is not None:
+            self._streaming.uncancel()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def _close(stream: Any) -> None:
+    """Close a provider stream early (litellm's wrapper, or the iterator it hands out), if it can."""
+    for name in ("aclose", "close"):
+        closer = getattr(stream, name, None)
+        if closer is None:
+            continue
+        try:
+            result = closer()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:  # closing a half-read stream may complain; it is being dropped anyway
+            pass
+        return
 
 
 async def _send_chunk(send: Send, chunk: Any, model: str, wants_usage: bool, usage: Usage) -> None:

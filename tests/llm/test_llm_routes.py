@@ -45,6 +45,7 @@ def gateway(module_tmp: Path, fake: Server) -> Iterator[Server]:
     models: dict[str, Any] = {
         "echo": [target(fake, "echo-plain")],
         "slow": [target(fake, "echo-slow")],
+        "leaving": [target(fake, "echo-leaving")],
         "busy": [target(fake, "echo-busy"), target(fake, "echo-busy-backup")],
         "broken": [target(fake, "echo-broken"), target(fake, "echo-broken-backup")],
         "hung": [target(fake, "echo-hung", timeout_ms=500), target(fake, "echo-hung-backup")],
@@ -239,6 +240,24 @@ def test_a_stream_cut_midway_ends_with_an_error_and_is_never_replayed(
     assert content_of(events(received))  # what came before the cut reached the client
     assert len(calls(direct, "echo-cut")) == 1  # exactly one upstream call per target
     assert calls(direct, "echo-cut-backup") == []  # no replay elsewhere once bytes went out
+
+
+def test_a_client_that_leaves_stops_the_providers_stream(client: httpx.Client, direct: httpx.Client) -> None:
+    control(direct, model="echo-leaving", chunk_delay=0.1)
+    with client.stream(
+        "POST", "/v1/chat/completions", json=chat("leaving", max_tokens=40, stream=True)
+    ) as response:
+        for _ in zip(range(3), response.iter_lines(), strict=False):
+            pass  # three lines, then the client closes the connection
+    deadline = time.monotonic() + 5
+    outcome = None
+    while time.monotonic() < deadline:
+        found = calls(direct, "echo-leaving")
+        outcome = found[0]["outcome"] if found else None
+        if outcome not in (None, "pending"):
+            break
+        time.sleep(0.1)
+    assert outcome == "client_gone"  # the gateway closed the provider's stream instead of reading it all
 
 
 def test_a_bad_request_is_the_clients_answer_not_a_fallback(
