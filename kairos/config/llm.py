@@ -9,11 +9,11 @@ OpenAI-compatible server through `api_base`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from kairos.config.base import ConfigModel, Float, NonNegativeInt, PositiveInt, StatusCode, Str
+from kairos.config.base import Bool, ConfigModel, Float, NonNegativeInt, PositiveInt, StatusCode, Str
 
 DEFAULT_FALLBACK_STATUSES = (408, 429, 500, 502, 503, 504)
 
@@ -104,6 +104,78 @@ class LlmLimits(ConfigModel):
     budget_usd_per_month: Float | None = Field(None, gt=0, description="USD per UTC month.")
 
 
+class LlmSemanticCache(ConfigModel):
+    """How a semantic cache compares requests: the last user message is embedded by one of the route's
+    models, and a cached answer is served when an earlier request of the same route, model and consumer
+    (and the same earlier messages and parameters) came close enough."""
+
+    embedding_model: Str = Field(
+        min_length=1,
+        description="A public model of this route (in `models`) that answers `embeddings` requests; it "
+        "embeds the last user message of each chat request.",
+    )
+    threshold: Float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="The cosine similarity (over 0, at most 1) from which a cached answer is served; 1: only "
+        "the same text.",
+    )
+    max_candidates: PositiveInt = Field(
+        1000,
+        le=10_000,
+        description="The newest entries compared per route, model and consumer (at most 10,000). Comparing "
+        "costs CPU on every lookup: about 1 ms for 1,000 vectors of 64 dimensions, 30 ms of 1,536.",
+    )
+
+
+class LlmCacheConfig(ConfigModel):
+    """A cache of complete answers: a request that comes again (exactly, or with `mode: "semantic"` a
+    question close enough) is answered from it without calling a provider. Chat answers are cached
+    whether they were streamed or not and can be replayed as a stream; completions and embeddings are
+    cached as JSON answers. An entry is served only to the consumer that stored it, unless
+    `shared_across_consumers`."""
+
+    mode: Literal["exact", "semantic"] = Field(
+        "exact",
+        description="`exact`: the same request (parameters included; `stream`, `stream_options`, `user` and "
+        "`metadata` aside) gets the same answer. `semantic`: also a chat request whose last user message "
+        "is close to an earlier one's (see `semantic`).",
+    )
+    ttl_seconds: PositiveInt = Field(3600, description="Seconds an answer stays in the cache.")
+    max_entries: PositiveInt = Field(
+        10_000,
+        description="Answers the in-memory store keeps (least recently used go first); a Redis store is "
+        "bounded by `ttl_seconds` and Redis's `maxmemory`.",
+    )
+    storage_uri: Str | None = Field(
+        "memory://",
+        description="`memory://` (this process), or `redis://`, `rediss://` or `unix://` to share the cache "
+        "between replicas. `null`: `KAIROS_REDIS_URL` when set, else memory.",
+    )
+    shared_across_consumers: Bool = Field(
+        False,
+        description="Serve an answer to every consumer of the route. `false`: only to the consumer (API key "
+        "consumer or JWT subject) whose request stored it.",
+    )
+    semantic: LlmSemanticCache | None = Field(
+        None, description='How requests are compared; required with `mode: "semantic"`.'
+    )
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage(cls, uri: str | None) -> str | None:
+        if uri is not None and uri.split("://", 1)[0].lower() not in ("memory", "redis", "rediss", "unix"):
+            raise ValueError("must be memory://, redis://, rediss:// or unix://")
+        return uri
+
+    @model_validator(mode="after")
+    def _semantic_settings(self) -> LlmCacheConfig:
+        if self.mode == "semantic" and self.semantic is None:
+            raise ValueError('semantic: required with mode "semantic" (its embedding_model at least)')
+        return self
+
+
 class LlmConfig(ConfigModel):
     """An OpenAI-compatible API on the route's `external_path`: `POST .../chat/completions`,
     `.../completions`, `.../embeddings`, `GET .../models`."""
@@ -129,6 +201,9 @@ class LlmConfig(ConfigModel):
         "`max_tokens` (and no route `max_tokens`).",
     )
     limits: LlmLimits | None = Field(None, description="Token, request and spend limits. Unset: none.")
+    cache: LlmCacheConfig | None = Field(
+        None, description="A cache of answers, exact or semantic. Unset: every request reaches a provider."
+    )
 
     @model_validator(mode="after")
     def _known_fallbacks(self) -> LlmConfig:
@@ -138,4 +213,11 @@ class LlmConfig(ConfigModel):
                     raise ValueError(f"models.{name}.fallbacks: {fallback!r} is not a model of this route")
                 if fallback == name:
                     raise ValueError(f"models.{name}.fallbacks: a model cannot fall back to itself")
+        semantic = self.cache.semantic if self.cache is not None else None
+        if semantic is not None and semantic.embedding_model not in self.models:
+            known = ", ".join(sorted(self.models))
+            raise ValueError(
+                f"cache.semantic.embedding_model: {semantic.embedding_model!r} is not a model of this route "
+                f"(models: {known})"
+            )
         return self

@@ -37,6 +37,15 @@ from starlette.types import Message, Receive, Scope, Send
 from kairos.config.llm import LlmConfig
 from kairos.errors import timestamp
 from kairos.exchange import Exchange, get_exchange
+from kairos.llm.cache import (
+    CachedAnswer,
+    LlmCache,
+    StreamAssembler,
+    embedding_of,
+    exact_key,
+    replay,
+    semantic_query,
+)
 from kairos.llm.calls import Attempted, ProviderFailed, call
 from kairos.llm.service import LlmService, Usage
 from kairos.proxy.http import ResponseAborted
@@ -121,6 +130,16 @@ class LlmEndpoint:
         consumer = _consumer(exchange)
         service = self.service
         route_name = exchange.route.name if exchange.route is not None else "?"
+        record = service.recorder(began, exchange.request_id, consumer, route_name, model, stream)
+        lookup: _CacheLookup | None = None
+        cache = service.cache_for(exchange.route) if exchange.route is not None else None
+        if cache is not None and not (stream and kind != "chat"):  # streams replay chat answers only
+            lookup = _CacheLookup(cache, config, route_name, consumer, kind, request)
+            hit = await lookup.find()
+            if hit is not None:
+                await _serve_hit(send, hit, exchange, stream, wants_usage)
+                record(Attempted(), _usage_in(hit), started, None, "ok", 200, "hit")
+                return
         reservation = await service.reserve(config, consumer, model, kind, request, send, exchange)
         if reservation is False:
             return  # refused: the 429 is out
@@ -128,21 +147,25 @@ class LlmEndpoint:
         if stream:
             params["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
         attempted = Attempted()
-        record = service.recorder(began, exchange.request_id, consumer, route_name, model, stream)
+        cached = "miss" if lookup is not None else "off"
         try:
             answer = await call(config, model, kind, params, attempted)
         except ProviderFailed as failed:
             await service.settle(reservation, None, config, model)
-            record(attempted, Usage(), started, None, "error", failed.status)
+            record(attempted, Usage(), started, None, "error", failed.status, cached)
             raise LlmError(failed.status, failed.kind, failed.message, code=failed.code) from None
         headers = _kairos_headers(attempted)
+        if lookup is not None:
+            headers.append((b"x-kairos-cache", b"miss"))
         if not stream:
             usage = service.usage_of(answer, config, model, attempted)
             payload = _dump(answer)
             payload["model"] = model
             await _json(send, 200, payload, exchange, headers)
             await service.settle(reservation, usage, config, model)
-            record(attempted, usage, started, None, "ok", 200)
+            record(attempted, usage, started, None, "ok", 200, cached)
+            if lookup is not None:
+                await lookup.store(payload)
             return
         first, rest = answer
         await send(
@@ -161,10 +184,11 @@ class LlmEndpoint:
         usage = Usage()
         outcome = "ok"
         watcher = _DisconnectWatcher(receive)
+        assembler = StreamAssembler() if lookup is not None else None
         try:
-            await _send_chunk(send, first, model, wants_usage, usage)
+            await _send_chunk(send, first, model, wants_usage, usage, assembler)
             async for chunk in rest:
-                await _send_chunk(send, chunk, model, wants_usage, usage)
+                await _send_chunk(send, chunk, model, wants_usage, usage, assembler)
         except asyncio.CancelledError:
             if not watcher.gone:
                 raise
@@ -187,7 +211,7 @@ class LlmEndpoint:
             )
             service.finish_usage(usage, config, model, attempted)
             await service.settle(reservation, usage, config, model)
-            record(attempted, usage, started, ttft, outcome, 200)
+            record(attempted, usage, started, ttft, outcome, 200, cached)
             raise ResponseAborted(
                 f"{attempted.target.label if attempted.target else model}: {type(exc).__name__}"
             ) from None
@@ -199,7 +223,87 @@ class LlmEndpoint:
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
         service.finish_usage(usage, config, model, attempted)
         await service.settle(reservation, usage, config, model)
-        record(attempted, usage, started, ttft, outcome, 200)
+        record(attempted, usage, started, ttft, outcome, 200, cached)
+        if lookup is not None and assembler is not None and outcome == "ok":
+            whole = assembler.answer(model)
+            if whole is not None:
+                await lookup.store(whole)
+
+
+class _CacheLookup:
+    """One request's way through the route's response cache: the exact key, then (``mode:
+    semantic``, chat) the nearest earlier question by the embedding of its last user message."""
+
+    def __init__(
+        self,
+        cache: LlmCache,
+        config: LlmConfig,
+        route: str,
+        consumer: str,
+        kind: str,
+        request: dict[str, Any],
+    ) -> None:
+        settings = config.cache
+        assert settings is not None
+        self.cache = cache
+        self.config = config
+        self.settings = settings
+        owner = None if settings.shared_across_consumers else consumer
+        self.key = exact_key(route, owner, kind, request)
+        self.semantic = (
+            semantic_query(route, owner, request) if settings.semantic and kind == "chat" else None
+        )
+        self.vector: list[float] | None = None
+
+    async def find(self) -> CachedAnswer | None:
+        hit = await self.cache.get(self.key)
+        if hit is not None or self.semantic is None or self.settings.semantic is None:
+            return hit
+        scope, text = self.semantic
+        model = self.settings.semantic.embedding_model
+        try:
+            answer = await call(self.config, model, "embedding", {"input": [text]}, Attempted())
+        except ProviderFailed:  # no embedding, no semantic lookup: the request goes on as a miss
+            return None
+        self.vector = embedding_of(_dump(answer))
+        if self.vector is None:
+            return None
+        found = await self.cache.get_similar(scope, self.vector, self.settings.semantic.threshold)
+        return found[0] if found is not None else None
+
+    async def store(self, answer: dict[str, Any]) -> None:
+        await self.cache.put(self.key, answer)
+        if self.semantic is not None and self.vector is not None:
+            await self.cache.put_similar(self.semantic[0], self.vector, answer)
+
+
+async def _serve_hit(
+    send: Send, hit: CachedAnswer, exchange: Exchange, stream: bool, wants_usage: bool
+) -> None:
+    headers = [(b"x-kairos-cache", b"hit")]
+    if not stream:
+        await _json(send, 200, hit.answer, exchange, headers)
+        return
+    start_headers = [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-cache"),
+        (b"x-request-id", exchange.request_id.encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": start_headers})
+    events = replay(hit.answer, wants_usage)
+    for index, event in enumerate(events):
+        await send({"type": "http.response.body", "body": event, "more_body": index < len(events) - 1})
+
+
+def _usage_in(hit: CachedAnswer) -> Usage:
+    """What the cached answer reports (no provider was paid: no cost)."""
+    found = hit.answer.get("usage") or {}
+    return Usage(
+        prompt_tokens=int(found.get("prompt_tokens") or 0),
+        completion_tokens=int(found.get("completion_tokens") or 0),
+        reported=bool(found),
+    )
 
 
 class _DisconnectWatcher:
@@ -244,8 +348,12 @@ async def _close(stream: Any) -> None:
         return
 
 
-async def _send_chunk(send: Send, chunk: Any, model: str, wants_usage: bool, usage: Usage) -> None:
+async def _send_chunk(
+    send: Send, chunk: Any, model: str, wants_usage: bool, usage: Usage, assembler: StreamAssembler | None
+) -> None:
     data = _dump(chunk)
+    if assembler is not None:
+        assembler.add(data)  # as the provider sent it (its usage too), before it is trimmed below
     found = data.get("usage")
     if isinstance(found, dict) and found:
         usage.prompt_tokens = int(found.get("prompt_tokens") or 0)

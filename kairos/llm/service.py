@@ -31,7 +31,9 @@ from kairos.routing.matcher import RouteTable
 
 if TYPE_CHECKING:  # imported when an llm route first needs them (SQLAlchemy, redis scripts)
     from kairos.analytics.store import AnalyticsStore
+    from kairos.llm.cache import LlmCache
     from kairos.llm.limits import LimitStore, Reservation
+    from kairos.routing.route import Route
 
 logger = logging.getLogger("kairos.llm")
 
@@ -75,11 +77,20 @@ class LlmService:
         self.limits: LimitStore | None = None
         self.analytics: AnalyticsStore | None = None
         self.routes = 0
+        # Response caches by route key, with the cache config they were built from: a reload that
+        # keeps a route's cache settings keeps its entries.
+        self._caches: dict[str, tuple[Any, LlmCache]] = {}
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def update(self, table: RouteTable) -> None:
-        self.routes = sum(1 for route in table.routes if route.config.protocol == "llm")
+        llm_routes = [route for route in table.routes if route.config.protocol == "llm"]
+        self.routes = len(llm_routes)
+        wanted = {route.key: route.config.llm.cache for route in llm_routes if route.config.llm is not None}
+        for key in [key for key, (config, _) in self._caches.items() if wanted.get(key) != config]:
+            _, stale = self._caches.pop(key)
+            if self._started:
+                self._spawn(stale.close())
         if self.routes and self._started:
             self._spawn(self._ensure_started())
 
@@ -104,9 +115,26 @@ class LlmService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def cache_for(self, route: Route) -> LlmCache | None:
+        """The route's response cache (built on first use), None without a ``cache`` block."""
+        settings = route.config.llm.cache if route.config.llm is not None else None
+        if settings is None:
+            return None
+        found = self._caches.get(route.key)
+        if found is not None and found[0] == settings:
+            return found[1]
+        from kairos.llm.cache import LlmCache
+
+        cache = LlmCache(settings, self._redis_url)
+        self._caches[route.key] = (settings, cache)
+        return cache
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        for _, cache in self._caches.values():
+            await cache.close()
+        self._caches.clear()
         if self.analytics is not None:
             await self.analytics.stop()
             self.analytics = None
@@ -227,8 +255,9 @@ class LlmService:
 
     def recorder(
         self, began: datetime, request_id: str, consumer: str, route: str, model: str, stream: bool
-    ) -> Callable[[Attempted, Usage, float, float | None, str, int], None]:
-        """What the endpoint calls once per request: counts for /metrics, one analytics record."""
+    ) -> Callable[..., None]:
+        """What the endpoint calls once per request: counts for /metrics, one analytics record.
+        ``record(attempted, usage, started, ttft_ms, outcome, status, cache="off")``."""
 
         def record(
             attempted: Attempted,
@@ -237,6 +266,7 @@ class LlmService:
             ttft_ms: float | None,
             outcome: str,
             status: int,
+            cache: str = "off",
         ) -> None:
             elapsed = time.perf_counter() - started
             target = attempted.target
@@ -273,7 +303,7 @@ class LlmService:
                         ttft_ms=ttft_ms,
                         outcome=outcome,
                         status=status,
-                        cache="off",
+                        cache=cache,
                         fallbacks=attempted.fallbacks,
                         stream=stream,
                     )

@@ -72,8 +72,25 @@ def gateway(module_tmp: Path, fake: Server) -> Iterator[Server]:
         },
     }
     # Analytics on, in SQLite next to the config file (module_tmp): the default.
+    cached = {
+        **route,
+        "external_path": "/cached",
+        "auth_required": True,
+        "auth": "api_key",
+        "llm": {
+            "models": {
+                "echo": [target(fake, "echo-cached")],
+                "ask": [target(fake, "echo-ask")],
+                "embed": [target(fake, "embed-model")],
+            },
+            "cache": {"mode": "semantic", "semantic": {"embedding_model": "embed", "threshold": 0.9}},
+        },
+    }
+    consumers = [{"name": "alice", "keys": ["alice-key"]}, {"name": "bob", "keys": ["bob-key"]}]
+    # Analytics on, in SQLite next to the config file (module_tmp): the default.
     env = {"KAIROS_ADMIN_TOKEN": ADMIN, "KAIROS_ACCESS_LOG": "true"}
-    with kairos_run(module_tmp, {"version": 1, "routers": [route, limited]}, env=env) as server:
+    config = {"version": 1, "routers": [route, limited, cached], "api_keys": consumers}
+    with kairos_run(module_tmp, config, env=env) as server:
         yield server
 
 
@@ -305,6 +322,56 @@ def test_a_concurrent_burst_never_overshoots_the_token_limit(gateway: Server) ->
     assert {
         answer.headers.get("x-ratelimit-remaining-tokens") for answer in answers if answer.status_code == 429
     }
+
+
+# -- response cache -------------------------------------------------------------------------------------
+
+ALICE = {"x-api-key": "alice-key"}
+BOB = {"x-api-key": "bob-key"}
+
+
+def test_an_exact_repeat_is_served_from_the_cache_also_as_a_stream(
+    client: httpx.Client, direct: httpx.Client
+) -> None:
+    body = chat("echo", "cache me please", max_tokens=6)
+    first = client.post("/cached/chat/completions", json=body, headers=ALICE)
+    assert first.status_code == 200 and first.headers["x-kairos-cache"] == "miss"
+    again = client.post("/cached/chat/completions", json=body, headers=ALICE)
+    assert again.headers["x-kairos-cache"] == "hit"
+    assert again.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
+    streamed = client.post("/cached/chat/completions", json={**body, "stream": True}, headers=ALICE)
+    assert streamed.headers["x-kairos-cache"] == "hit"
+    assert content_of(events(streamed.content)) == first.json()["choices"][0]["message"]["content"]
+    other = client.post("/cached/chat/completions", json=body, headers=BOB)
+    assert other.headers["x-kairos-cache"] == "miss"  # never across consumers
+    assert len(calls(direct, "echo-cached")) == 2  # alice's first, bob's first
+
+
+def test_a_streamed_answer_is_cached_for_the_next_request(client: httpx.Client, direct: httpx.Client) -> None:
+    body = chat("echo", "stream then cache", max_tokens=5)
+    streamed = client.post("/cached/chat/completions", json={**body, "stream": True}, headers=ALICE)
+    assert streamed.headers["x-kairos-cache"] == "miss"
+    plain = client.post("/cached/chat/completions", json=body, headers=ALICE)
+    assert plain.headers["x-kairos-cache"] == "hit"
+    assert plain.json()["choices"][0]["message"]["content"] == content_of(events(streamed.content))
+
+
+def test_a_close_enough_question_is_a_semantic_hit(client: httpx.Client, direct: httpx.Client) -> None:
+    first = client.post(
+        "/cached/chat/completions", json=chat("ask", "what is the capital of france"), headers=ALICE
+    )
+    assert first.headers["x-kairos-cache"] == "miss"
+    close = client.post(
+        "/cached/chat/completions", json=chat("ask", "What is the capital of France?"), headers=ALICE
+    )
+    assert close.headers["x-kairos-cache"] == "hit"
+    far = client.post(
+        "/cached/chat/completions", json=chat("ask", "how do magnets work at all"), headers=ALICE
+    )
+    assert far.headers["x-kairos-cache"] == "miss"
+    assert len(calls(direct, "echo-ask")) == 2
+    embedded = [call for call in calls(direct, "embed-model") if call["endpoint"] == "embeddings"]
+    assert len(embedded) >= 3  # each question that missed the exact key was embedded
 
 
 # -- requests the gateway refuses ------------------------------------------------------------------------
