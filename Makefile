@@ -31,11 +31,12 @@ run: install
 	trap "kill $$demo 2>/dev/null" EXIT INT TERM; \
 	KAIROS_DEMO_UPSTREAM=http://127.0.0.1:$(DEMO_PORT) $(PY) -m kairos run
 
-# The whole suite on the default (raw) upstream engine, then the proxy suites again on the aiohttp
-# fallback engine so both stay correct.
+# The whole suite on the default (raw) upstream engine, then the suites that exercise the engine
+# itself (requests, faults, streaming memory, TLS, upstream paths, first byte) again on the aiohttp
+# fallback engine so both stay correct. Balancing, policies and the other protocols do not depend
+# on the engine and run once.
 ENGINE_SUITES := tests/e2e/test_http_proxy.py tests/e2e/test_faults.py tests/e2e/test_streaming_memory.py \
-	tests/e2e/test_tls_upstream.py tests/e2e/test_load_balancing.py tests/routing/test_upstream_path.py \
-	tests/e2e/test_edge_proxy.py
+	tests/e2e/test_tls_upstream.py tests/routing/test_upstream_path.py tests/e2e/test_edge_proxy.py
 
 # Coverage covers the gateway processes the suite starts too (pyproject: patch = subprocess); the
 # per-package table is printed and the total may not fall below [tool.coverage.report] fail_under.

@@ -213,10 +213,6 @@ def test_upstream_dropping_connection_is_502(client: httpx.Client) -> None:
     assert_error(client.get("/drop"), 502, "upstream")
 
 
-def test_unimplemented_protocol_is_501(client: httpx.Client) -> None:
-    assert_error(client.get("/dns"), 501, "not_implemented")  # DNS routes come with issue 18
-
-
 def test_health_ready_live(client: httpx.Client) -> None:
     health = client.get("/health").json()
     assert health["status"] == "healthy"

@@ -1,7 +1,7 @@
 """A bounded soak: thousands of mixed requests through the real gateway, all answered correctly,
 and the gateway's memory flat afterwards.
 
-The default run sends 5,000 requests (well under a minute); ``KAIROS_SOAK=1`` also runs the
+The default run sends 3,000 requests (well under a minute); ``KAIROS_SOAK=1`` also runs the
 long version (50,000, marked ``slow``).
 """
 
@@ -105,7 +105,7 @@ def run_mix(gateway: Server, count: int, start: int, time_limit: float) -> Count
 @pytest.mark.parametrize(
     ("count", "time_limit"),
     [
-        pytest.param(5_000, 60, id="5k"),
+        pytest.param(3_000, 60, id="3k"),
         pytest.param(
             50_000,
             600,
