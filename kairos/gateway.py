@@ -37,6 +37,7 @@ from kairos.config import (
 from kairos.config.loader import client_networks
 from kairos.config.persist import render_document, write_atomically
 from kairos.config.problems import StaleConfig
+from kairos.config_store import ConfigStoreUnavailable, RedisConfigStore
 from kairos.dns.listener import DnsListener
 from kairos.dns.service import DnsService
 from kairos.ftp.pool import FtpPool
@@ -187,6 +188,10 @@ class Gateway:
         if settings.analytics:
             analytics_dir = self.config_file.parent if self.config_file is not None else Path(".")
         self.llm = LlmService(settings.redis_url, analytics_url, analytics_dir)
+        # KAIROS_CONFIG_STORE: the config shared by replicas; store_generation is the stored
+        # generation this replica runs (0: none yet).
+        self.config_store = RedisConfigStore(settings.config_store) if settings.config_store else None
+        self.store_generation = 0
         self._started = False
         self._start_lock = asyncio.Lock()
         # Live reload triggers (kairos/reload.py), from startup() to shutdown().
@@ -324,6 +329,12 @@ class Gateway:
                 raise StaleConfig(based_on, self.generation)
             source = str(self.config_file) if self.config_file is not None else "(memory)"
             loaded = load_data(document, source)
+            store = self.config_store
+            if store is not None:  # shared first: if the other replicas cannot have it, nothing changes
+                generation = await store.publish(self.store_generation, render_document(document))
+                if generation is None:
+                    raise StaleConfig(based_on if based_on is not None else self.generation, self.generation)
+                self.store_generation = generation
             if self.config_file is not None:
                 text = render_document(document)
                 await asyncio.to_thread(write_atomically, self.config_file, text)
@@ -423,6 +434,8 @@ class Gateway:
             if any(backend.http2 for route in self.table.routes for backend in route.backends):
                 await self.http2_engine.start()
             self._start_reload_triggers()
+            if self.config_store is not None:
+                await self._join_config_store(self.config_store)
             await self._start_dns_listener()
             await self.llm.start()
             if self.metrics_exporter is not None:
@@ -430,6 +443,46 @@ class Gateway:
             self._started = True
             freeze_long_lived()  # the collector stops rescanning modules, routes, litellm (kairos/heap.py)
             logger.info("Kairos %s started", self.version)
+
+    async def _join_config_store(self, store: RedisConfigStore) -> None:
+        """Run the stored config (the replicas' common one), or store ours when there is none yet;
+        then watch for changes. A store that cannot be reached leaves the local config running and
+        the watcher catching up later."""
+        try:
+            stored = await store.load()
+            if stored is None and self.config_document is not None:
+                generation = await store.publish(0, render_document(self.config_document))
+                if generation is not None:
+                    self.store_generation = generation
+                    logger.info(
+                        "config store %s: seeded with %s (generation 1)", store.url, self.config_source
+                    )
+                else:  # another replica seeded it first
+                    stored = await store.load()
+            if stored is not None:
+                self._apply_stored(store, *stored)
+        except ConfigStoreUnavailable as exc:
+            logger.warning("config store: %s; the local config runs until it answers", exc)
+        store.watch(lambda: self.store_generation, self._store_changed)
+
+    def _apply_stored(self, store: RedisConfigStore, generation: int, text: str) -> None:
+        source = f"{store.url} (generation {generation})"
+        self.store_generation = generation  # also when refused: a bad document is not retried forever
+        try:
+            loaded = load_text(text, source)
+        except ConfigError as exc:
+            self.record_failed_reload("store", [str(problem) for problem in exc.problems], exc.source)
+            return
+        self.apply(loaded, "store")
+
+    async def _store_changed(self, generation: int) -> None:
+        store = self.config_store
+        if store is None:
+            return
+        async with self._reload_lock:
+            stored = await store.load()
+            if stored is not None and stored[0] > self.store_generation:
+                self._apply_stored(store, *stored)
 
     async def _start_dns_listener(self) -> None:
         """The DNS listener, when ``KAIROS_DNS_PORT`` is set and a DNS route exists. A port that
@@ -483,6 +536,8 @@ class Gateway:
         await self.cache.close()
         await self.ai_router.close()
         self.ftp_pool.close()
+        if self.config_store is not None:
+            await self.config_store.close()
         if self.dns_listener is not None:
             await self.dns_listener.stop()
             self.dns_listener = None

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # routes' ip_filter and client_rate_limit say otherwise, so exposing it is the operator's choice.
     dns_host: str = "127.0.0.1"
     dns_port: int | None = Field(None, ge=1, le=65535)
+    # Config shared by replicas (kairos/config_store.py): the running document and its generation in
+    # this Redis; admin changes go there and every replica applies them. Unset: the file only.
+    config_store: str | None = None
     # LLM request analytics (kairos/analytics/): SQLite next to the config file by default, or the
     # database this URL names (postgresql://...); KAIROS_ANALYTICS=false writes none.
     analytics: bool = True

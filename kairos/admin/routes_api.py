@@ -52,6 +52,7 @@ from kairos.api_models import RouteAnswer, RouteList, RoutesReplaced, RouteValid
 from kairos.config import ConfigError, GatewayConfig, LoadedConfig, Problem, load_data
 from kairos.config.model import HTTP_METHODS
 from kairos.config.problems import StaleConfig
+from kairos.config_store import ConfigStoreUnavailable
 
 if TYPE_CHECKING:
     from kairos.gateway import Gateway
@@ -419,8 +420,10 @@ class RoutesApi:
     async def _save(self, document: dict[str, Any], index: int | None, based_on: int) -> LoadedConfig:
         try:
             return await self.gateway.change(document, "admin", based_on)
-        except StaleConfig as exc:  # a file reload or SIGHUP landed while this edit was made
+        except StaleConfig as exc:  # a file reload, a SIGHUP or another replica landed first
             raise Failure(409, str(exc)) from None
+        except ConfigStoreUnavailable as exc:  # the replicas could not be told: nothing changed
+            raise Failure(503, f"The config store cannot be reached, nothing was changed: {exc}") from None
         except ConfigError as exc:  # checked before, but the environment (${VAR}) may have moved
             problems = [relative(p, index) if index is not None else str(p) for p in exc.problems]
             raise Failure(400, "Route validation failed: " + "; ".join(problems), errors=problems) from None
