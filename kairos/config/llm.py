@@ -9,9 +9,10 @@ OpenAI-compatible server through `api_base`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, Strict, field_validator, model_validator
 
 from kairos.config.base import Bool, ConfigModel, Float, NonNegativeInt, PositiveInt, StatusCode, Str
 
@@ -176,6 +177,31 @@ class LlmCacheConfig(ConfigModel):
         return self
 
 
+def _pattern(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return text
+
+
+class LlmPromptGuard(ConfigModel):
+    """What is checked and changed in a request before anything leaves for a provider: secrets and
+    personal data redacted (the same rules as AI routing's context: e-mail addresses, card numbers,
+    tokens, keys), and patterns that refuse the request outright."""
+
+    redact: Bool = Field(
+        True,
+        description="Replace e-mail addresses, card numbers, bearer tokens, API keys and secret-looking "
+        "strings in the messages (or prompt, or input) with `[REDACTED:kind]` before the call.",
+    )
+    deny_patterns: tuple[Annotated[str, Strict(), AfterValidator(_pattern)], ...] = Field(
+        (),
+        description="Regular expressions (Python syntax, searched case-insensitively) that refuse a request "
+        "whose text matches: 400 `invalid_request_error`, `code: content_denied`. Checked before redaction.",
+    )
+
+
 class LlmConfig(ConfigModel):
     """An OpenAI-compatible API on the route's `external_path`: `POST .../chat/completions`,
     `.../completions`, `.../embeddings`, `GET .../models`."""
@@ -201,6 +227,9 @@ class LlmConfig(ConfigModel):
         "`max_tokens` (and no route `max_tokens`).",
     )
     limits: LlmLimits | None = Field(None, description="Token, request and spend limits. Unset: none.")
+    prompt_guard: LlmPromptGuard | None = Field(
+        None, description="Redaction and deny patterns applied before a request leaves. Unset: none."
+    )
     cache: LlmCacheConfig | None = Field(
         None, description="A cache of answers, exact or semantic. Unset: every request reaches a provider."
     )

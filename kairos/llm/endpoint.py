@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from kairos.config.llm import LlmConfig
+from kairos.ai.context import redact
+from kairos.config.llm import LlmConfig, LlmPromptGuard
 from kairos.errors import timestamp
 from kairos.exchange import Exchange, get_exchange
 from kairos.llm.cache import (
@@ -124,6 +127,8 @@ class LlmEndpoint:
         began = datetime.now(UTC)
         body = await _read(receive, limit)
         request = _parse(body, config, kind)
+        if config.prompt_guard is not None:
+            request = _guard(request, config.prompt_guard, kind)
         model = request["model"]
         stream = bool(request.get("stream")) and kind != "embedding"
         wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
@@ -430,6 +435,48 @@ def _models(config: LlmConfig) -> dict[str, Any]:
             {"id": name, "object": "model", "created": 0, "owned_by": "kairos"} for name in config.models
         ],
     }
+
+
+def _guard(request: dict[str, Any], guard: LlmPromptGuard, kind: str) -> dict[str, Any]:
+    """Deny patterns first (on the text as sent), then redaction of what goes to the provider."""
+    field = {"chat": "messages", "text": "prompt", "embedding": "input"}[kind]
+    texts = list(_texts(request[field]))
+    for pattern in guard.deny_patterns:
+        compiled = re.compile(pattern, re.IGNORECASE)
+        if any(compiled.search(text) for text in texts):
+            raise LlmError(
+                400,
+                "invalid_request_error",
+                "the request matches a denied pattern",
+                param=field,
+                code="content_denied",
+            )
+    if not guard.redact:
+        return request
+    return {**request, field: _redacted(request[field])}
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string a message list, prompt or input holds (message contents, content parts)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, dict):
+        for key in ("content", "text"):
+            if key in value:
+                yield from _texts(value[key])
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _redacted(item) if key in ("content", "text") else item for key, item in value.items()}
+    return value
 
 
 def _parse(body: bytes, config: LlmConfig, kind: str) -> dict[str, Any]:
