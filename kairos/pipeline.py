@@ -235,7 +235,7 @@ def protocol_endpoint(gateway: Gateway) -> ASGIApp:
         websocket=websocket,
         ftp=FtpEndpoint(gateway.ftp_pool),
         dns=DohEndpoint(gateway.dns),
-        llm=LlmEndpoint(gateway.llm),
+        llm=LlmEndpoint(gateway.llm, tracing.tracer if tracing is not None else None),
     )
 
 

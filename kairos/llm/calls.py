@@ -102,16 +102,24 @@ def _secrets(targets: Sequence[LlmTarget]) -> list[str]:
     return [target.api_key.get_secret_value() for target in targets if target.api_key is not None]
 
 
+OPERATIONS = {"chat": "chat", "text": "text_completion", "embedding": "embeddings"}  # gen_ai.operation.name
+
+
 async def call(
     config: LlmConfig,
     model: str,
     kind: str,
     params: dict[str, Any],
     attempted: Attempted,
+    tracer: Any = None,
 ) -> Any:
     """The provider's answer for ``kind`` (``chat``, ``text``, ``embedding``), from the first target
     that gives one. For a stream (``params["stream"]``) the answer is ``(first_chunk, rest)``: the
-    first chunk already received, and the async iterator of the others."""
+    first chunk already received, and the async iterator of the others.
+
+    With ``tracer`` (KAIROS_TRACING on), each provider call is a CLIENT span named as OpenTelemetry's
+    GenAI conventions say (``chat gpt-4o-mini``), with ``gen_ai.*`` attributes; it ends when the answer
+    (a stream: its first chunk) arrived or the call failed."""
     litellm = await ensure_litellm()
     function = {
         "chat": litellm.acompletion,
@@ -127,6 +135,7 @@ async def call(
         while True:
             attempted.calls += 1
             started = time.monotonic()
+            span = _span(tracer, kind, target, attempted.calls)
             try:
                 async with asyncio.timeout(timeout):
                     answer = await function(**params, **_kwargs(target, timeout))
@@ -136,10 +145,13 @@ async def call(
                         answer = (first, stream)
                 attempted.target = target
                 attempted.fallbacks = position
+                _end(span, None)
                 return answer
             except StopAsyncIteration:  # an empty stream: nothing to hand over, as if it failed
                 last = ProviderFailed(502, "upstream", f"{target.label} sent an empty stream")
+                _end(span, "empty_stream")
             except Exception as exc:  # litellm raises its own classes, httpx's, openai's
+                _end(span, type(exc).__name__)
                 status = _status(exc)
                 message = scrub_keys(f"{type(exc).__name__}: {exc}", _secrets(targets))[:500]
                 attempted.errors.append(f"{target.label}: {message}")
@@ -170,6 +182,35 @@ async def call(
     if len(targets) > 1:
         last.message = f"every target of {model} failed; the last: {last.message}"
     raise last
+
+
+def _span(tracer: Any, kind: str, target: LlmTarget, call_number: int) -> Any:
+    if tracer is None:
+        return None
+    from opentelemetry.trace import SpanKind
+
+    operation = OPERATIONS[kind]
+    attributes: dict[str, str | int] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": target.provider,
+        "gen_ai.request.model": target.model,
+        "kairos.llm.call": call_number,
+    }
+    if target.api_base is not None:
+        host = target.api_base.split("://", 1)[-1].split("/", 1)[0]
+        attributes["server.address"] = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return tracer.start_span(f"{operation} {target.model}", kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def _end(span: Any, error: str | None) -> None:
+    if span is None:
+        return
+    if error is not None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_attribute("error.type", error)
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
 
 
 def _kind_of(status: int) -> str:

@@ -81,8 +81,9 @@ class LlmError(Exception):
 
 
 class LlmEndpoint:
-    def __init__(self, service: LlmService) -> None:
+    def __init__(self, service: LlmService, tracer: Any = None) -> None:
         self.service = service
+        self.tracer = tracer  # KAIROS_TRACING: a CLIENT span per provider call (kairos/llm/calls.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = get_exchange(scope)
@@ -154,7 +155,7 @@ class LlmEndpoint:
         attempted = Attempted()
         cached = "miss" if lookup is not None else "off"
         try:
-            answer = await call(config, model, kind, params, attempted)
+            answer = await call(config, model, kind, params, attempted, self.tracer)
         except ProviderFailed as failed:
             await service.settle(reservation, None, config, model)
             record(attempted, Usage(), started, None, "error", failed.status, cached)

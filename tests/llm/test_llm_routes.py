@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -28,6 +29,15 @@ KEY = "sk-kairos-target-secret-0123456789abcdef"
 ADMIN = "llm-admin-token"
 
 
+def tracing_env(receiver: Server) -> dict[str, str]:
+    return {
+        "KAIROS_TRACING": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{receiver.url}/v1/traces",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_SERVICE_NAME": "kairos-llm-test",
+    }
+
+
 def target(fake: Server, model: str, **extra: Any) -> dict[str, Any]:
     return {"provider": "openai", "model": model, "api_base": f"{fake.url}/v1", "api_key": KEY, **extra}
 
@@ -41,7 +51,16 @@ def fake(module_tmp: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def gateway(module_tmp: Path, fake: Server) -> Iterator[Server]:
+def receiver(module_tmp: Path) -> Iterator[Server]:
+    """An OTLP receiver (tests/servers/otlp_receiver.py): the gateway runs with tracing on."""
+    port = free_port()
+    args = ["-m", "tests.servers.otlp_receiver", "--port", str(port)]
+    with server_process(args, port, module_tmp / f"otlp-{port}.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gateway(module_tmp: Path, fake: Server, receiver: Server) -> Iterator[Server]:
     models: dict[str, Any] = {
         "echo": [target(fake, "echo-plain")],
         "slow": [target(fake, "echo-slow")],
@@ -96,7 +115,7 @@ def gateway(module_tmp: Path, fake: Server) -> Iterator[Server]:
     }
     consumers = [{"name": "alice", "keys": ["alice-key"]}, {"name": "bob", "keys": ["bob-key"]}]
     # Analytics on, in SQLite next to the config file (module_tmp): the default.
-    env = {"KAIROS_ADMIN_TOKEN": ADMIN, "KAIROS_ACCESS_LOG": "true"}
+    env = {"KAIROS_ADMIN_TOKEN": ADMIN, "KAIROS_ACCESS_LOG": "true", **tracing_env(receiver)}
     config = {"version": 1, "routers": [route, limited, cached, guarded], "api_keys": consumers}
     with kairos_run(module_tmp, config, env=env) as server:
         yield server
@@ -380,6 +399,37 @@ def test_a_close_enough_question_is_a_semantic_hit(client: httpx.Client, direct:
     assert len(calls(direct, "echo-ask")) == 2
     embedded = [call for call in calls(direct, "embed-model") if call["endpoint"] == "embeddings"]
     assert len(embedded) >= 3  # each question that missed the exact key was embedded
+
+
+# -- tracing ------------------------------------------------------------------------------------------------
+
+
+def test_each_provider_call_is_a_genai_client_span(
+    client: httpx.Client, direct: httpx.Client, receiver: Server
+) -> None:
+    control(direct, model="echo-busy", status=429)
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    headers = {"traceparent": f"00-{trace_id}-{caller_span}-01"}
+    answer = client.post("/v1/chat/completions", json=chat("busy", max_tokens=3), headers=headers)
+    assert answer.status_code == 200  # echo-busy answers 429, its backup answers
+    deadline = time.monotonic() + 15
+    spans: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        spans = httpx.get(f"{receiver.url}/spans", params={"trace_id": trace_id}).json()
+        if [span["kind"] for span in spans].count("CLIENT") >= 2 and "SERVER" in [s["kind"] for s in spans]:
+            break
+        time.sleep(0.05)
+    server = next(span for span in spans if span["kind"] == "SERVER")
+    calls_made = sorted(
+        (span for span in spans if span["kind"] == "CLIENT"),
+        key=lambda span: span["attributes"]["kairos.llm.call"],
+    )
+    assert [span["name"] for span in calls_made] == ["chat echo-busy", "chat echo-busy-backup"]
+    assert all(span["parent_span_id"] == server["span_id"] for span in calls_made)
+    assert calls_made[0]["status"] == "ERROR" and calls_made[1]["status"] == "UNSET"
+    attributes = calls_made[1]["attributes"]
+    assert attributes["gen_ai.operation.name"] == "chat" and attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == "echo-busy-backup"
 
 
 # -- prompt guard ---------------------------------------------------------------------------------------
