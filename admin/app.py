@@ -72,8 +72,10 @@ NAV = (
     ("backends", "Backends", "/backends"),
     ("config", "Config", "/config"),
     ("ai", "AI routing", "/ai"),
+    ("llm", "LLM", "/llm"),
     ("metrics", "Metrics", "/metrics"),
 )
+LLM_GROUPS = ("model", "consumer", "day", "route", "provider")
 RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400}
 EVENT_SECONDS = 1.0
 TOP = 10  # routes in the overview's busiest list
@@ -507,6 +509,38 @@ class Dashboard:
 
         return await self.guarded(request, page)
 
+    async def llm(self, request: Request) -> Response:
+        """The LLM routes' request analytics (``GET /api/analytics/llm``), grouped as asked."""
+
+        async def page(request: Request, client: AsyncKairosClient) -> Response:
+            group = request.query_params.get("group_by", "model")
+            group = group if group in LLM_GROUPS else "model"
+            try:
+                analytics = await client.llm_analytics(group_by=group, limit=PAGE_ROWS)
+            except KairosAPIError as exc:
+                if exc.status not in (404, 503):
+                    raise
+                return self.render(
+                    request,
+                    "llm.html",
+                    active="llm",
+                    analytics=None,
+                    reason=exc.message,
+                    group=group,
+                    groups=LLM_GROUPS,
+                )
+            return self.render(
+                request,
+                "llm.html",
+                active="llm",
+                analytics=analytics,
+                reason="",
+                group=group,
+                groups=LLM_GROUPS,
+            )
+
+        return await self.guarded(request, page)
+
     async def metrics(self, request: Request) -> Response:
         async def page(request: Request, client: AsyncKairosClient) -> Response:
             names = await client.metric_names()
@@ -674,6 +708,7 @@ def create_app(
             Route("/config/reload", board.config_reload, methods=["POST"]),
             Route("/config/validate", board.config_validate, methods=["POST"]),
             Route("/ai", board.ai),
+            Route("/llm", board.llm),
             Route("/metrics", board.metrics),
             Route("/metrics/data", board.metrics_data),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),

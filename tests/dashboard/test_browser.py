@@ -33,7 +33,7 @@ TOKEN = "dashboard-admin-token-0123456789"
 SCREENSHOTS = ROOT / "docs" / "img" / "dashboard"
 COOKIE = "kairos_session"
 NO_VALUE = "\u2013"  # the en dash a live counter shows before the first frame of the event stream
-NAV_LINKS = ("Overview", "Routes", "Backends", "Config", "AI routing", "Metrics")
+NAV_LINKS = ("Overview", "Routes", "Backends", "Config", "AI routing", "LLM", "Metrics")
 
 
 def route(path: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -482,6 +482,7 @@ PAGES = (
     ("backends", "/backends", "Backends"),
     ("config", "/config", "Config"),
     ("ai", "/ai", "AI routing"),
+    ("llm", "/llm?group_by=consumer", "LLM"),
     ("metrics", "/metrics?name=requests_total&range=15m", "Metrics"),
 )
 
