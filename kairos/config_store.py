@@ -51,12 +51,14 @@ class ConfigStoreUnavailable(OSError):
 
 class RedisConfigStore:
     def __init__(self, url: str, key: str = KEY, channel: str = CHANNEL) -> None:
-        import redis.asyncio as redis
+        from kairos.redis_outage import connect
 
         self.url = url
         self.key = key
         self.channel = channel
-        self._redis: Any = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        # Any URL the other stores take (Sentinel, Cluster: kairos.redis_outage); longer timeouts, as
+        # a config change is not a request that must not wait.
+        self._redis: Any = connect(url, socket_timeout=5, connect_timeout=2)
         self._script: Any = self._redis.register_script(PUBLISH)
         self._task: asyncio.Task[None] | None = None
 
@@ -94,13 +96,20 @@ class RedisConfigStore:
 
     async def _watch(self, current: Callable[[], int], changed: Callable[[int], Awaitable[None]]) -> None:
         pubsub: Any = None
+        # A client without pub/sub (redis-py's asyncio RedisCluster before 8.0) is polled only: the
+        # once-a-second read alone applies every change. On a cluster that has it, PUBLISH reaches
+        # every node, so the subscription on whichever node the channel hashes to gets the message.
+        listens = hasattr(self._redis, "pubsub")
         failing = False
         while True:
             try:
-                if pubsub is None:
-                    pubsub = self._redis.pubsub()
-                    await pubsub.subscribe(self.channel)
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
+                if not listens:
+                    await asyncio.sleep(POLL_SECONDS)
+                else:
+                    if pubsub is None:
+                        pubsub = self._redis.pubsub()
+                        await pubsub.subscribe(self.channel)
+                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=POLL_SECONDS)
                 stored = await self.generation()
                 if failing:
                     logger.warning("config store %s reachable again", self.url)

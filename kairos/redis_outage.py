@@ -1,5 +1,22 @@
-"""What the Redis-backed stores (rate limits, response cache) share: the client settings, and how an
-outage is handled.
+"""What the Redis-backed stores (rate limits, response cache, LLM limits and cache, the config store)
+share: the client, built from one URL, and how an outage is handled.
+
+``connect`` takes every URL form the stores accept (``KAIROS_REDIS_URL``, ``KAIROS_CONFIG_STORE``):
+
+- ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path?db=N``: one
+  server, redis-py's own URL parsing (``Redis.from_url``);
+- ``redis+sentinel://[[user]:password@]host[:port][,host2[:port2]...]/service_name[/db]``, and
+  ``rediss+sentinel://`` (TLS to the sentinels and to the data nodes): the master of
+  ``service_name`` as the sentinels name it (``redis.asyncio.sentinel.Sentinel.master_for``), found
+  again after a failover. Sentinels default to port 26379. The form of the ``Redis-Sentinel-Url``
+  package and of Prefect/docket (there is no standard one); the user and password are the data
+  nodes', ``?sentinel_username=...&sentinel_password=...`` authenticate to the sentinels;
+- ``redis+cluster://[[user]:password@]host[:port][,host2[:port2]...]`` and ``rediss+cluster://``: a
+  Redis Cluster (``redis.asyncio.cluster.RedisCluster``), the nodes listed being where it starts to
+  discover the others (one is enough). No database number (a cluster only has database 0).
+
+The other query options (``?ssl_cert_reqs=none``, ``?health_check_interval=30``, ...) are redis-py's
+own URL options, applied to the data-node connections; they override ``connect``'s timeouts.
 
 While Redis is unreachable a store says so at once for ``RETRY_SECONDS`` instead of making every
 request wait on a dead socket; the outage is logged once when it starts and once when it ends, and
@@ -10,26 +27,154 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, TypeAlias
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel
+from redis.typing import EncodableT
 
 logger = logging.getLogger("kairos")
 
 RETRY_SECONDS = 1.0
 SOCKET_TIMEOUT = 0.5
+SENTINEL_PORT = 26379
+CLUSTER_PORT = 6379
+
+# What ``connect`` returns. Both have what the stores call (get/set/hmget, register_script, pipeline,
+# scan_iter, unlink, pubsub, aclose, ...); a store that needs a cluster's variant of a multi-key
+# command checks ``isinstance(client, RedisCluster)``.
+Client: TypeAlias = Redis | RedisCluster
+
+_SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
-def connect(url: str) -> Redis:
-    """A pooled client whose calls fail fast (a request never waits long on Redis)."""
-    return Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT)
+def connect(
+    url: str, *, socket_timeout: float = SOCKET_TIMEOUT, connect_timeout: float = SOCKET_TIMEOUT
+) -> Client:
+    """A pooled client for ``url`` (see the module for the forms) whose calls fail fast by default: a
+    request never waits long on Redis. The config store passes longer timeouts."""
+    scheme, separator, _ = url.partition("://")
+    kind = scheme.lower()
+    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    if separator and kind in ("redis+sentinel", "rediss+sentinel"):
+        return _sentinel_master(url, kind.startswith("rediss"), timeouts)
+    if separator and kind in ("redis+cluster", "rediss+cluster"):
+        return _cluster(url, kind.startswith("rediss"), timeouts)
+    return Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=connect_timeout)
+
+
+class _SentinelMaster(Redis):
+    """The master's client, which also closes its connections to the sentinels."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            for client in self.sentinels.sentinels:
+                await client.aclose()
+
+
+def _sentinel_master(url: str, tls: bool, timeouts: dict[str, float]) -> Redis:
+    nodes, path, options = _split(url, SENTINEL_PORT)
+    service, _, db = path.strip("/").partition("/")
+    if not service:
+        raise ValueError(f"{redacted(url)}: a Sentinel URL names the service: .../<service_name>[/<db>]")
+    sentinel_kwargs: dict[str, Any] = dict(timeouts)
+    for name in _SENTINEL_OPTIONS:
+        value = options.pop(name, None)
+        if value is not None:
+            sentinel_kwargs[name.removeprefix("sentinel_")] = value
+    data = {**timeouts, **options}
+    if db:
+        data.setdefault("db", _number(db, url))
+    if tls:
+        data["ssl"] = True
+        sentinel_kwargs.update({"ssl": True, **{k: v for k, v in data.items() if k.startswith("ssl_")}})
+    sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs, **data)  # type: ignore[no-untyped-call]
+    master = sentinel.master_for(unquote(service), redis_class=_SentinelMaster)
+    assert isinstance(master, _SentinelMaster)
+    master.sentinels = sentinel
+    return master
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, which finds the cluster's nodes before it routes a command. redis-py
+    routes a command issued before that without its key's slot; a burst of first commands (a gateway
+    that has just started) then had some fail on connections closed under them (seen with redis-py
+    8.1; tests/e2e/test_redis_topologies.py sends such a burst)."""
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()  # under redis-py's own lock: one caller initialises, the others wait
+        return await super().execute_command(*args, **kwargs)
+
+
+def _cluster(url: str, tls: bool, timeouts: dict[str, float]) -> RedisCluster:
+    nodes, path, options = _split(url, CLUSTER_PORT)
+    if path.strip("/") not in ("", "0") or options.get("db", 0) != 0:
+        raise ValueError(f"{redacted(url)}: a Redis Cluster has no database but 0")
+    if any(name in options for name in _SENTINEL_OPTIONS):
+        raise ValueError(f"{redacted(url)}: sentinel options in a Redis Cluster URL")
+    options.pop("db", None)
+    startup = [ClusterNode(host, port) for host, port in nodes]
+    return _Cluster(startup_nodes=startup, ssl=tls, **{**timeouts, **options})
+
+
+def _split(url: str, default_port: int) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
+    """The ``host:port`` list, the path and the client options (user, password, query) of a URL
+    with several hosts (which ``urllib`` does not parse)."""
+    rest, _, query = url.partition("://")[2].partition("#")[0].partition("?")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    options: dict[str, Any] = {key: value for key, value in pairs if key in _SENTINEL_OPTIONS}
+    others = urlencode([(key, value) for key, value in pairs if key not in _SENTINEL_OPTIONS])
+    if others:  # redis-py's own option names and types (socket_timeout=1.5, ssl_cert_reqs=none, ...)
+        parsed: dict[str, Any] = dict(parse_url("redis://localhost?" + others))
+        parsed.pop("host", None)
+        options.update(parsed)
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if colon and password:
+            options["password"] = unquote(password)
+    nodes = [_host_port(item, default_port, url) for item in hosts.split(",") if item]
+    if not nodes:
+        raise ValueError(f"{redacted(url)}: no host")
+    return nodes, slash + path, options
+
+
+def _host_port(item: str, default_port: int, url: str) -> tuple[str, int]:
+    if item.startswith("["):  # [::1]:26379
+        host, _, port = item[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+    return unquote(host), _number(port, url) if port else default_port
+
+
+def _number(text: str, url: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{redacted(url)}: {text!r} is not a number") from None
 
 
 def redacted(url: str) -> str:
-    """The URL without a password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    """The URL without its secrets (the password, a ``...password=`` option), for logs."""
+    scheme, separator, rest = url.partition("://")
+    rest, question, query = rest.partition("?")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    if question:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{key}=***" if "password" in key else f"{key}={value}" for key, value in pairs)
+    return f"{scheme}{separator}{rest}{question}{query}"
 
 
 class Outage:

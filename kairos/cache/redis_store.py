@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 import time
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kairos.cache.entry import Entry, decode, encode
-from kairos.redis_outage import Outage, connect
+from kairos.redis_outage import Client, Outage, connect
 
 _BYPASSING = " (bypassing it)"
 PREFIX = "kairos:cache:"
@@ -31,7 +30,7 @@ class RedisCacheStore:
     def __init__(self, url: str, prefix: str = PREFIX) -> None:
         self.url = url
         self.prefix = prefix
-        self._client: Redis = connect(url)
+        self._client: Client = connect(url)
         self._outage = Outage("cache store", url)
 
     @property
@@ -66,7 +65,8 @@ class RedisCacheStore:
 
     async def purge(self, prefix: str = "", any_route: bool = False) -> int:
         """Delete the entries whose key starts with ``prefix`` (SCAN + UNLINK, never KEYS); with
-        ``any_route``, whose key after the route part (the route key and a newline) starts with it."""
+        ``any_route``, whose key after the route part (the route key and a newline) starts with it.
+        On a Redis Cluster, redis-py's SCAN visits every primary and UNLINK is sent per slot."""
         pattern = ("*\n" if any_route else "") + _glob_escape(prefix) + "*"
         pattern = _glob_escape(self.prefix) + pattern
         removed = 0

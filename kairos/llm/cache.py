@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from kairos.config.llm import LlmCacheConfig
@@ -319,7 +320,10 @@ class _RedisStore:
         ident = os.urandom(16)
         item = _VECTOR_HEAD.pack(_VECTOR_MAGIC, now, ident) + _vector_bytes(vector)
         listed = self.prefix + "v:" + scope
-        async with self.client.pipeline(transaction=True) as pipe:
+        # One transaction on one Redis. On a cluster the answer and the list are in different slots,
+        # which a transaction cannot span: the commands are sent without one (the answer first; a
+        # listed vector whose answer is missing is skipped by ``similar``).
+        async with self.client.pipeline(transaction=not isinstance(self.client, RedisCluster)) as pipe:
             pipe.set(self.prefix + "s:" + ident.hex(), value, ex=self.ttl)
             pipe.lpush(listed, item)
             pipe.ltrim(listed, 0, self.max_candidates - 1)
@@ -346,7 +350,11 @@ class _RedisStore:
             return None
         matches.sort(key=lambda match: match[0], reverse=True)
         best = matches[:FETCHED_MATCHES]
-        values = await self.client.mget([self.prefix + "s:" + ident.hex() for _, ident in best])
+        names = [self.prefix + "s:" + ident.hex() for _, ident in best]
+        if isinstance(self.client, RedisCluster):  # the answers are in several slots: one MGET per slot
+            values = await self.client.mget_nonatomic(names)
+        else:
+            values = await self.client.mget(names)
         for (score, _), value in zip(best, values, strict=True):
             if value is not None:
                 return _bytes(value), min(1.0, score)

@@ -57,6 +57,7 @@ calendar budgets. The remaining amount (for the headers) is one more round trip.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import time
 from collections import OrderedDict
@@ -411,7 +412,11 @@ return 0
 
 def redis_keys(prefix: str, key: str, window: int, day: str, month: str) -> list[str]:
     """The keys of one counter set's periods. ``{key}`` is a Redis Cluster hash tag: the three keys
-    of one script share a slot (whatever braces the key holds, all three keys' tags are the same)."""
+    of one script share a slot (whatever braces the key holds, all three keys' tags are the same;
+    ``prefix`` holds none). A key starting with ``}`` would make the tag empty, which Redis ignores
+    (each key would hash whole): such a key is tagged with its digest instead."""
+    if key.startswith("}"):
+        key = "#" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
     head = f"{prefix}:{{{key}}}"
     return [f"{head}:m:{window}", f"{head}:d:{day}", f"{head}:M:{month}"]
 

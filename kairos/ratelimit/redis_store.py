@@ -9,19 +9,29 @@ there) so both stores give the same answers.
 
 While Redis is unreachable (see ``kairos.redis_outage``) the store raises ``StoreUnavailable`` at
 once; the limiter then fails open (or closed).
+
+**Redis Cluster.** A script's keys must share one hash slot. A one-limit decision has one key. A
+Composite's keys (``prefix:fingerprint:scope:subject``, one per limit) are given a hash tag by
+``slot_keys``: ``prefix:fingerprint:{tag}:scope:subject``, the tag a digest of what every key of the
+decision shares and that never changes for a given key: the scope, plus the client (``ip=``/``u=``)
+when every limit counts the same kind of client, plus the route when every limit counts per route.
+So ``PerIP`` + ``PerIPAndRoute`` spreads over the cluster by client, while ``PerIP`` + ``PerRoute``
+(a route counter shared by every client) keeps a scope's counters in one slot. ``redis_key_prefix``
+must then hold no ``{``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from kairos.ratelimit.policy import Limit
 from kairos.ratelimit.verdict import Verdict
-from kairos.redis_outage import Outage, connect, redacted
+from kairos.redis_outage import Client, Outage, connect, redacted
 
 _ALGORITHM_CODES = {"fixed": "F", "sliding": "S", "bucket": "B"}
 
@@ -96,6 +106,43 @@ return out
 """
 
 
+# The client a strategy counts (its subject starts with it) and the strategies that count per route.
+_CLIENT_KIND = {"PerIP": "ip", "PerIPAndRoute": "ip", "PerUser": "user", "PerUserAndRoute": "user"}
+_PER_ROUTE = frozenset({"PerRoute", "PerIPAndRoute", "PerUserAndRoute"})
+# Where the subject starts after the scope (``kairos.ratelimit.policy.subject``'s prefixes).
+_SUBJECT = re.compile(r":(?=(?:ip|u|h|route)=)")
+_ROUTE = "|route="
+
+
+def slot_keys(keys: Sequence[str], limits: Sequence[Limit]) -> list[str]:
+    """The keys of one decision as the script gets them: on one Redis Cluster slot (see the module).
+    A key always becomes the same key, whatever it is decided with. One key, or a key not made by
+    ``Policy.keys``, stays as it is (a cluster then refuses a decision whose keys span slots: an
+    outage for the limiter, never a miscount)."""
+    if len(keys) < 2:
+        return list(keys)
+    kinds = {_CLIENT_KIND.get(limit.strategy) for limit in limits}
+    by_client = len(kinds) == 1 and None not in kinds
+    by_route = all(limit.strategy in _PER_ROUTE for limit in limits)
+    tagged = []
+    for key, limit in zip(keys, limits, strict=True):
+        marker = ":" + limit.fingerprint + ":"
+        head = key.find(marker) + len(marker)
+        boundary = _SUBJECT.search(key, head) if head >= len(marker) else None
+        if boundary is None:
+            tagged.append(key)
+            continue
+        subject = key[boundary.start() + 1 :]
+        shared = [key[head : boundary.start()]]  # the scope
+        if by_client:  # "ip=1.2.3.4" of "ip=1.2.3.4" and of "ip=1.2.3.4|route=..."
+            shared.append(subject.split(_ROUTE, 1)[0])
+        if by_route:  # the route of "route=R" and of "ip=1.2.3.4|route=R"
+            shared.append(("|" + subject).rpartition(_ROUTE)[2])
+        tag = hashlib.blake2b("\n".join(shared).encode(), digest_size=8).hexdigest()
+        tagged.append(f"{key[:head]}{{{tag}}}:{key[head:]}")
+    return tagged
+
+
 class StoreUnavailable(Exception):
     """The shared store cannot answer; the limiter decides whether to admit."""
 
@@ -105,7 +152,7 @@ class RedisStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client: Redis = connect(url)
+        self._client: Client = connect(url)
         self._script: Any = self._client.register_script(ACQUIRE_SCRIPT)
         self._outage = Outage("rate limit store", url)
 
@@ -128,7 +175,7 @@ class RedisStore:
                 limit.refill_per_second / 1000,
             )
         try:
-            flat = await self._script(keys=list(keys), args=args)
+            flat = await self._script(keys=slot_keys(keys, limits), args=args)
         except (RedisError, OSError) as exc:
             self._outage.failed(exc)
             raise StoreUnavailable(str(exc)) from exc
