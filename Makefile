@@ -19,10 +19,11 @@ install: $(VENV)/.installed
 
 # Servers, clients and browsers the tests drive for real (redis-server for shared rate limits,
 # chromium for the dashboard, dnsmasq as an upstream DNS server, dig and kdig as DNS clients,
-# PostgreSQL for the LLM request analytics), from Debian when missing.
+# PostgreSQL for the LLM request analytics, nginx as the load balancer of the rolling restart), from
+# Debian when missing.
 system-deps:
 	@.ci/apt-install redis-server:redis-server chromium:chromium dnsmasq:dnsmasq-base \
-		dig:bind9-dnsutils kdig:knot-dnsutils pg_ctlcluster:postgresql
+		dig:bind9-dnsutils kdig:knot-dnsutils pg_ctlcluster:postgresql nginx:nginx
 
 # Starts the demo upstream (HTTP + WebSocket echo on 127.0.0.1:$(DEMO_PORT)) and the gateway on
 # 0.0.0.0:5900 with the embedded default config; Ctrl-C stops both.

@@ -194,6 +194,9 @@ class Gateway:
         self.store_generation = 0
         self._started = False
         self._start_lock = asyncio.Lock()
+        # Set by `kairos run`'s server on SIGTERM/SIGINT (kairos/server.py, DrainingServer): /ready
+        # answers 503 so a load balancer moves away while requests are still served.
+        self.draining = False
         # Live reload triggers (kairos/reload.py), from startup() to shutdown().
         self.config_watcher: ConfigWatcher | None = None
         self.sighup: SighupReload | None = None
@@ -401,7 +404,8 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.config is not None
+        """What /ready says: a config is loaded and the gateway is not draining for a shutdown."""
+        return self.config is not None and not self.draining
 
     @property
     def uptime(self) -> float:

@@ -35,19 +35,36 @@ and the ``parser`` / ``cycle`` / ``connections`` / ``server_state`` attributes, 
 tests/e2e/abuse fails if they change. Refusals are the gateway's JSON errors (``error``, ``type``,
 ``timestamp``, ``request_id``) with ``Connection: close``, and each kind is logged at most once per
 10 s, so an attack cannot flood the log.
+
+It also drains on SIGTERM / SIGINT (``DrainingServer``, ``KAIROS_DRAIN_DELAY`` and
+``KAIROS_DRAIN_TIMEOUT``): ``/ready`` turns 503 at once while everything is still served, so a load
+balancer moves away before the listener closes; then requests in flight finish, WebSockets are
+closed with 1001, and the process exits 0. ``serve()`` is ``uvicorn.run()`` with that server. It
+relies on uvicorn's ``Server`` (``handle_exit``, ``on_tick``, ``shutdown``, ``should_exit`` /
+``force_exit`` / ``started``, and not re-raising what ``_captured_signals`` holds), its supervisor
+(the module-level ``Process``, ``Process.server``, ``Multiprocess.terminate_all`` and ``sockets``)
+and the protocols' ``shutdown``; tests/e2e/test_drain.py fails if they change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+import socket
+import sys
 import time
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn import Config, Server
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.supervisors import multiprocess
 
 from kairos.errors import STATUS_BY_TYPE, error_body
 from kairos.request import new_request_id
@@ -59,6 +76,7 @@ _SWEEP_SECONDS = 1.0
 _WARN_EVERY = 10.0  # seconds between two warnings of one kind
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 16 * 1024 * 1024
+_FRESH_GRACE = 1.0  # seconds a connection without a request yet gets at shutdown (see shutdown())
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +151,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.head_fields = 0
         self.head_refused = False
         self.linger_left = 0  # bytes still read and discarded after a refusal
+        self.shutting_down = False  # the server's shutdown found it before its first request
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -185,6 +204,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             and self.parser is not None
         ):
             self._refuse_head(f"Request head exceeds {self.limits.max_header_bytes} bytes")
+
+    def shutdown(self) -> None:
+        """Called by uvicorn's shutdown (after the drain delay), which closes at once every
+        connection without a request in progress. A connection that has not completed its first
+        request head was accepted just before the listener closed, and its client is sending that
+        request now: closing it fails a request that never reached the app (behind nginx a POST
+        becomes a 502). As Go's http.Server.Shutdown does for new connections, it gets
+        ``_FRESH_GRACE`` seconds for its head; a request that arrives is served with ``Connection:
+        close``. Idle keep-alive connections are closed at once, as uvicorn does."""
+        if self._no_request_yet() and not self.head_refused and not self.shutting_down:
+            self.shutting_down = True
+            self.loop.call_later(_FRESH_GRACE, self._end_grace)
+            return
+        super().shutdown()
+
+    def _end_grace(self) -> None:
+        if self._no_request_yet():  # still none: closed as uvicorn would have
+            super().shutdown()
+
+    def _no_request_yet(self) -> bool:
+        cycle: RequestResponseCycle | None = self.cycle  # typed as never None; it is, until a request
+        return cycle is None
+
+    def handle_websocket_upgrade(self) -> None:
+        if self.shutting_down:  # a WebSocket opened now would miss the shutdown's close frames
+            _warn("shutdown", "refused a WebSocket upgrade: the server is shutting down")
+            self._refuse("upstream_unavailable", "Server shutting down; try again")
+            return
+        super().handle_websocket_upgrade()
 
     def head_overdue(self) -> None:
         """Called by the sweeper: the head did not complete in time."""
@@ -261,6 +309,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             problem = f"Request head is {self.head_size} bytes; the limit is {limits.max_header_bytes}"
         else:
             super().on_headers_complete()
+            if self.shutting_down and self.cycle is not None:
+                self.cycle.keep_alive = False  # its one request is served, then it closes
             return
         if self.cycle is None or self.cycle.response_complete:
             self._refuse_head(problem)
@@ -310,6 +360,172 @@ class QuietDenialWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
             self.handshake_complete = True
+
+    def shutdown(self) -> None:
+        """The server is going down (the end of a drain): close with 1001 "going away", RFC 6455's
+        code for a server going down, where uvicorn sends 1012 "service restart". The client gets
+        the close frame; the app gets a ``websocket.disconnect`` with the same code, which the
+        WebSocket proxy relays to the backend, so both sides of a proxied WebSocket see 1001."""
+        if self.close_sent or not self.handshake_complete:
+            super().shutdown()  # a close already under way, or no WebSocket yet (uvicorn's 500)
+            return
+        self.stop_keepalive()
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001, "reason": _GOING_AWAY})
+        self.conn.send_close(1001, _GOING_AWAY)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.close()
+
+
+_GOING_AWAY = "server shutting down"
+
+
+class DrainingServer(Server):
+    """uvicorn's Server with a drain in front of its shutdown, for rolling restarts behind a load
+    balancer.
+
+    What uvicorn does by itself on SIGTERM or SIGINT: within 0.1 s it closes the listening sockets,
+    closes idle keep-alive connections, sends WebSockets 1012, waits for the responses in flight up
+    to ``timeout_graceful_shutdown`` (forever when None) then cancels them, runs the lifespan
+    shutdown, and re-raises the signal, so a single process dies *by* SIGTERM (exit -15 / 143). A
+    load balancer still sends new connections to a replica until its health check fails; with the
+    listener already closed they are refused or reset, and ``/ready`` never said anything.
+
+    Here the first signal only starts a drain: the gateway's ``draining`` flag turns ``/ready`` 503
+    at once, and everything is served as before (new connections, keep-alive) for ``drain_delay``
+    seconds, long enough for the balancer's probes to notice. Then uvicorn's own shutdown runs, with
+    ``timeout_graceful_shutdown`` = ``drain_timeout``. The signal is not re-raised: a drained
+    process exits 0. A second SIGINT (Ctrl-C again) stops at once, as it does under plain uvicorn;
+    a second SIGTERM changes nothing (a supervisor and a terminal may both send one).
+    """
+
+    def __init__(
+        self, config: Config, drain_delay: float | None = None, drain_timeout: float | None = None
+    ) -> None:
+        super().__init__(config)
+        if drain_delay is None or drain_timeout is None:
+            from kairos.settings import load_settings
+
+            settings = load_settings()
+            drain_delay = settings.drain_delay if drain_delay is None else drain_delay
+            drain_timeout = settings.drain_timeout if drain_timeout is None else drain_timeout
+        self.drain_delay = drain_delay
+        # uvicorn annotates it int, but only hands it to asyncio.wait_for, which takes seconds as a float.
+        config.timeout_graceful_shutdown = drain_timeout  # type: ignore[assignment]
+        self.drain_started: float | None = None
+        self._drain_logged = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: it only sets flags (the event loop acts on them in on_tick); nothing
+        # is appended to uvicorn's _captured_signals, so the signal is not re-raised at exit.
+        if self.should_exit or self.drain_started is not None:
+            if sig == signal.SIGINT:
+                self.should_exit = self.force_exit = True
+            return
+        if not self.started:  # still starting: nothing served yet, nothing to drain
+            self.should_exit = True
+            return
+        self.drain_started = time.monotonic()
+        gateway = _gateway_of(self.config.loaded_app)
+        if gateway is not None:
+            gateway.draining = True
+
+    async def on_tick(self, counter: int) -> bool:
+        started = self.drain_started
+        if started is not None and not self.should_exit:
+            if not self._drain_logged:
+                self._drain_logged = True
+                logger.info(
+                    "draining: /ready answers 503; serving for %gs more (KAIROS_DRAIN_DELAY), then "
+                    "requests in flight get up to %gs (KAIROS_DRAIN_TIMEOUT)",
+                    self.drain_delay,
+                    self.config.timeout_graceful_shutdown,
+                )
+            if time.monotonic() - started >= self.drain_delay:
+                logger.info(
+                    "drain delay over: closing the listener, %d connection(s) open",
+                    len(self.server_state.connections),
+                )
+                self.should_exit = True  # uvicorn's shutdown() follows
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, with the tracebacks of the requests it cuts at ``drain_timeout``
+        left out of the log (only from here on: before, a cancelled request is not ours to hide)."""
+        logging.getLogger("uvicorn.error").addFilter(_quiet_cut)
+        await super().shutdown(sockets)
+
+
+def _quiet_cut(record: logging.LogRecord) -> bool:
+    """Drops uvicorn's "Exception in ASGI application" traceback for a request cut at
+    ``drain_timeout`` (a CancelledError): one per request, forty lines each, all saying what uvicorn's
+    single "Cancel N running task(s), timeout graceful shutdown exceeded" already said."""
+    cut = record.exc_info is not None and isinstance(record.exc_info[1], asyncio.CancelledError)
+    return not (cut and str(record.msg).startswith("Exception in ASGI application"))
+
+
+def _gateway_of(app: Any) -> Any:
+    """The Kairos Gateway behind the app uvicorn loaded (``app.state.gateway``), through the
+    wrappers uvicorn may add (they keep the app as ``.app``); None for another app."""
+    for _ in range(8):
+        gateway = getattr(getattr(app, "state", None), "gateway", None)
+        if gateway is not None:
+            return gateway
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None
+
+
+class DrainingProcess(multiprocess.Process):
+    """A uvicorn worker process (``--workers N``) whose server is a DrainingServer."""
+
+    @property
+    def server(self) -> Server:
+        if self._server is None:
+            self._server = DrainingServer(self.config)
+        return self._server
+
+
+class DrainingSupervisor(multiprocess.Multiprocess):
+    """uvicorn's supervisor for ``--workers N``, with draining workers.
+
+    What uvicorn does by itself: on SIGTERM or SIGINT (looked at every 0.5 s) it sends SIGTERM to
+    every worker and waits for all of them, without a timeout, then returns: the parent exits 0
+    once its workers have drained. Two changes. The workers run DrainingServer: uvicorn builds them
+    from its module-level name ``Process`` (there is no factory argument), so that name points at
+    DrainingProcess while this supervisor runs (spawned workers unpickle the class by its import
+    path). And the parent closes its own copy of the listening socket once the workers are told to
+    stop: the workers' copies keep it open through their drain delay, and when the last one closes
+    it, new connections are refused instead of queueing in the backlog of a socket that no process
+    accepts on any more.
+    """
+
+    def run(self) -> None:
+        original = multiprocess.Process
+        multiprocess.Process = DrainingProcess  # type: ignore[misc]
+        try:
+            super().run()
+        finally:
+            multiprocess.Process = original  # type: ignore[misc]
+
+    def terminate_all(self) -> None:
+        super().terminate_all()
+        for sock in self.sockets:
+            sock.close()
+
+
+def serve(config: Config) -> None:
+    """``uvicorn.run()`` for a built Config, with DrainingServer (and DrainingSupervisor for several
+    workers): ``uvicorn.run`` takes no server class. Exits 3 (uvicorn's STARTUP_FAILURE) when a
+    single server never started."""
+    if config.workers > 1:
+        DrainingSupervisor(config, sockets=[config.bind_socket()]).run()
+        return
+    server = DrainingServer(config)
+    with contextlib.suppress(KeyboardInterrupt):  # a SIGINT before the handlers are installed
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def _warn(kind: str, message: str, *args: Any) -> None:

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # `kairos run` only: connections one worker holds at once; past it a new connection gets a 503
     # and is closed at once (its file descriptor is back immediately). 0 = no cap.
     max_connections: int = Field(10_000, ge=0)
+    # `kairos run` only (kairos/server.py, DrainingServer): on SIGTERM or SIGINT, /ready answers 503 at
+    # once and everything is still served for `drain_delay` seconds, so a load balancer sees the probe
+    # fail and stops sending before the listener closes; then requests in flight get up to
+    # `drain_timeout` seconds to finish before they are cut and the lifespan shutdown runs.
+    drain_delay: float = Field(5.0, ge=0, le=600)
+    drain_timeout: float = Field(30.0, ge=0, le=3600)
     # The DNS listener (kairos/dns/listener.py), UDP and TCP, for "protocol": "dns" routes: off
     # without a port. 53 needs CAP_NET_BIND_SERVICE (or root); 5353 runs unprivileged. Loopback by
     # default: a listener open to the world is an open resolver (a DDoS amplifier) unless the

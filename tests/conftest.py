@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,12 @@ import pytest
 
 from tests.asgi import AsgiClients
 from tests.processes import Server, free_port, redis_server, server_process, upstream_server
+
+# A gateway a test stops exits at once: the production drain delay (KAIROS_DRAIN_DELAY, 5 s of
+# serving after SIGTERM so a load balancer notices) would make every stop take 5 s. Processes that
+# inherit this environment get it; helpers that start from a clean one set it themselves
+# (tests/processes.py), and tests/e2e/test_drain.py sets its own.
+os.environ.setdefault("KAIROS_DRAIN_DELAY", "0")
 
 # kairos-rs's own config files, OUTSIDE the repository (../shared/kairos-rs-configs/, never copied in).
 # Optional: only tests/config/test_kairos_rs_shapes.py reads it, and skips when it is absent; the

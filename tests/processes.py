@@ -219,7 +219,16 @@ def kairos_run(
     if config is not None:
         config_path.write_text(json.dumps(config))
     environment = {key: value for key, value in os.environ.items() if not key.startswith("KAIROS_")}
-    environment.update({"KAIROS_CONFIG_PATH": str(config_path), "PYTHONPATH": str(ROOT), **(env or {})})
+    environment.update(
+        {
+            "KAIROS_CONFIG_PATH": str(config_path),
+            "PYTHONPATH": str(ROOT),
+            # No drain delay when a test stops the gateway (the production default keeps serving for
+            # 5 s after SIGTERM so a load balancer notices); tests of the drain set their own.
+            "KAIROS_DRAIN_DELAY": "0",
+            **(env or {}),
+        }
+    )
     command = ["-m", "kairos", "run", "--host", "127.0.0.1", "--port", str(port)]
     with server_process(command, port, tmp_path / f"kairos-run-{port}.log", environment, wait) as server:
         if wait:

@@ -12,11 +12,13 @@ from typing import Any
 
 
 def run(host: str | None, port: int | None, workers: int | None, config: Path | None) -> int:
-    """Start the gateway; the exit code (1: invalid config, 2: bad environment)."""
+    """Start the gateway; the exit code (1: invalid config, 2: bad environment). SIGTERM or SIGINT
+    drains it first (kairos/server.py, DrainingServer), then it returns 0."""
     import uvicorn
 
     from kairos.config import ConfigError, load_file
     from kairos.logs import level_name
+    from kairos.server import serve
     from kairos.settings import SettingsError, load_settings
 
     if config:
@@ -42,8 +44,11 @@ def run(host: str | None, port: int | None, workers: int | None, config: Path | 
     temporary = _multiprocess_metrics(workers)
     raise_open_files_limit()
     try:
-        uvicorn.run(
-            "kairos.app:app", host=host, port=port, workers=workers, log_level=level, **SERVER_OPTIONS
+        # uvicorn.run() with kairos/server.py's draining server: uvicorn.run takes no server class.
+        serve(
+            uvicorn.Config(
+                "kairos.app:app", host=host, port=port, workers=workers, log_level=level, **SERVER_OPTIONS
+            )
         )
     finally:
         if temporary is not None:
@@ -53,8 +58,9 @@ def run(host: str | None, port: int | None, workers: int | None, config: Path | 
 
 # How `kairos run` serves the app (kairos/server.py says why each one): uvloop, uvicorn's httptools
 # protocol behind the connection guard, the WebSocket implementation that ends a refused upgrade
-# quietly, no access log (Kairos has its own), client addresses from the socket (Kairos resolves
-# trusted proxies itself), and one Server header naming the gateway.
+# quietly (and closes with 1001 at shutdown), no access log (Kairos has its own), client addresses
+# from the socket (Kairos resolves trusted proxies itself), and one Server header naming the gateway.
+# The drain on SIGTERM is the server class's (kairos.server.serve), with KAIROS_DRAIN_* settings.
 SERVER_OPTIONS: dict[str, Any] = {
     "loop": "uvloop",
     "http": "kairos.server:GuardedHttpToolsProtocol",

@@ -594,7 +594,9 @@ def test_every_worker_binds_the_dns_port(module_tmp: Path, local: Dnsmasq) -> No
         json.dumps({"version": 1, "routers": [dns_route("/local", [local.port], ["local.test"])]})
     )
     environment = {key: value for key, value in os.environ.items() if not key.startswith("KAIROS_")}
-    environment.update({"KAIROS_CONFIG_PATH": str(config), "KAIROS_DNS_PORT": str(dns_port)})
+    environment.update(
+        {"KAIROS_CONFIG_PATH": str(config), "KAIROS_DNS_PORT": str(dns_port), "KAIROS_DRAIN_DELAY": "0"}
+    )
     command = ["-m", "kairos", "run", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     with server_process(command, port, module_tmp / f"workers-{port}.log", environment) as server:
         deadline = time.monotonic() + 30

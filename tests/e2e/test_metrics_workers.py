@@ -207,7 +207,7 @@ def test_kairos_run_makes_and_removes_a_temporary_directory(module_tmp: Path, up
     config_path.write_text(json.dumps(config(upstream)))
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key.upper() != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"KAIROS_WORKERS": "2", "KAIROS_CONFIG_WATCH": "false"})
+    env.update({"KAIROS_WORKERS": "2", "KAIROS_CONFIG_WATCH": "false", "KAIROS_DRAIN_DELAY": "0"})
     args = ["-m", "kairos", "run", "--host", "127.0.0.1", "--port", str(port), "--config", str(config_path)]
     log = module_tmp / f"kairos-run-{port}.log"
     with server_process(args, port, log, env) as server:

@@ -16,6 +16,7 @@ from tests.processes import ROOT, Server, backend, free_port, route, stop, wait_
 def _env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("KAIROS_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["KAIROS_DRAIN_DELAY"] = "0"  # a gateway stopped by the test exits at once
     return {**env, **extra}
 
 
