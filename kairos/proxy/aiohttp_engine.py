@@ -95,20 +95,33 @@ class AiohttpEngine:
             timeout = self._timeouts[connect] = aiohttp.ClientTimeout(total=None, sock_connect=connect)
         return timeout
 
+    async def _request(
+        self, session: aiohttp.ClientSession, request: UpstreamRequest
+    ) -> aiohttp.ClientResponse:
+        return await session.request(
+            request.method,
+            URL(request.url, encoded=True),
+            headers=request.headers,
+            data=request.body,
+            timeout=self._timeout(request.connect_timeout),
+            allow_redirects=False,
+            ssl=request.ssl if request.ssl is not None else True,
+        )
+
     async def send(self, request: UpstreamRequest) -> AiohttpResponse:
         session = self._session
         if session is None:
             raise RuntimeError("engine not started")
         try:
-            response = await session.request(
-                request.method,
-                URL(request.url, encoded=True),
-                headers=request.headers,
-                data=request.body,
-                timeout=self._timeout(request.connect_timeout),
-                allow_redirects=False,
-                ssl=request.ssl if request.ssl is not None else True,
-            )
+            try:
+                response = await self._request(session, request)
+            except aiohttp.ClientOSError as exc:
+                # A pooled keep-alive connection the upstream closed just before our write: nothing
+                # reached it ("Can not write request body"), so a body held in memory is sent once
+                # more on a fresh connection, as nginx retries a request it could not send.
+                if "Can not write request body" not in str(exc) or not isinstance(request.body, bytes | None):
+                    raise
+                response = await self._request(session, request)
         except aiohttp.ConnectionTimeoutError as exc:
             raise UpstreamTimeout(
                 f"connecting to the upstream timed out after {request.connect_timeout}s"
