@@ -28,10 +28,12 @@ non-streaming and streaming chat completions (16 words: 19 SSE events), each wit
 and p99: wrk times a request until its response ends, the whole stream for SSE) and ``wrk -cC``
 (requests/s, C = 50), a Lua script POSTing the JSON body; then ``TTFT_REQUESTS`` sequential
 streaming requests from a Python client (httpx, one keep-alive connection) timing the first
-``data:`` event. The SUT's CPU time (utime+stime from /proc, all threads) over each run gives its
-CPU per request. Every request of a run must reach the provider (its call counter is read after
-each run) and answer 200, or the run is left out. Ratios and differences are taken within a
-round, then the median across rounds is the figure.
+``data:`` event. Before and after every run the script waits until the gateways are idle (at c=50
+a slow one is still working on what wrk left in flight seconds later). CPU per request: the
+gateway's utime+stime (/proc, all threads) from a run's start until it is idle again, over the
+calls the provider received. Every request of a run must reach the provider (its call counter is
+read after each run) and answer 200, or the run is left out. Ratios and differences are taken
+within a round, then the median across rounds is the figure.
 
 Goals: Kairos's added latency at c=1 (its p50 minus direct's) at most 1/5 of LiteLLM Proxy's,
 non-streaming and streaming; Kairos's requests/s at c=50 at least 3x LiteLLM Proxy's, both kinds;
