@@ -286,45 +286,27 @@ def run_route_bench(settings: Settings) -> tuple[list[TableResult] | None, str |
 
 
 def run_dashboard_bench(settings: Settings) -> DashboardResults:
-    """In a child on the load CPU (it is the client; it starts the gateway and the standalone
-    dashboard on the SUT CPU and stops them by PID); its progress goes to our stderr. Stopped with
-    SIGTERM, never SIGKILL first, so its ``finally`` stops those servers."""
-    command = [sys.executable, str(BENCH / "dashboard.py"), "--json"]
-    command += ["--samples", str(settings.dashboard_samples), "--code", str(settings.code)]
-    command += ["--sut-cpu", str(settings.sut_cpu), "--load-cpu", str(settings.load_cpu)]
-    command += ["--logs", str(settings.raw_dir)]
-    env = {**os.environ, "PYTHONPATH": str(settings.code)}
+    """The dashboard pages (bench/dashboard.py): the child starts the gateway and the standalone
+    dashboard on the SUT CPU and stops them by PID."""
     failed = DashboardResults(DASHBOARD_ROUTES, settings.dashboard_samples)
-    child = subprocess.Popen(
-        pinned(settings.load_cpu, command), stdout=subprocess.PIPE, text=True, cwd=settings.code, env=env
+    extra = ["--samples", str(settings.dashboard_samples)]
+    return run_part(
+        "dashboard.py", extra, settings, DashboardResults.from_json, failed, timeout=600, cwd=settings.code
     )
-    try:
-        out, _ = child.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        failed.errors["setup"] = "bench/dashboard.py did not finish within 600 s"
-        return failed
-    finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-    if child.returncode != 0:
-        failed.errors["setup"] = f"bench/dashboard.py exited with code {child.returncode} (see its stderr)"
-        return failed
-    try:
-        return DashboardResults.from_json(json.loads(out))
-    except (ValueError, TypeError, KeyError) as exc:
-        failed.errors["setup"] = f"unreadable output of bench/dashboard.py: {exc}"
-        return failed
 
 
 P = TypeVar("P")
 
 
-def run_part(script: str, extra: list[str], settings: Settings, parse: Callable[[Any], P], failed: P) -> P:
+def run_part(
+    script: str,
+    extra: list[str],
+    settings: Settings,
+    parse: Callable[[Any], P],
+    failed: P,
+    timeout: float = 1200,
+    cwd: Path | None = None,
+) -> P:
     """A self-contained part (bench/ftp.py, bench/dns_bench.py) in a child on the load CPU: it is the
     client's side, starts its servers (the SUT pinned to the SUT CPU) and stops them by PID; its
     progress goes to our stderr, its ``--json`` result to ``parse``. Stopped with SIGTERM, never
@@ -335,12 +317,16 @@ def run_part(script: str, extra: list[str], settings: Settings, parse: Callable[
     env = {**os.environ, "PYTHONPATH": str(settings.code)}
     errors: dict[str, str] = getattr(failed, "errors")  # noqa: B009  (every results class has it)
     child = subprocess.Popen(
-        pinned(settings.load_cpu, command), stdout=subprocess.PIPE, text=True, cwd=BENCH.parent, env=env
+        pinned(settings.load_cpu, command),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=cwd or BENCH.parent,
+        env=env,
     )
     try:
-        out, _ = child.communicate(timeout=1200)
+        out, _ = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        errors["setup"] = f"bench/{script} did not finish within 1200 s"
+        errors["setup"] = f"bench/{script} did not finish within {timeout:.0f} s"
         return failed
     finally:
         if child.poll() is None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kairos.ai.context import redact
-from kairos.config.ai import PROVIDER_KEY_ENV, AiProviderConfig
+from kairos.config.ai import PROVIDER_KEY_ENV, AiProviderConfig, litellm_model
 from kairos.config.policies import CircuitBreakerConfig
 from kairos.resilience.breaker import CircuitBreaker
 
@@ -166,7 +166,7 @@ class ProviderSpec:
     @property
     def label(self) -> str:
         """``provider/model``: what metrics and logs name it by (never the key)."""
-        return self.model if self.model.startswith(self.provider + "/") else f"{self.provider}/{self.model}"
+        return litellm_model(self.provider, self.model)
 
     @property
     def identity(self) -> str:
@@ -212,8 +212,7 @@ class Provider:
 
     def _kwargs(self, timeout: float) -> dict[str, Any]:
         spec = self.spec
-        model = spec.model if spec.model.startswith(spec.provider + "/") else f"{spec.provider}/{spec.model}"
-        kwargs: dict[str, Any] = {"model": model, "timeout": timeout, "num_retries": 0, "max_retries": 0}
+        kwargs: dict[str, Any] = {"model": spec.label, "timeout": timeout, "num_retries": 0, "max_retries": 0}
         if spec.api_key is not None:
             kwargs["api_key"] = spec.api_key
         if spec.api_base is not None:

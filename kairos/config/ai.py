@@ -28,6 +28,12 @@ PROVIDER_KEY_ENV = {
 }
 
 
+def litellm_model(provider: str, model: str) -> str:
+    """``provider/model`` as litellm names a model (and metrics, headers and logs name it, never by
+    its key); a model already written with its provider prefix is kept as it is."""
+    return model if model.startswith(provider + "/") else f"{provider}/{model}"
+
+
 class AiProviderConfig(ConfigModel):
     """An AI provider and model, called through litellm (so any provider it supports) as
     `provider/model`."""

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, Strict, field_validator, model_validator
 
+from kairos.config.ai import litellm_model
 from kairos.config.base import Bool, ConfigModel, Float, NonNegativeInt, PositiveInt, StatusCode, Str
 
 DEFAULT_FALLBACK_STATUSES = (408, 429, 500, 502, 503, 504)
@@ -67,7 +68,7 @@ class LlmTarget(ConfigModel):
     @property
     def label(self) -> str:
         """`provider/model`, what headers, metrics and analytics name it by (never the key)."""
-        return self.model if self.model.startswith(self.provider + "/") else f"{self.provider}/{self.model}"
+        return litellm_model(self.provider, self.model)
 
 
 class LlmModel(ConfigModel):
