@@ -41,10 +41,15 @@ ENGINE_SUITES := tests/e2e/test_http_proxy.py tests/e2e/test_faults.py tests/e2e
 
 # Coverage covers the gateway processes the suite starts too (pyproject: patch = subprocess); the
 # per-package table is printed and the total may not fall below [tool.coverage.report] fail_under.
+# Most of the suite waits on real processes, so it runs in TEST_WORKERS pytest-xdist workers, a
+# test file per worker at a time (module fixtures start once); tests/processes.free_port gives each
+# worker its own port range. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 test: install system-deps
 	@rm -f .coverage .coverage.*
-	$(PY) -m coverage run -m pytest -q $(PYTEST_ARGS)
-	KAIROS_UPSTREAM_ENGINE=aiohttp $(PY) -m coverage run -m pytest -q $(ENGINE_SUITES)
+	$(PY) -m coverage run -m pytest -q $(XDIST) $(PYTEST_ARGS)
+	KAIROS_UPSTREAM_ENGINE=aiohttp $(PY) -m coverage run -m pytest -q $(XDIST) $(ENGINE_SUITES)
 	@$(PY) -m coverage combine -q
 	@$(PY) .ci/coverage_by_package.py
 	$(PY) -m coverage report --format=total

@@ -39,6 +39,22 @@ _PICKER = random.Random()
 _HANDED_OUT: set[int] = set()
 
 
+def _worker_port_range() -> tuple[int, int]:
+    """The slice of ports below the ephemeral range this pytest process may hand out.
+
+    Under pytest-xdist (`make test` runs `-n 2`) every worker is its own process with its own
+    `_HANDED_OUT`; giving each worker a disjoint slice means two workers can never pick the same
+    port between the check and the server's bind."""
+    low, high = 10000, min(_EPHEMERAL[0], 65536) - 1
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... or unset
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return low, high
+    index = int(worker[2:]) % count
+    size = (high - low + 1) // count
+    return low + index * size, low + (index + 1) * size - 1
+
+
 def free_port() -> int:
     """A port nothing listens on now, for a server a test is about to start.
 
@@ -46,8 +62,7 @@ def free_port() -> int:
     again as the local port of any outgoing connection before the server binds it, which once failed
     a CI run with "address already in use". Ports below the range are only ever taken by a bind, and
     this process never hands out the same one twice."""
-    low = 10000
-    high = min(_EPHEMERAL[0], 65536) - 1
+    low, high = _worker_port_range()
     for _ in range(200):
         port = _PICKER.randint(low, high)
         if port in _HANDED_OUT:
