@@ -51,9 +51,10 @@ class ConfigStoreUnavailable(OSError):
 
 class RedisConfigStore:
     def __init__(self, url: str, key: str = KEY, channel: str = CHANNEL) -> None:
-        from kairos.redis_outage import connect
+        from kairos.redis_outage import connect, redacted
 
-        self.url = url
+        # What logs, errors and /api/config/status show: never the password (it only goes to connect).
+        self.url = redacted(url)
         self.key = key
         self.channel = channel
         # Any URL the other stores take (Sentinel, Cluster: kairos.redis_outage); longer timeouts, as

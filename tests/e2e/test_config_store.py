@@ -111,3 +111,11 @@ def test_two_changes_from_one_generation_one_wins(redis: Server) -> None:
     first, second, stored = asyncio.run(race())
     assert first == 1 and second is None
     assert stored == (1, '{"version": 1, "routers": []}')
+
+
+def test_the_store_url_shown_in_logs_and_errors_has_no_password() -> None:
+    from kairos.config_store import RedisConfigStore
+
+    store = RedisConfigStore("redis://:s3cret-pass@127.0.0.1:1/0?sentinel_password=other-secret")
+    assert "s3cret-pass" not in store.url and "other-secret" not in store.url
+    assert store.url.startswith("redis://***@127.0.0.1:1/0")
