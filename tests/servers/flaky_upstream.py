@@ -13,8 +13,9 @@ path according to its current mode:
   fails with ECONNREFUSED; switching to another mode listens again on the same port.
 
 The admin port (never affected by the modes; it opens last, so once it accepts every upstream
-listens): ``POST /{port}/mode/{mode}``, ``GET /{port}/stats`` (``{"requests": n, "mode": m}``:
-requests that upstream received) and ``POST /{port}/reset``.
+listens): ``POST /{port}/mode/{mode}``, ``GET /{port}/stats`` (``{"requests": n, "probes": p,
+"mode": m}``: requests that upstream received, of which ``p`` were health probes on ``/health``)
+and ``POST /{port}/reset``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class Flaky:
         self.port = port
         self.mode = "ok"
         self.requests = 0
+        self.probes = 0  # the requests on /health: a gateway's active health checks
         self.runner = web.AppRunner(self.main_app(), handle_signals=False, access_log=None)
         self.site: web.TCPSite | None = None
 
     def main_app(self) -> web.Application:
         async def handle(request: web.Request) -> web.StreamResponse:
             self.requests += 1
+            self.probes += request.path == "/health"
             await request.read()
             mode = self.mode
             if mode == "hang":
@@ -84,10 +87,12 @@ def admin_app(upstreams: dict[int, Flaky]) -> web.Application:
 
     async def stats(request: web.Request) -> web.Response:
         upstream = flaky(request)
-        return web.json_response({"requests": upstream.requests, "mode": upstream.mode})
+        return web.json_response(
+            {"requests": upstream.requests, "probes": upstream.probes, "mode": upstream.mode}
+        )
 
     async def reset(request: web.Request) -> web.Response:
-        flaky(request).requests = 0
+        flaky(request).requests = flaky(request).probes = 0
         return web.json_response({"requests": 0})
 
     app = web.Application()
