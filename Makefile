@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 # Debian when missing.
 system-deps:
 	@.ci/apt-install redis-server:redis-server chromium:chromium dnsmasq:dnsmasq-base \
-		dig:bind9-dnsutils kdig:knot-dnsutils pg_ctlcluster:postgresql nginx:nginx
+		dig:bind9-dnsutils kdig:knot-dnsutils pg_ctlcluster:postgresql nginx:nginx memcached:memcached
 
 # Starts the demo upstream (HTTP + WebSocket echo on 127.0.0.1:$(DEMO_PORT)) and the gateway on
 # 0.0.0.0:5900 with the embedded default config; Ctrl-C stops both.

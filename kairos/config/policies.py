@@ -21,6 +21,7 @@ from kairos.config.base import (
     StatusCode,
     Str,
 )
+from kairos.config.storage_uri import check_storage_uri
 
 
 class CacheConfig(ConfigModel):
@@ -63,8 +64,9 @@ class CacheConfig(ConfigModel):
     )
     storage_uri: Str | None = Field(
         None,
-        description="`memory://`, or `redis://`, `rediss://` or `unix://` to share one cache between "
-        "replicas. Unset: `KAIROS_REDIS_URL` when set, else memory.",
+        description="`memory://`, or Redis (`redis://`, `rediss://`, `unix://`, `redis+sentinel://`, "
+        "`redis+cluster://`) to share one cache between replicas. Unset: `KAIROS_REDIS_URL` when set, "
+        "else memory.",
     )
 
     @field_validator("vary_headers")
@@ -78,9 +80,7 @@ class CacheConfig(ConfigModel):
     @field_validator("storage_uri")
     @classmethod
     def _storage(cls, uri: str | None) -> str | None:
-        if uri is not None and uri.split("://", 1)[0].lower() not in ("memory", "redis", "rediss", "unix"):
-            raise ValueError("must be memory://, redis://, rediss:// or unix://")
-        return uri
+        return None if uri is None else check_storage_uri(uri, with_limits=False)
 
 
 # Algorithms that need a package beyond the standard library, and the modules that provide them.

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from kairos.config.base import Bool, ConfigModel, NonNegativeInt, PositiveInt, Str, also_spelled
+from kairos.config.storage_uri import check_storage_uri, limits_storage, redacted, scheme_of
 
 SimpleStrategy = Literal["PerIP", "PerUser", "PerRoute", "PerIPAndRoute", "PerUserAndRoute"]
 WindowType = Literal["FixedWindow", "SlidingWindow", "TokenBucket"]
@@ -40,6 +41,8 @@ _STRATEGY_NAMES = {
     "per_user_and_route": "PerUserAndRoute",
 }
 
+
+_MEMCACHED_TTL = 30 * 86_400  # the longest relative expiry memcached takes (seconds)
 
 # The snake_case spellings, listed in the schema beside the canonical names (any case is accepted).
 _SNAKE_WINDOWS = tuple(name for name in _WINDOW_NAMES if "_" in name)
@@ -137,22 +140,23 @@ class RateLimitConfig(ConfigModel):
     redis_key_prefix: Str = Field("kairos_rl", min_length=1, description="Prefix of the keys in Redis.")
     storage_uri: Str | None = Field(
         None,
-        description="`memory://`, or `redis://`, `rediss://` or `unix://` for this limit; wins over "
-        "`enable_redis` and `KAIROS_REDIS_URL`. Unset: Redis when `enable_redis` or `KAIROS_REDIS_URL` "
-        "says so, else memory.",
+        description="Where this limit's counters live; wins over `enable_redis` and `KAIROS_REDIS_URL`. "
+        "`memory://` (this process), Redis (`redis://`, `rediss://`, `unix://`, `redis+sentinel://`, "
+        "`redis+cluster://`: one Lua script per decision), or a storage of the `limits` library "
+        "(`memcached://`, `mongodb://`, `valkey://`, or any of its `async+...://` schemes, "
+        "`async+redis://` included), which takes `FixedWindow` and `SlidingWindow` but not "
+        "`TokenBucket`. Unset: Redis when `enable_redis` or `KAIROS_REDIS_URL` says so, else memory.",
     )
     fail_closed: Bool = Field(
         False,
-        description="While Redis is unreachable: `false` admits requests, `true` answers 503 "
-        "`rate_limit_unavailable`.",
+        description="While the shared store (Redis, memcached, ...) is unreachable: `false` admits "
+        "requests, `true` answers 503 `rate_limit_unavailable`.",
     )
 
     @field_validator("storage_uri")
     @classmethod
     def _storage_scheme(cls, uri: str | None) -> str | None:
-        if uri is not None and not uri.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ValueError("must start with memory://, redis://, rediss:// or unix://")
-        return uri
+        return None if uri is None else check_storage_uri(uri, with_limits=True)
 
     @model_validator(mode="after")
     def _numbers_present(self) -> RateLimitConfig:
@@ -160,17 +164,48 @@ class RateLimitConfig(ConfigModel):
             raise ValueError(
                 "set burst_size (the most admitted at once) or burst_allowance (added to the quota), not both"
             )
+        self._limits_algorithms()
         if not self.enabled or isinstance(self.strategy, CompositeStrategy):
             return self
         if self.requests_per_window is None or self.window_duration is None:
             raise ValueError("requests_per_window and window_duration must be numbers")
         return self
 
+    def _limits_algorithms(self) -> None:
+        """A storage of the ``limits`` library runs limits' own strategies: fixed window and
+        sliding-window counter. It has no token bucket, so one is refused here rather than
+        enforced as something else. memcached reads an expiry above 30 days as a date in 1970 (its
+        protocol), so a key meant to last longer would vanish at once and never limit anything: a
+        window whose keys would outlive that is refused too."""
+        storage = limits_storage(self.storage_uri)
+        if not self.enabled or storage is None:
+            return
+        assert self.storage_uri is not None
+        where = f"storage_uri {redacted(self.storage_uri)!r}"
+        if isinstance(self.strategy, CompositeStrategy):
+            named = [(f"strategy.Composite[{n}].", part) for n, part in enumerate(self.strategy.composite)]
+        else:
+            named = [("", self)]
+        for field, limit in named:
+            if limit.window_type == "TokenBucket":
+                raise ValueError(
+                    f"{field}window_type: TokenBucket has no counterpart among the strategies of the limits "
+                    f"library, which {where} uses: use FixedWindow or SlidingWindow, or a memory:// or "
+                    "Redis storage_uri"
+                )
+            lives = 2 if limit.window_type == "SlidingWindow" else 1  # a sliding window keeps two windows
+            if storage.scheme == "async+memcached" and (limit.window_duration or 0) * lives > _MEMCACHED_TTL:
+                raise ValueError(
+                    f"{field}window_duration: {limit.window_duration} s is too long for memcached ({where}), "
+                    f"whose keys cannot be kept more than 30 days: a {limit.window_type} keeps "
+                    f"{lives} window(s), so at most {_MEMCACHED_TTL // lives} s"
+                )
+
     @property
     def uses_redis(self) -> bool:
-        """Whether this policy asks for Redis itself (the process's KAIROS_REDIS_URL may too)."""
+        """Whether this policy asks for a shared store itself (the process's KAIROS_REDIS_URL may too)."""
         if self.storage_uri is not None:
-            return not self.storage_uri.startswith("memory://")
+            return scheme_of(self.storage_uri) != "memory"
         return self.enable_redis
 
     @model_validator(mode="before")

@@ -3,26 +3,33 @@
 Owned by the Gateway (one per process, closed in the lifespan) or created by a standalone
 ``RateLimitMiddleware``. Policies compile once per distinct config. A policy uses Redis when its
 ``storage_uri`` says so, when it sets ``enable_redis``, or when the process has
-``KAIROS_REDIS_URL``; ``storage_uri: "memory://"`` keeps one policy in process regardless.
+``KAIROS_REDIS_URL``; ``storage_uri: "memory://"`` keeps one policy in process regardless. A
+``storage_uri`` of the ``limits`` library (``memcached://``, ``async+redis://``...) goes to
+``LimitsStore``, one per URI like the Redis stores.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 from kairos.compiled import PerConfig
 from kairos.config.ratelimit import RateLimitConfig
+from kairos.config.storage_uri import limits_storage, scheme_of
 from kairos.ratelimit.memory import MemoryStore
 from kairos.ratelimit.policy import Limit, Policy, compile_policy, subject
 from kairos.ratelimit.redis_store import RedisStore, StoreUnavailable
 from kairos.ratelimit.verdict import Verdict
 
+if TYPE_CHECKING:
+    from kairos.ratelimit.limits_store import LimitsStore
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _admitted = tuple.__new__
 
 Headers = list[tuple[bytes, bytes]]
+Store: TypeAlias = "MemoryStore | RedisStore | LimitsStore"
 
 
 class Decision(NamedTuple):
@@ -37,26 +44,33 @@ class RateLimiter:
         self.redis_url = redis_url
         self.memory = memory if memory is not None else MemoryStore()
         self._redis: dict[str, RedisStore] = {}
-        self._policies: PerConfig[RateLimitConfig, tuple[Policy, MemoryStore | RedisStore]] = PerConfig(
-            self._compile
-        )
+        self._limits: dict[str, LimitsStore] = {}
+        self._policies: PerConfig[RateLimitConfig, tuple[Policy, Store]] = PerConfig(self._compile)
         self.rejected: Counter[str] = Counter()  # refusals per route template (counted by the middleware)
         self.admitted_without_store = 0  # fail-open decisions while a store was down
 
-    def compile(self, config: RateLimitConfig) -> tuple[Policy, MemoryStore | RedisStore]:
+    def compile(self, config: RateLimitConfig) -> tuple[Policy, Store]:
         """The compiled policy and the store it uses, once per distinct config object."""
         return self._policies.get(config)
 
-    def _compile(self, config: RateLimitConfig) -> tuple[Policy, MemoryStore | RedisStore]:
+    def _compile(self, config: RateLimitConfig) -> tuple[Policy, Store]:
         policy = compile_policy(config)
         return policy, self.store_for(policy)
 
-    def store_for(self, policy: Policy) -> MemoryStore | RedisStore:
+    def store_for(self, policy: Policy) -> Store:
         uri = policy.storage_uri
         if uri is None and (policy.wants_redis or self.redis_url):
             uri = self.redis_url or DEFAULT_REDIS_URL
-        if uri is None or uri.startswith("memory://"):
+        if uri is None or scheme_of(uri) == "memory":
             return self.memory
+        if limits_storage(uri) is not None:
+            shared = self._limits.get(uri)
+            if shared is None:
+                # Imported here: `limits` takes about 0.1 s to import, paid only by a config that uses it.
+                from kairos.ratelimit.limits_store import LimitsStore
+
+                shared = self._limits[uri] = LimitsStore(uri)
+            return shared
         store = self._redis.get(uri)
         if store is None:
             store = self._redis[uri] = RedisStore(uri)
@@ -64,7 +78,9 @@ class RateLimiter:
 
     @property
     def store_failures(self) -> int:
-        return sum(store.failures for store in self._redis.values())
+        return sum(store.failures for store in self._redis.values()) + sum(
+            store.failures for store in self._limits.values()
+        )
 
     def check_now(
         self, config: RateLimitConfig, scope_key: str, client_ip: str, user: str | None, route_key: str
@@ -103,6 +119,9 @@ class RateLimiter:
         for store in self._redis.values():
             await store.close()
         self._redis.clear()
+        for shared in self._limits.values():
+            await shared.close()
+        self._limits.clear()
 
 
 def _decision(policy: Policy, verdicts: list[Verdict], allowed: bool) -> Decision:
