@@ -36,6 +36,8 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.typing import EncodableT
 
+from kairos.config.storage_uri import redacted
+
 logger = logging.getLogger("kairos")
 
 RETRY_SECONDS = 1.0
@@ -163,18 +165,6 @@ def _number(text: str, url: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"{redacted(url)}: {text!r} is not a number") from None
-
-
-def redacted(url: str) -> str:
-    """The URL without its secrets (the password, a ``...password=`` option), for logs."""
-    scheme, separator, rest = url.partition("://")
-    rest, question, query = rest.partition("?")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    if question:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{key}=***" if "password" in key else f"{key}={value}" for key, value in pairs)
-    return f"{scheme}{separator}{rest}{question}{query}"
 
 
 class Outage:

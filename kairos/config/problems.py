@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kairos.config.base import ConfigModel
+from kairos.config.storage_uri import redacted
 
 _MISSING = object()
 SECRET_KEYS = frozenset({"secret", "api_key", "api_keys", "keys", "password", "token", "jwt_secret"})
@@ -32,6 +33,10 @@ def format_path(loc: Iterable[str | int]) -> str:
 
 
 def describe_value(value: Any) -> str:
+    """The offending value as an operator reads it: JSON, cut at 80 characters, and a URL's
+    credentials (``redis://:password@host``) masked, as the value goes to logs and terminals."""
+    if isinstance(value, str) and "://" in value:
+        value = redacted(value)
     try:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 from typing import NamedTuple
+from urllib.parse import parse_qsl
 
 # Opened by Kairos's own stores (kairos/redis_outage.py), in every section.
 REDIS_SCHEMES = (
@@ -129,9 +130,14 @@ def check_storage_uri(uri: str, *, with_limits: bool) -> str:
 
 
 def redacted(uri: str) -> str:
-    """The URI without its user and password, for error messages."""
+    """The URI without its secrets (the user and password, any ``...password=`` option), for logs,
+    errors and config diagnostics."""
     scheme, separator, rest = uri.partition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return f"{scheme}{separator}{authority}{slash}{path}"
+    rest, question, query = rest.partition("?")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    if question:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        masked = ((key, "***" if "password" in key.lower() else value) for key, value in pairs)
+        query = "&".join(f"{key}={value}" for key, value in masked)
+    return f"{scheme}{separator}{rest}{question}{query}"

@@ -173,3 +173,12 @@ def _limits_schemes() -> set[str]:
     from limits._storage_scheme import SCHEMES  # private, but the only list limits keeps
 
     return set(SCHEMES)
+
+
+def test_the_loader_line_quoting_a_bad_uri_masks_its_credentials() -> None:
+    """The loader's "(got ...)" quotes the offending value: for a URL it must not quote its password."""
+    found = errors(
+        config(route(cache={"ttl_secs": 5, "storage_uri": "ftp://ops:hunter2@cache.local/0?password=pw2"}))
+    )
+    line = next(line for line in found if "storage_uri" in line)
+    assert "hunter2" not in line and "pw2" not in line and "ftp://***@cache.local/0?password=***" in line
