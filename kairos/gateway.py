@@ -57,6 +57,7 @@ from kairos.reload import ConfigWatcher, SighupReload
 from kairos.resilience.health import HealthChecker
 from kairos.resilience.panic import PanicTracker
 from kairos.resilience.retry import RetryStats
+from kairos.resilience.shared_breaker import SharedBreakers
 from kairos.routing.backend import Backend, BackendState
 from kairos.routing.matcher import RouteTable
 from kairos.routing.route import compile_route
@@ -158,8 +159,12 @@ class Gateway:
         # Response cache stores (memory per route, Redis per URL) + coalescing; purge() for admin.
         self.cache = ResponseCache(settings.redis_url, routes=lambda: self.table.routes)
         self.health_checker = HealthChecker()  # probes run from startup() to shutdown()
-        # AI routing: providers, decision cache, counters; loads litellm only if a route needs it.
-        self.ai_router = AiRouter()
+        # Circuit breakers with "shared": true: their state in Redis (KAIROS_REDIS_URL), attached to
+        # the backends' breakers by apply(); the client is closed by shutdown().
+        self.shared_breakers = SharedBreakers(settings.redis_url)
+        # AI routing: providers, decision cache (also in Redis with KAIROS_REDIS_URL), counters; loads
+        # litellm only if a route needs it.
+        self.ai_router = AiRouter(settings.redis_url)
         self.ftp_pool = FtpPool()  # logged-in FTP control connections of ftp routes
         # kairos.access handler + writer thread, from startup() to shutdown(); None: KAIROS_ACCESS_LOG=false
         self.access_log = AccessLog(settings.log_format) if settings.access_log else None
@@ -248,6 +253,7 @@ class Gateway:
         self.config_document = loaded.document
         self.config_digest = loaded.digest
         self.ai_router.configure(config)
+        self.shared_breakers.update(table.routes, config.circuit_breaker, loaded.source)
         self.table = table
         self.dns.update(table, lambda: self.config.circuit_breaker if self.config is not None else None)
         self.llm.update(table)
@@ -539,6 +545,7 @@ class Gateway:
         await self.rate_limiter.close()
         await self.cache.close()
         await self.ai_router.close()
+        await self.shared_breakers.close()
         self.ftp_pool.close()
         if self.config_store is not None:
             await self.config_store.close()

@@ -36,7 +36,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.typing import EncodableT
 
-from kairos.config.storage_uri import redacted
+from kairos.config.storage_uri import redacted as redacted  # re-exported: the stores log with it
 
 logger = logging.getLogger("kairos")
 

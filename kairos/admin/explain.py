@@ -41,7 +41,6 @@ from kairos.api_models import Backends, Explanation
 from kairos.cache.policy import url_key
 from kairos.config.model import HTTP_METHODS, GatewayConfig
 from kairos.gateway import RESERVED_PATHS, Gateway
-from kairos.resilience.breaker import OPEN
 from kairos.resilience.retry import IDEMPOTENT_METHODS
 from kairos.routing.backend import Backend
 from kairos.routing.matcher import NoMatch, RouteMatch, RouteTable
@@ -62,6 +61,7 @@ def backend_status(backend: Backend, gateway: Gateway, now: float) -> dict[str, 
     """One backend's live state (shared by every route using it)."""
     state = backend.state
     breaker = state.breaker
+    shared = breaker.shared if breaker.shared is not None and breaker.shared.usable() else None
     outlier = state.outlier
     ejected = outlier.ejected(now)
     probe = gateway.health_checker.snapshot().get(backend.key)
@@ -71,9 +71,9 @@ def backend_status(backend: Backend, gateway: Gateway, now: float) -> dict[str, 
         "health_check": _plain(probe),
         "circuit": {
             "state": breaker.state_at(now),
-            "consecutive_failures": breaker.failures,
+            "consecutive_failures": shared.failures if shared is not None else breaker.failures,
             "times_opened": breaker.opened,
-            "retry_after_seconds": round(breaker.retry_after(now), 3) if breaker.state is OPEN else 0.0,
+            "retry_after_seconds": round(breaker.retry_after(now), 3),  # 0 unless open (shared or not)
             "blocks_now": breaker.blocks(now),
         },
         "outlier": {

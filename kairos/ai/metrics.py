@@ -9,7 +9,9 @@
   ``kairos_ai_tokens_total{provider,kind}`` (prompt, completion, as litellm reports them),
   ``kairos_ai_cost_usd_total{provider}`` (litellm's price list; 0 for unpriced local models) and
   ``kairos_ai_provider_circuit_state{provider,state}``;
-- ``kairos_ai_cache_entries``, ``kairos_ai_context_memo_hits_total`` (requests that reused the
+- ``kairos_ai_cache_entries`` (this replica's memory), ``kairos_ai_cache_store_errors_total`` (the
+  shared cache's Redis calls that failed: decisions were then cached per replica),
+  ``kairos_ai_context_memo_hits_total`` (requests that reused the
   redacted context of an identical earlier one: no redaction, no fingerprinting) and
   ``kairos_ai_backend_latency_seconds{backend}`` (the peak-EWMA estimates of latency_prediction
   routes).
@@ -103,6 +105,11 @@ def ai_families(router: AiRouter) -> Iterator[Family]:
             circuit.add_metric([label, name], 1 if state == name else 0)
     yield circuit
     yield GaugeMetricFamily("kairos_ai_cache_entries", "AI routing decisions cached", value=len(router.cache))
+    yield CounterMetricFamily(
+        "kairos_ai_cache_store_errors",
+        "AI decision-cache lookups and writes the shared store (Redis) could not do",
+        value=router.shared.failures if router.shared is not None else 0,
+    )
     yield CounterMetricFamily(
         "kairos_ai_context_memo_hits",
         "Requests whose redacted AI context was reused from an identical earlier request",

@@ -2,15 +2,18 @@
 
 It holds what outlives a request: the providers (with their circuit breakers and token/cost
 counts, kept across reloads while provider, model, base URL and key stay the same), the decision
-cache, the peak-EWMA latencies, the shadow tasks in flight and the counters /metrics reads.
+cache (in memory, and in Redis with ``KAIROS_REDIS_URL`` so the replicas share decisions:
+kairos/ai/shared_cache.py), the peak-EWMA latencies, the shadow tasks in flight and the counters
+/metrics reads.
 
 A decision (``decide``) has one time budget, ``ai.timeout_ms`` (default 1500 ms), for everything
 it does: waiting for an identical decision already in flight, every provider of the chain, the
 strategy's own work. What can happen, as ``kairos_ai_decisions_total{outcome}`` counts it:
 
 - ``chosen``: the strategy answered a valid index; ``cached``: the same normalised context was
-  decided within ``cache_ttl_secs`` (or is being decided right now by another request: identical
-  concurrent requests make one provider call, not one each);
+  decided within ``cache_ttl_secs``, by this replica or (shared cache) another one, or is being
+  decided right now by another request of this replica (identical concurrent requests make one
+  provider call, not one each);
 - ``fallback_timeout``: the budget ran out; ``fallback_error``: every provider tried failed;
   ``fallback_invalid``: the answer was not ``{"index": N}`` with N in range;
   ``fallback_busy``: ``ai.max_concurrency`` provider calls were already in flight (the request does
@@ -44,6 +47,7 @@ from kairos.ai.provider import (
     close_litellm,
     ensure_litellm,
 )
+from kairos.ai.shared_cache import SharedDecisionCache
 from kairos.ai.strategies import ContentAnalysis, ProviderChain, Semantic, backend_lines
 from kairos.config.ai import PROVIDER_STRATEGIES, AiConfig, AiPolicy, AiProviderConfig
 from kairos.heap import freeze_long_lived
@@ -148,9 +152,11 @@ def _chain_configs(ai: AiConfig, policy: AiPolicy) -> list[tuple[AiProviderConfi
 
 
 class AiRouter:
-    def __init__(self) -> None:
+    def __init__(self, redis_url: str | None = None) -> None:
+        """``redis_url`` (``KAIROS_REDIS_URL``): decisions are also shared with the other replicas."""
         self.stats = AiStats()
         self.cache = DecisionCache()
+        self.shared = SharedDecisionCache(redis_url) if redis_url else None
         self.contexts = ContextMemo()  # raw request -> its redacted context (pure: kept across reloads)
         self.latency = PeakEwma()
         self.providers: dict[str, Provider] = {}
@@ -254,6 +260,8 @@ class AiRouter:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self.shared is not None:
+            await self.shared.close()
         await close_litellm()
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -321,13 +329,14 @@ class AiRouter:
             except Exception as exc:
                 return None, _outcome_of(exc)
         limit = ai.max_concurrency if ai is not None else 64
-        if self.in_flight >= limit:
-            return None, "fallback_busy"
+        if self.in_flight >= limit and (self.shared is None or plan.ttl <= 0):
+            return None, "fallback_busy"  # (with a shared cache: after its lookup, which is not counted)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
-        self.in_flight += 1
         try:
-            index = await asyncio.wait_for(strategy.choose(context, deadline), timeout)
+            index, left = await asyncio.wait_for(
+                self._lookup_or_choose(plan, strategy, context, deadline, limit), timeout
+            )
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -341,14 +350,43 @@ class AiRouter:
             future.cancel()
             raise
         finally:
-            self.in_flight -= 1
             if self._pending.get(key) is future:
                 del self._pending[key]
         if not future.done():
             future.set_result(index)
+        if left is not None:  # decided by another replica: remembered here as long as it is there
+            self.cache.put(key, index, time.monotonic() + left)
+            return index, "cached"
         if plan.ttl > 0:
             self.cache.put(key, index, time.monotonic() + plan.ttl)
+            if self.shared is not None:  # for the other replicas; the request does not wait for it
+                self._spawn(self.shared.put(plan.signature, key[1], index, plan.ttl))
         return index, "chosen"
+
+    async def _lookup_or_choose(
+        self,
+        plan: RoutePlan,
+        strategy: ContentAnalysis | Semantic,
+        context: RequestContext,
+        deadline: float,
+        limit: int,
+    ) -> tuple[int, float | None]:
+        """The work of the one request that decides for its identical concurrent ones: the replicas'
+        shared cache first, then the strategy (the provider call, counted against ``limit``). Returns
+        the index and, when another replica had decided, the seconds its decision stays cached (None:
+        decided here)."""
+        shared = self.shared
+        if shared is not None and plan.ttl > 0:
+            hit = await shared.get(plan.signature, context.fingerprint(), plan.backends)
+            if hit is not None:
+                return hit
+        if self.in_flight >= limit:
+            raise Busy(f"{limit} AI decisions are calling a provider")
+        self.in_flight += 1
+        try:
+            return await strategy.choose(context, deadline), None
+        finally:
+            self.in_flight -= 1
 
     def observe(self, exchange: Exchange) -> None:
         """A latency_prediction route's request ended: feed its backend's peak-EWMA."""
@@ -363,7 +401,13 @@ class AiRouter:
         self.latency.observe(backend.key, seconds, time.monotonic())
 
 
+class Busy(Exception):
+    """``ai.max_concurrency`` provider calls are in flight: this decision falls back at once."""
+
+
 def _outcome_of(exc: BaseException) -> str:
+    if isinstance(exc, Busy):
+        return "fallback_busy"
     if isinstance(exc, InvalidAnswer):
         return "fallback_invalid"
     if isinstance(exc, CircuitOpen):

@@ -15,13 +15,13 @@ from pydantic import AfterValidator, AliasChoices, Field, SecretStr, Strict, fie
 
 from kairos.config.ai import AiConfig, AiPolicy
 from kairos.config.base import Bool, ConfigModel, Int, NonNegativeInt, PositiveInt, Str
+from kairos.config.breaker import BackendCircuitBreakerConfig
 from kairos.config.dns import DEFAULT_DNS_TIMEOUT_MS, FLAT_KEYS, DnsConfig
 from kairos.config.jwt import JwtConfig
 from kairos.config.llm import LlmConfig
 from kairos.config.path_template import PathTemplate, parse_template
 from kairos.config.policies import (
     CacheConfig,
-    CircuitBreakerConfig,
     CompressionConfig,
     CorsConfig,
     HealthCheckConfig,
@@ -330,7 +330,7 @@ class RouteConfig(ConfigModel):
         None,
         description="CORS policy of this route, replacing the top-level one. Unset: the top-level `cors`.",
     )
-    circuit_breaker: CircuitBreakerConfig | None = Field(
+    circuit_breaker: BackendCircuitBreakerConfig | None = Field(
         None,
         description="Circuit breaking of this route's backends, replacing the top-level block. Unset: the "
         "top-level `circuit_breaker`; with neither, circuit state is ignored.",
@@ -576,7 +576,7 @@ class GatewayConfig(ConfigModel):
     compression: CompressionConfig | None = Field(
         None, description="Response compression. Unset: nothing is compressed."
     )
-    circuit_breaker: CircuitBreakerConfig | None = Field(
+    circuit_breaker: BackendCircuitBreakerConfig | None = Field(
         None,
         description="Circuit breaking of every route's backends (a route's block replaces it). Unset: off "
         "unless a route has its own.",

@@ -24,6 +24,10 @@ warning is logged once per episode and ``kairos_panic_mode_total`` counts it; wi
 
 Backend state is shared by the routes using the same backend, but a route without a
 ``circuit_breaker`` block ignores circuit state, and one without ``health_check`` ignores health.
+
+A backend whose breaker is shared by the replicas (``"shared": true``) is judged by the state Redis
+returned last; when that is older than 250 ms it is read again before the pick (one call, shared by
+the requests that need it at the same time), so the balancer skips a circuit another replica opened.
 """
 
 from __future__ import annotations
@@ -90,6 +94,12 @@ class BalancerMiddleware:
         if breakers is not None or health is not None:
             checked = health is not None
             now = self._clock()
+            if breakers is not None:
+                for backend in backends:  # shared breakers: refresh a state older than 250 ms first
+                    shared = backend.state.breaker.shared
+                    if shared is not None and shared.stale(now) and shared.usable():
+                        await shared.refresh(breakers)
+                        now = self._clock()
             for backend in backends:  # one pass; the subset is built only when a backend is out
                 if not _usable(backend.state, now, breakers is not None, checked):
                     candidates = [b for b in backends if _usable(b.state, now, breakers is not None, checked)]

@@ -27,13 +27,19 @@ backend refused, or a close) is a failure. What happens later in the session is 
 
 Per-route blocks win over the top-level ones (``route_policy`` semantics). With neither configured
 the middleware costs two attribute reads and passes through.
+
+A shared breaker (``"shared": true``, kairos/resilience/shared_breaker.py) is asked instead of the
+replica's own while Redis answers: step 1 may refresh its cached state (at most every 250 ms) or
+take a half-open probe slot in Redis, and the outcome of step 3 is sent to Redis when it can change
+something (a failure, a probe's outcome). When Redis cannot be reached the replica's own breaker
+decides, for this attempt and until Redis answers again.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,6 +47,7 @@ from kairos.config.policies import CircuitBreakerConfig, HealthCheckConfig, Pass
 from kairos.errors import reject
 from kairos.exchange import SCOPE_KEY, Exchange
 from kairos.request import as_accessor, policy_of
+from kairos.resilience.shared_breaker import NO_TIMEOUT_LEASE_MS, SharedCircuit
 from kairos.routing.backend import Backend
 from kairos.routing.route import Route
 
@@ -107,41 +114,63 @@ class CircuitBreakerMiddleware:
         breaker = state.breaker
         clock = self._clock
         ticket: int | None = None
+        shared: SharedCircuit | None = None  # the replicas' state judges this attempt
+        probe: str | None = None  # a shared half-open probe's slot
         if config is not None:
             now = clock()
-            if breaker.blocks(now):
-                wait = max(1, math.ceil(breaker.retry_after(now)))
+            circuit = breaker.shared
+            wait: float | None = None
+            if circuit is not None and circuit.usable():
+                lease = (route.config.timeout_ms or NO_TIMEOUT_LEASE_MS) + 1000
+                admission = await circuit.admit(config, lease, now)
+                if admission is not None:  # else Redis is unreachable: this replica's breaker decides
+                    shared, probe = circuit, admission.ticket
+                    if not admission.admitted:
+                        wait = admission.wait
+                now = clock()
+            if shared is None:
+                if breaker.blocks(now):
+                    wait = breaker.retry_after(now)
+                else:
+                    ticket = breaker.acquire(config, now)
+            if wait is not None:
                 await reject(
                     scope,
                     send,
                     "circuit_open",
                     f"Circuit open for {backend.key}",
                     exchange.request_id,
-                    headers=[(b"retry-after", str(wait).encode())],
+                    headers=[(b"retry-after", str(max(1, math.ceil(wait))).encode())],
                 )
                 return
-            ticket = breaker.acquire(config, now)
         codes = config.failure_status_codes if config is not None else DEFAULT_FAILURE_STATUSES
         settled = False
         status: int | None = None
         refused = False  # a WebSocket closed before it was accepted
 
-        def settle(failed: bool | None) -> None:
+        def settle(failed: bool | None) -> Awaitable[None] | None:
+            """Record the outcome; what it returns (a shared breaker's Redis call) must be awaited."""
             nonlocal settled
             if settled:
-                return
+                return None
             settled = True
             if failed is None:
-                breaker.release(ticket)
-                return
+                if shared is not None:
+                    shared.release(probe)
+                else:
+                    breaker.release(ticket)
+                return None
             now = clock()
-            if config is not None:
-                breaker.record(config, failed, now, ticket)
             if passive is not None:
                 if failed:
                     state.outlier.failure(passive, now, (b.state.outlier for b in route.backends))
                 else:
                     state.outlier.success()
+            if config is not None:
+                if shared is not None:
+                    return shared.record(config, failed, probe)
+                breaker.record(config, failed, now, ticket)
+            return None
 
         async def observe(message: Message) -> None:
             nonlocal status, refused
@@ -149,7 +178,9 @@ class CircuitBreakerMiddleware:
             if kind == "http.response.start" or kind == "websocket.http.response.start":
                 status = message["status"]
             elif kind == "websocket.accept":
-                settle(False)
+                pending = settle(False)
+                if pending is not None:
+                    await pending
             elif kind == "websocket.close" and not settled:
                 refused = True
             await send(message)
@@ -158,14 +189,18 @@ class CircuitBreakerMiddleware:
         try:
             await self.app(scope, receive, observe)
         except Exception:
-            settle(True)
+            pending = settle(True)
+            if pending is not None:
+                await pending
             raise
         except BaseException:  # cancelled: no outcome
             settle(None)
             raise
         if exchange.upstream_failure is not None or refused:
-            settle(True)
+            pending = settle(True)
         elif status is not None:
-            settle(status in codes)
+            pending = settle(status in codes)
         else:
-            settle(None)  # nothing was sent: the client left
+            pending = settle(None)  # nothing was sent: the client left
+        if pending is not None:
+            await pending

@@ -312,6 +312,11 @@ def _resilience(gateway: Gateway) -> Iterator[CounterMetricFamily | GaugeMetricF
         ejected.add_metric([key], 1 if state.outlier.ejected(now) else 0)
         ejections.add_metric([key], state.outlier.ejections)
     yield from (circuit, opened, ejected, ejections)
+    yield CounterMetricFamily(
+        "kairos_circuit_breaker_store_errors",
+        "Shared circuit-breaker calls the store (Redis) could not answer (the replica's own breaker decided)",
+        value=gateway.shared_breakers.failures,
+    )
     panic = gateway.panic
     yield CounterMetricFamily(
         "kairos_panic_mode",

@@ -19,6 +19,12 @@ whatever clock the caller passes (``time.monotonic()`` in the gateway, a plain f
 Outcomes of calls that started before the circuit changed state (a slow request that was sent
 while closed and ends while open, a probe of an earlier half-open period) are ignored: each probe
 carries the ``epoch`` it was admitted in, and the epoch moves on every open and close.
+
+A breaker whose routes say ``"shared": true`` gets a ``shared`` view (kairos/resilience/
+shared_breaker.py: the replicas' common state in Redis, cached for a moment). While that view is
+usable the questions (``blocks``, ``retry_after``, ``state_at``) are answered from it, so the
+balancer, /metrics and the admin API see what every replica sees; while Redis is unreachable this
+breaker's own state answers, as if it were not shared.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from kairos.config.policies import CircuitBreakerConfig
+    from kairos.resilience.shared_breaker import SharedCircuit
 
 CLOSED: Final = "closed"
 OPEN: Final = "open"
@@ -85,6 +92,7 @@ class CircuitBreaker:
         "opened",
         "probe_at",
         "probes",
+        "shared",
         "state",
         "successes",
     )
@@ -99,12 +107,16 @@ class CircuitBreaker:
         self.epoch = 0  # moves on every open and close; probes carry the epoch they were admitted in
         self.opened = 0  # times the circuit opened (a counter for /metrics)
         self._window: FailureWindow | None = None
+        self.shared: SharedCircuit | None = None  # the replicas' common state, when shared
 
     # -- questions -------------------------------------------------------------------------------
 
     def blocks(self, now: float) -> bool:
         """Whether a call now must not reach the backend: open and before probe time, or half-open
         (or due to become so) with every probe slot taken."""
+        shared = self.shared
+        if shared is not None and shared.usable():
+            return shared.blocks(now)
         state = self.state
         if state is CLOSED:
             return False
@@ -115,12 +127,18 @@ class CircuitBreaker:
     def retry_after(self, now: float) -> float:
         """Seconds until a probe is allowed (0 once probe time is reached, even if the probe slots
         are taken: when they free up cannot be known)."""
+        shared = self.shared
+        if shared is not None and shared.usable():
+            return shared.retry_after(now)
         if self.state is OPEN and now < self.probe_at:
             return self.probe_at - now
         return 0.0
 
     def state_at(self, now: float) -> str:
         """The state as an observer sees it: an open circuit past its probe time is half-open."""
+        shared = self.shared
+        if shared is not None and shared.usable():
+            return shared.state_at(now)
         if self.state is OPEN and now >= self.probe_at:
             return HALF_OPEN
         return self.state
@@ -169,6 +187,21 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Back to closed with clean counts (e.g. the breaker was switched off)."""
         self._close()
+
+    def hold_open(self, until: float, max_probes: int) -> None:
+        """Open a closed breaker until ``until`` without counting an opening: a shared breaker whose
+        replicas' state said open when Redis became unreachable keeps refusing here rather than
+        sending to a backend every replica had given up on."""
+        if self.state is not CLOSED:
+            return
+        self.state = OPEN
+        self.probe_at = until
+        self.max_probes = max_probes
+        self.failures = 0
+        self.successes = 0
+        self.probes = 0
+        self.epoch += 1
+        self._window = None
 
     # -- transitions -----------------------------------------------------------------------------
 
