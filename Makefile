@@ -17,10 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Servers, clients and browsers the tests drive for real (redis-server for shared rate limits,
-# chromium for the dashboard, dnsmasq as an upstream DNS server, dig and kdig as DNS clients,
-# PostgreSQL for the LLM request analytics, nginx as the load balancer of the rolling restart), from
-# Debian when missing.
+# Servers, clients and browsers the tests drive for real (redis-server for shared state, memcached for
+# the `limits` library's storages, chromium for the dashboard, dnsmasq as an upstream DNS server, dig
+# and kdig as DNS clients, PostgreSQL for the LLM request analytics, nginx as the load balancer of the
+# rolling restart), from Debian when missing.
 system-deps:
 	@.ci/apt-install redis-server:redis-server chromium:chromium dnsmasq:dnsmasq-base \
 		dig:bind9-dnsutils kdig:knot-dnsutils pg_ctlcluster:postgresql nginx:nginx memcached:memcached
