@@ -4,24 +4,28 @@ One fake provider (tests/servers/fake_llm.py, the one the tests use: model names
 the words of ``"echo: " + the last user message`` then ``w1 w2 ...``, exactly ``max_tokens`` of
 them, with usage; ``"stream": true`` gives OpenAI's SSE, one event per word) on the load CPU, with
 wrk, the time-to-first-token client and this script. Each gateway alone on the SUT CPU (pinned
-with taskset, one process, one worker), all calling the provider through litellm's SDK:
+with taskset, one process, one worker):
 
 - ``direct``: requests straight to the fake provider (``model: echo-bench``): the floor;
 - ``kairos``: ``python -m kairos run`` (from a snapshot of the code, as bench/suts.py runs it) with
   one ``llm`` route, public model ``bench`` -> ``openai/echo-bench`` at the fake provider, and
-  ``KAIROS_ANALYTICS=false``: the gateway's own overhead;
+  ``KAIROS_ANALYTICS=false``: the gateway's own overhead. The target's transport is the default
+  (``auto``), which for an ``openai`` target is the direct one (kairos/llm/direct.py: HTTP, no SDK);
 - ``kairos-analytics``: the same with request analytics on (SQLite next to the config, the default):
   what one analytics record per call costs;
+- ``kairos-litellm``: ``kairos`` with ``"transport": "litellm"``: the provider called through litellm's
+  SDK, as for the providers whose wire is not OpenAI's;
 - ``litellm-proxy``: LiteLLM Proxy (``litellm --config config.yaml``, uvicorn, one worker) with the
   same model (``model_list: [{model_name: bench, litellm_params: {model: openai/echo-bench,
   api_base, api_key}}]``), a master key (it refuses to start without one; no database, so the key
   is checked in memory), ``LITELLM_LOG=ERROR`` (no access log, as Kairos by default),
   ``LITELLM_LOCAL_MODEL_COST_MAP=True`` and ``LITELLM_TELEMETRY=False`` (nothing fetched from the
-  internet), no ``DATABASE_URL``. It is installed by this script in its own venv,
-  ``bench/.venv-litellm-proxy`` (its dependencies would clash with the gateway's pinned ones), with
-  the litellm version the gateway's venv has: ``litellm[proxy]==V``, or, when that extra cannot be
-  resolved (litellm 1.110's extra needs a ``litellm-proxy`` package that PyPI does not serve),
-  ``litellm==V`` plus the proxy dependencies litellm 1.109.3's extra listed (``PROXY_FALLBACK``).
+  internet), no ``DATABASE_URL``; it calls the provider through litellm's SDK. It is installed by this
+  script in its own venv, ``bench/.venv-litellm-proxy`` (its dependencies would clash with the
+  gateway's pinned ones), with the litellm version the gateway's venv has: ``litellm[proxy]==V``, or,
+  when that extra cannot be resolved (litellm 1.110's extra needs a ``litellm-proxy`` package that
+  PyPI does not serve), ``litellm==V`` plus the proxy dependencies litellm 1.109.3's extra listed
+  (``PROXY_FALLBACK``).
 
 Per round, each way in turn (the order rotating with the round), nothing else loaded meanwhile:
 non-streaming and streaming chat completions (16 words: 19 SSE events), each with ``wrk -c1`` (p50
@@ -44,7 +48,7 @@ run, and their logs for failed lookups or fetches. Every wrk run is bounded by `
 subprocess timeout), the TTFT loops by count and time, the rounds by ``RUN_SECONDS``; every process
 started here is stopped by its PID.
 
-Time: about 2.3 min per round (4 ways x (4 wrk runs + 300 streams), waits included) plus ~1.5 min to
+Time: about 2.5 min per round (5 ways x (4 wrk runs + 300 streams), waits included) plus ~1.5 min to
 start and warm up the gateways; the first run on a machine also installs LiteLLM Proxy (~1 min).
 
 Run alone: ``.venv/bin/python bench/llm_bench.py [--rounds N] [--duration S] [--ttft-requests N]
@@ -95,7 +99,7 @@ TTFT_REQUESTS = 300  # sequential streaming requests per way and round
 TTFT_SECONDS = 60.0  # at most, per way and round
 WORDS = 16  # max_tokens: the answer's words, one SSE event each
 PROMPT = "How much does a gateway add to a chat completion"
-RUN_SECONDS = 780.0  # the rounds: one that would end past this (by the last one's time) is skipped
+RUN_SECONDS = 960.0  # the rounds: one that would end past this (by the last one's time) is skipped
 SETTLE_SECONDS = 30.0  # at most, waiting for the gateways to finish what a run left in flight
 IDLE_CPU = 0.05  # "idle": under this share of a core over SETTLE_WINDOW
 SETTLE_WINDOW = 0.5
@@ -107,12 +111,13 @@ GOAL_TTFT_MS = 1.0  # time to first token added by Kairos
 PROVIDER_MODEL = "echo-bench"
 PROVIDER_KEY = "sk-bench"
 PUBLIC_MODEL = "bench"
-WAYS = ("direct", "kairos", "kairos-analytics", "litellm-proxy")
+WAYS = ("direct", "kairos", "kairos-analytics", "kairos-litellm", "litellm-proxy")
 KINDS = ("chat", "stream")
 LABELS = {
     "direct": "provider direct",
     "kairos": "Kairos",
     "kairos-analytics": "Kairos, analytics on (SQLite)",
+    "kairos-litellm": "Kairos, litellm transport",
     "litellm-proxy": "LiteLLM Proxy",
 }
 KIND_LABELS = {"chat": "non-streaming", "stream": f"streaming ({WORDS} words)"}
@@ -480,9 +485,11 @@ def start_provider(cpu: int, logs: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def launch_kairos(way: str, work: Path, provider: str, cpu: int, code: Path, logs: Path) -> Server:
-    """``python -m kairos run`` from ``code`` with the one ``llm`` route; analytics on or off."""
+    """``python -m kairos run`` from ``code`` with the one ``llm`` route; analytics on or off, the
+    target's transport the default or litellm's SDK."""
     directory = work / way
     directory.mkdir()
+    transport = "litellm" if way == "kairos-litellm" else "auto"
     route = {
         "protocol": "llm",
         "external_path": "/v1",
@@ -496,6 +503,7 @@ def launch_kairos(way: str, work: Path, provider: str, cpu: int, code: Path, log
                         "model": PROVIDER_MODEL,
                         "api_base": f"{provider}/v1",
                         "api_key": PROVIDER_KEY,
+                        "transport": transport,
                     }
                 ]
             }
@@ -1145,6 +1153,17 @@ def headline_lines(results: LlmResults | None) -> list[str]:
         )
     else:
         lines.append(f"- ✗ LLM time to first token: n/a (goal ≤ {GOAL_TTFT_MS:g} ms added)")
+    sdk = []
+    for kind in KINDS:
+        extra = median(added(results, "kairos-litellm", kind))
+        rps = median(ratios(results, "kairos-litellm", "litellm-proxy", kind, lambda cell: cell.rps))
+        if extra is not None or rps is not None:
+            sdk.append(
+                f"{KIND_LABELS[kind]} {fmt(extra, '{:+.2f}')} ms at c=1, {fmt(rps, '{:.2f}x')} LiteLLM "
+                f"Proxy's requests/s at c={results.connections}"
+            )
+    if sdk:
+        lines.append(f'- LLM, Kairos with `"transport": "litellm"` (reported, no goal): {"; ".join(sdk)}')
     return lines
 
 

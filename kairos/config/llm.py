@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, SecretStr, Strict, field_validator, 
 
 from kairos.config.ai import litellm_model
 from kairos.config.base import Bool, ConfigModel, Float, NonNegativeInt, PositiveInt, StatusCode, Str
+from kairos.config.storage_uri import check_storage_uri
 
 DEFAULT_FALLBACK_STATUSES = (408, 429, 500, 502, 503, 504)
 
@@ -51,6 +52,15 @@ class LlmTarget(ConfigModel):
         le=5,
         description="Retries of this target (after its `Retry-After`, when it sends one within the "
         "timeout) before the next target; only before the first byte reaches the client.",
+    )
+    transport: Literal["auto", "litellm"] = Field(
+        "auto",
+        description="How the target is called. `auto`: directly over HTTP when litellm's adapter for the "
+        "provider and model is OpenAI's own, unchanged (`openai` with any `api_base`, except the o-series "
+        "and gpt-5 models, which litellm rewrites; `llamafile`, `nscale`): the request relayed as the "
+        "client sent it, the answer and stream events as the provider's bytes; through litellm's SDK for "
+        "every other provider. `litellm`: always through litellm's SDK (its parameter mapping and "
+        "dropping, its answer objects), at ~6 ms of CPU per call.",
     )
 
     @field_validator("provider")
@@ -152,8 +162,9 @@ class LlmCacheConfig(ConfigModel):
     )
     storage_uri: Str | None = Field(
         "memory://",
-        description="`memory://` (this process), or `redis://`, `rediss://` or `unix://` to share the cache "
-        "between replicas. `null`: `KAIROS_REDIS_URL` when set, else memory.",
+        description="`memory://` (this process), or Redis (`redis://`, `rediss://`, `unix://`, "
+        "`redis+sentinel://`, `redis+cluster://`) to share the cache between replicas. `null`: "
+        "`KAIROS_REDIS_URL` when set, else memory.",
     )
     shared_across_consumers: Bool = Field(
         False,
@@ -167,9 +178,7 @@ class LlmCacheConfig(ConfigModel):
     @field_validator("storage_uri")
     @classmethod
     def _storage(cls, uri: str | None) -> str | None:
-        if uri is not None and uri.split("://", 1)[0].lower() not in ("memory", "redis", "rediss", "unix"):
-            raise ValueError("must be memory://, redis://, rediss:// or unix://")
-        return uri
+        return None if uri is None else check_storage_uri(uri, with_limits=False)
 
     @model_validator(mode="after")
     def _semantic_settings(self) -> LlmCacheConfig:

@@ -13,11 +13,12 @@ import ipaddress
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar, get_args
+from types import UnionType
+from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 
 from pydantic import AliasChoices, BaseModel, ValidationError
 
@@ -591,6 +592,18 @@ def _unknown_in(annotation: Any, value: Any, path: tuple[Any, ...]) -> Iterator[
     models = _models_in(annotation)
     if not models:
         return
+    if isinstance(value, dict):
+        mapped = _mapped_values(annotation)
+        if mapped is not None:  # `dict[str, Model]`: the keys are names the user chose, not fields
+            model = mapped if isinstance(mapped, type) and issubclass(mapped, BaseModel) else None
+            for key, item in value.items():
+                if not isinstance(key, str) or key.startswith("_"):
+                    continue
+                if model is not None:  # its before-validators see the value whole (a list shorthand)
+                    yield from unknown_keys(model, item, (*path, key))
+                else:
+                    yield from _unknown_in(mapped, item, (*path, key))
+            return
     if isinstance(value, list):
         for index, item in enumerate(value):
             yield from _unknown_in(annotation, item, (*path, index))
@@ -601,6 +614,27 @@ def _unknown_in(annotation: Any, value: Any, path: tuple[Any, ...]) -> Iterator[
         yield from unknown_keys(best, value, path)
     elif isinstance(value, str | bool):  # shorthands a before-validator expands (`true`, a name)
         yield from unknown_keys(models[0], value, path)
+
+
+def _mapped_values(annotation: Any) -> Any:
+    """The value annotation when ``annotation`` is a mapping (``dict[str, X]``, ``Mapping[str, X]``,
+    also inside ``Annotated`` or a union with ``None``), else None. A union that also holds a model
+    (``dict[str, X] | Model``) is the model's: a dict there is more likely the model's fields."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _mapped_values(get_args(annotation)[0])
+    if origin is dict or origin is Mapping or origin is MutableMapping:
+        arguments = get_args(annotation)
+        return arguments[1] if len(arguments) == 2 else Any
+    if origin is Union or origin is UnionType:
+        members = [member for member in get_args(annotation) if member is not type(None)]
+        if any(isinstance(member, type) and issubclass(member, BaseModel) for member in members):
+            return None
+        for member in members:
+            found = _mapped_values(member)
+            if found is not None:
+                return found
+    return None
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:

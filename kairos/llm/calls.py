@@ -10,9 +10,10 @@ already has, and the endpoint ends it with an SSE error event and an aborted con
 Any other provider error (a 400 for a bad request, a 401 for a bad key...) is not another target's
 business: it is answered as it is, in OpenAI's error shape, its message scrubbed of keys.
 
-Everything goes through litellm's SDK (``acompletion``, ``atext_completion``, ``aembedding``) with
-no retries of its own: the gateway decides. litellm's exceptions carry ``status_code`` and, for a
-429, the provider's response headers, which is where ``Retry-After`` is read from.
+Each target is called through its transport (kairos/llm/transport.py: direct HTTP for OpenAI's wire,
+litellm's SDK for the rest), neither retrying on its own: the gateway decides. Both fail the same way
+for this module: an exception with ``status_code`` and the provider's headers (``Retry-After``), or a
+timeout, or no connection (litellm's classes, or the transport module's).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kairos.ai.provider import ensure_litellm, scrub_keys
 from kairos.config.llm import LlmConfig, LlmTarget
+from kairos.llm.sdk import close_stream
+from kairos.llm.transport import Events, Payload, ProviderTimeout, ProviderUnreachable, Transports
 
 
 @dataclass(slots=True)
@@ -35,6 +38,7 @@ class Attempted:
     fallbacks: int = 0  # targets given up on before the one that answered
     calls: int = 0  # provider calls made (retries included)
     target: LlmTarget | None = None  # the one that answered
+    transport: str = ""  # how it was called: "direct" or "litellm"
     errors: list[str] = field(default_factory=list)
 
 
@@ -82,20 +86,11 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 def _is_timeout(exc: BaseException, litellm: Any) -> bool:
-    return isinstance(exc, TimeoutError | litellm.Timeout) or _status(exc) == 408
+    return isinstance(exc, TimeoutError | ProviderTimeout | litellm.Timeout) or _status(exc) == 408
 
 
 def _is_connection(exc: BaseException, litellm: Any) -> bool:
-    return isinstance(exc, litellm.APIConnectionError | ConnectionError | OSError)
-
-
-def _kwargs(target: LlmTarget, timeout: float) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"model": target.label, "timeout": timeout, "num_retries": 0, "max_retries": 0}
-    if target.api_base is not None:
-        kwargs["api_base"] = target.api_base
-    if target.api_key is not None:
-        kwargs["api_key"] = target.api_key.get_secret_value()
-    return kwargs
+    return isinstance(exc, ProviderUnreachable | litellm.APIConnectionError | ConnectionError | OSError)
 
 
 def _secrets(targets: Sequence[LlmTarget]) -> list[str]:
@@ -105,52 +100,58 @@ def _secrets(targets: Sequence[LlmTarget]) -> list[str]:
 OPERATIONS = {"chat": "chat", "text": "text_completion", "embedding": "embeddings"}  # gen_ai.operation.name
 
 
+Stream = tuple[list[Payload], Events]  # the first batch of events, and the others
+
+
 async def call(
     config: LlmConfig,
     model: str,
     kind: str,
     params: dict[str, Any],
     attempted: Attempted,
+    transports: Transports,
     tracer: Any = None,
-) -> Any:
+) -> Payload | Stream:
     """The provider's answer for ``kind`` (``chat``, ``text``, ``embedding``), from the first target
-    that gives one. For a stream (``params["stream"]``) the answer is ``(first_chunk, rest)``: the
-    first chunk already received, and the async iterator of the others.
+    that gives one. For a stream (``params["stream"]``, not for embeddings) the answer is ``(first,
+    rest)``: the first event already received, and the async iterator of the others.
 
     With ``tracer`` (KAIROS_TRACING on), each provider call is a CLIENT span named as OpenTelemetry's
     GenAI conventions say (``chat gpt-4o-mini``), with ``gen_ai.*`` attributes; it ends when the answer
     (a stream: its first chunk) arrived or the call failed."""
     litellm = await ensure_litellm()
-    function = {
-        "chat": litellm.acompletion,
-        "text": litellm.atext_completion,
-        "embedding": litellm.aembedding,
-    }[kind]
     targets = targets_of(config, model)
     fallback_statuses = frozenset(config.on_status_codes)
     last: ProviderFailed | None = None
     for position, target in enumerate(targets):
         retries = target.max_retries
         timeout = target.timeout_ms / 1000
+        transport = transports.for_target(target, kind, litellm)
         while True:
             attempted.calls += 1
             started = time.monotonic()
-            span = _span(tracer, kind, target, attempted.calls)
+            span = _span(tracer, kind, target, attempted.calls, transport.name)
+            stream: Events | None = None
             try:
                 async with asyncio.timeout(timeout):
-                    answer = await function(**params, **_kwargs(target, timeout))
-                    if params.get("stream"):
-                        stream = aiter(answer)
+                    answer = await transport.call(kind, params, timeout)
+                    if not isinstance(answer, Payload):  # a stream: its first event, or a failure
+                        stream = answer
                         first = await anext(stream)
-                        answer = (first, stream)
                 attempted.target = target
                 attempted.fallbacks = position
+                attempted.transport = transport.name
                 _end(span, None)
-                return answer
+                if stream is None:
+                    assert isinstance(answer, Payload)
+                    return answer
+                return first, stream
             except StopAsyncIteration:  # an empty stream: nothing to hand over, as if it failed
                 last = ProviderFailed(502, "upstream", f"{target.label} sent an empty stream")
                 _end(span, "empty_stream")
-            except Exception as exc:  # litellm raises its own classes, httpx's, openai's
+            except Exception as exc:  # litellm raises its own classes, httpx's, openai's; direct ours
+                if stream is not None:
+                    await close_stream(stream)
                 _end(span, type(exc).__name__)
                 status = _status(exc)
                 message = scrub_keys(f"{type(exc).__name__}: {exc}", _secrets(targets))[:500]
@@ -184,7 +185,7 @@ async def call(
     raise last
 
 
-def _span(tracer: Any, kind: str, target: LlmTarget, call_number: int) -> Any:
+def _span(tracer: Any, kind: str, target: LlmTarget, call_number: int, transport: str) -> Any:
     if tracer is None:
         return None
     from opentelemetry.trace import SpanKind
@@ -195,6 +196,7 @@ def _span(tracer: Any, kind: str, target: LlmTarget, call_number: int) -> Any:
         "gen_ai.provider.name": target.provider,
         "gen_ai.request.model": target.model,
         "kairos.llm.call": call_number,
+        "kairos.llm.transport": transport,
     }
     if target.api_base is not None:
         host = target.api_base.split("://", 1)[-1].split("/", 1)[0]
@@ -223,9 +225,3 @@ def _kind_of(status: int) -> str:
         422: "invalid_request_error",
         429: "rate_limit_error",
     }.get(status, "api_error")
-
-
-async def rest_of(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The chunks after the first (a plain re-export, so the endpoint reads as a sequence)."""
-    async for chunk in stream:
-        yield chunk

@@ -9,12 +9,15 @@ rate limits, IP filters, metrics); then, per request:
    JWT subject; ``anonymous``);
 2. with ``limits``: an estimate (prompt tokens + ``max_tokens``) is reserved, or the answer is 429
    with ``x-ratelimit-remaining-tokens``/``-requests``;
-3. the targets are called (kairos/llm/calls.py) until one answers before the first byte;
+3. the targets are called (kairos/llm/calls.py) until one answers before the first byte, each over its
+   transport (kairos/llm/transport.py: direct HTTP for OpenAI's wire, else litellm's SDK);
 4. the answer goes out: JSON as the provider gave it (its ``model`` field the public name), or the
-   stream chunk by chunk as SSE (no buffering). Usage is always asked of a streaming provider
-   (``stream_options.include_usage``) and recorded; the usage chunk reaches the client only if it
-   asked for it. A stream that fails after its first chunk ends with an SSE ``error`` event and an
-   aborted connection, never a clean end;
+   stream event by event as SSE (no buffering: the events that arrived together, in one write; the
+   direct transport's as the provider's bytes). Usage is always asked of a streaming provider
+   (``stream_options.include_usage``) and recorded (estimated by litellm's counter when the provider
+   sends none); the usage chunk reaches the client only if it asked for it. A stream that fails
+   after its first chunk ends with an SSE ``error`` event and an aborted connection, never a clean
+   end;
 5. usage reconciles the reservation, and one analytics record goes to the store (off the request
    path). ``x-kairos-model``, ``x-kairos-provider`` and ``x-kairos-attempted-fallbacks`` say which
    target answered.
@@ -50,7 +53,9 @@ from kairos.llm.cache import (
     semantic_query,
 )
 from kairos.llm.calls import Attempted, ProviderFailed, call
+from kairos.llm.sdk import close_stream
 from kairos.llm.service import LlmService, Usage
+from kairos.llm.transport import Payload, Transports
 from kairos.proxy.http import ResponseAborted
 from kairos.routing.route import SUBTREE_PARAM
 
@@ -140,7 +145,7 @@ class LlmEndpoint:
         lookup: _CacheLookup | None = None
         cache = service.cache_for(exchange.route) if exchange.route is not None else None
         if cache is not None and not (stream and kind != "chat"):  # streams replay chat answers only
-            lookup = _CacheLookup(cache, config, route_name, consumer, kind, request)
+            lookup = _CacheLookup(cache, config, route_name, consumer, kind, request, service.transports)
             hit = await lookup.find()
             if hit is not None:
                 await _serve_hit(send, hit, exchange, stream, wants_usage)
@@ -152,10 +157,13 @@ class LlmEndpoint:
         params = {key: value for key, value in request.items() if key not in ("model", *_RESERVED)}
         if stream:
             params["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+        elif kind == "embedding":  # embeddings are never streamed
+            params.pop("stream", None)
+            params.pop("stream_options", None)
         attempted = Attempted()
         cached = "miss" if lookup is not None else "off"
         try:
-            answer = await call(config, model, kind, params, attempted, self.tracer)
+            answer = await call(config, model, kind, params, attempted, service.transports, self.tracer)
         except ProviderFailed as failed:
             await service.settle(reservation, None, config, model)
             record(attempted, Usage(), started, None, "error", failed.status, cached)
@@ -163,15 +171,13 @@ class LlmEndpoint:
         headers = _kairos_headers(attempted)
         if lookup is not None:
             headers.append((b"x-kairos-cache", b"miss"))
-        if not stream:
-            usage = service.usage_of(answer, config, model, attempted)
-            payload = _dump(answer)
-            payload["model"] = model
-            await _json(send, 200, payload, exchange, headers)
+        if isinstance(answer, Payload):
+            usage = await service.usage_of(answer.data, config, model, kind, request, attempted)
+            await _respond(send, 200, answer.encoded(model), exchange, headers)
             await service.settle(reservation, usage, config, model)
             record(attempted, usage, started, None, "ok", 200, cached)
             if lookup is not None:
-                await lookup.store(payload)
+                await lookup.store({**answer.data, "model": model})
             return
         first, rest = answer
         await send(
@@ -188,22 +194,25 @@ class LlmEndpoint:
         )
         ttft = (time.perf_counter() - started) * 1000
         usage = Usage()
+        pieces: list[str] = []  # the answer's text, for an estimate if the provider reports no usage
         outcome = "ok"
-        watcher = _DisconnectWatcher(receive)
+        watcher: _DisconnectWatcher | None = None
         assembler = StreamAssembler() if lookup is not None else None
         try:
-            await _send_chunk(send, first, model, wants_usage, usage, assembler)
-            async for chunk in rest:
-                await _send_chunk(send, chunk, model, wants_usage, usage, assembler)
+            await _send_events(send, first, model, wants_usage, usage, assembler, pieces)
+            watcher = _DisconnectWatcher(receive)  # after the first event: not in its way
+            async for batch in rest:
+                await _send_events(send, batch, model, wants_usage, usage, assembler, pieces)
         except asyncio.CancelledError:
-            if not watcher.gone:
+            if watcher is None or not watcher.gone:
                 raise
             watcher.forgive()  # our own cancellation: the client left, so the provider's stream is dropped
             outcome = "client_cancelled"
         except OSError:  # the client went away (the server's send failed): stop reading the provider
             outcome = "client_cancelled"
         except Exception as exc:  # the provider failed mid-stream: an error event, then cut
-            watcher.stop()
+            if watcher is not None:
+                watcher.stop()
             outcome = "stream_error"
             error = {
                 "error": {"message": "the provider failed mid-stream", "type": "api_error", "code": None}
@@ -215,19 +224,21 @@ class LlmEndpoint:
                     "more_body": True,
                 }
             )
-            service.finish_usage(usage, config, model, attempted)
+            text = "".join(pieces)
+            await service.complete_usage(usage, config, model, kind, request, attempted, text)
             await service.settle(reservation, usage, config, model)
             record(attempted, usage, started, ttft, outcome, 200, cached)
             raise ResponseAborted(
                 f"{attempted.target.label if attempted.target else model}: {type(exc).__name__}"
             ) from None
         finally:
-            watcher.stop()
+            if watcher is not None:
+                watcher.stop()
             if outcome == "client_cancelled":
-                await _close(rest)
+                await close_stream(rest)
         if outcome == "ok":
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
-        service.finish_usage(usage, config, model, attempted)
+        await service.complete_usage(usage, config, model, kind, request, attempted, "".join(pieces))
         await service.settle(reservation, usage, config, model)
         record(attempted, usage, started, ttft, outcome, 200, cached)
         if lookup is not None and assembler is not None and outcome == "ok":
@@ -248,11 +259,13 @@ class _CacheLookup:
         consumer: str,
         kind: str,
         request: dict[str, Any],
+        transports: Transports,
     ) -> None:
         settings = config.cache
         assert settings is not None
         self.cache = cache
         self.config = config
+        self.transports = transports
         self.settings = settings
         owner = None if settings.shared_across_consumers else consumer
         self.key = exact_key(route, owner, kind, request)
@@ -268,10 +281,11 @@ class _CacheLookup:
         scope, text = self.semantic
         model = self.settings.semantic.embedding_model
         try:
-            answer = await call(self.config, model, "embedding", {"input": [text]}, Attempted())
+            query = {"input": [text]}
+            answer = await call(self.config, model, "embedding", query, Attempted(), self.transports)
         except ProviderFailed:  # no embedding, no semantic lookup: the request goes on as a miss
             return None
-        self.vector = embedding_of(_dump(answer))
+        self.vector = embedding_of(answer.data) if isinstance(answer, Payload) else None
         if self.vector is None:
             return None
         found = await self.cache.get_similar(scope, self.vector, self.settings.semantic.threshold)
@@ -339,77 +353,44 @@ class _DisconnectWatcher:
         self._task.cancel()
 
 
-async def _close(stream: Any) -> None:
-    """Close a provider stream early (litellm's wrapper, or the iterator it hands out), if it can."""
-    for name in ("aclose", "close"):
-        closer = getattr(stream, name, None)
-        if closer is None:
-            continue
-        try:
-            result = closer()
-            if asyncio.iscoroutine(result):
-                await result
-        except Exception:  # closing a half-read stream may complain; it is being dropped anyway
-            pass
-        return
-
-
-async def _send_chunk(
-    send: Send, chunk: Any, model: str, wants_usage: bool, usage: Usage, assembler: StreamAssembler | None
+async def _send_events(
+    send: Send,
+    batch: list[Payload],
+    model: str,
+    wants_usage: bool,
+    usage: Usage,
+    assembler: StreamAssembler | None,
+    pieces: list[str],
 ) -> None:
-    data = _dump(chunk)
-    if assembler is not None:
-        assembler.add(data)  # as the provider sent it (its usage too), before it is trimmed below
-    found = data.get("usage")
-    if isinstance(found, dict) and found:
-        usage.prompt_tokens = int(found.get("prompt_tokens") or 0)
-        usage.completion_tokens = int(found.get("completion_tokens") or 0)
-        usage.reported = True
-        if not data.get("choices"):  # the usage-only chunk asked for by the gateway
-            if not wants_usage:
-                return
-        elif not wants_usage:
-            data.pop("usage", None)
-    elif not wants_usage:
-        data.pop("usage", None)
-        if not data.get("choices"):
-            return  # an empty chunk (litellm's end-of-stream marker without usage): nothing for the client
-    data["model"] = model
-    await send(
-        {
-            "type": "http.response.body",
-            "body": b"data: " + json.dumps(data).encode() + b"\n\n",
-            "more_body": True,
-        }
-    )
-
-
-def _dump(answer: Any) -> dict[str, Any]:
-    """An answer or chunk as OpenAI's JSON: litellm's own fields (``provider_specific_fields``,
-    ``_hidden_params``) removed, and a stream delta's empty fields dropped as OpenAI omits them."""
-    if isinstance(answer, dict):
-        dumped = dict(answer)
-    else:
-        dumped = answer.model_dump() if hasattr(answer, "model_dump") else dict(answer)
-    cleaned = _clean(dumped)
-    assert isinstance(cleaned, dict)
-    for choice in cleaned.get("choices") or ():
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if isinstance(delta, dict):
-            choice["delta"] = {key: value for key, value in delta.items() if value is not None}
-    return cleaned
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            key: _clean(item)
-            for key, item in value.items()
-            if key != "provider_specific_fields" and not key.startswith("_")
-        }
-    if isinstance(value, list):
-        return [_clean(item) for item in value]
-    return value
+    """One batch of stream events (those that arrived together) to the client, in one write: each with
+    the public model, without the usage the client did not ask for; the usage and the text (for an
+    estimate, until the provider reports usage) noted on the way."""
+    out = []
+    for chunk in batch:
+        data = chunk.data
+        if assembler is not None:
+            assembler.add(data)  # as the provider sent it (its usage too), before it is trimmed below
+        choices = data.get("choices")
+        if choices and isinstance(choices, list) and not usage.reported:
+            for choice in choices:
+                if isinstance(choice, dict):
+                    delta = choice.get("delta")
+                    piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                    if isinstance(piece, str):
+                        pieces.append(piece)
+        found = data.get("usage")
+        if isinstance(found, dict) and found:
+            usage.prompt_tokens = int(found.get("prompt_tokens") or 0)
+            usage.completion_tokens = int(found.get("completion_tokens") or 0)
+            usage.reported = True
+            if not choices and not wants_usage:
+                continue  # the usage-only chunk asked for by the gateway
+        elif not wants_usage and not choices:
+            continue  # an empty chunk (litellm's end-of-stream marker without usage): nothing for the client
+        out.append(b"data: " + chunk.encoded(model, drop_usage=not wants_usage) + b"\n\n")
+    if out:
+        body = out[0] if len(out) == 1 else b"".join(out)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 def _kairos_headers(attempted: Attempted) -> list[tuple[bytes, bytes]]:
@@ -536,7 +517,12 @@ async def _read(receive: Receive, limit: int) -> bytes:
 async def _json(
     send: Send, status: int, payload: Any, exchange: Exchange, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    body = json.dumps(payload).encode()
+    await _respond(send, status, json.dumps(payload).encode(), exchange, extra)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, exchange: Exchange, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

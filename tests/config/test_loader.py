@@ -291,3 +291,43 @@ def test_jwks_settings_are_bounded() -> None:
         with pytest.raises(ConfigError) as caught:
             load_data({"version": 1, "jwt": jwt, "routers": []})
         assert [problem.path for problem in caught.value.problems] == [f"jwt.{key}"]
+
+
+def test_the_keys_of_a_mapping_field_are_names_not_unknown_keys() -> None:
+    """``llm.models`` maps names the user chose to models: the names are never "unknown keys", while a
+    typo inside a model (object or list shorthand) still is, with its path."""
+    llm = {
+        "models": {
+            "fast": [{"provider": "openai", "model": "gpt-4o-mini", "wieght": 2}],
+            "smart": {"targets": [{"provider": "openai", "model": "gpt-4o"}], "fallback": ["fast"]},
+        }
+    }
+    llm_route = {"protocol": "llm", "external_path": "/v1", "internal_path": "/", "methods": ["POST"]}
+    raw = {"version": 1, "routers": [{**llm_route, "llm": llm}]}
+    assert warnings(raw) == [
+        "routers[0].llm.models.fast.targets[0].wieght: unknown key, ignored",
+        "routers[0].llm.models.smart.fallback: unknown key, ignored",
+    ]
+
+
+def test_any_mapping_of_models_is_walked_by_its_values() -> None:
+    from pydantic import BaseModel
+
+    from kairos.config.loader import unknown_keys
+
+    class Inner(BaseModel):
+        size: int = 0
+
+    class Outer(BaseModel):
+        by_name: dict[str, Inner] | None = None
+        either: dict[str, Inner] | Inner | None = None  # with a model in the union, a dict is the model
+
+    found = unknown_keys(
+        Outer,
+        {"by_name": {"a": {"size": 1}, "b": {"sise": 2}}, "either": {"size": 1, "colour": "red"}},
+        (),
+    )
+    assert [str(problem) for problem in found] == [
+        "by_name.b.sise: unknown key, ignored",
+        "either.colour: unknown key, ignored",
+    ]

@@ -1,6 +1,12 @@
 """LLM routes end to end: the real gateway (``python -m kairos run``) with an ``llm`` route in front of
-the local OpenAI-compatible fake provider (tests/servers/fake_llm.py), through the real litellm code
-path, asked with httpx and the real ``openai`` SDK.
+the local OpenAI-compatible fake provider (tests/servers/fake_llm.py), asked with httpx and the real
+``openai`` SDK.
+
+The behaviour every target must have whatever its transport (answers, streams, fallback, cut streams,
+usage, errors, keys) is checked on both: the tests taking ``way`` run once against the gateway whose
+targets use ``"transport": "auto"`` (direct HTTP for these ``openai`` targets) and once against a
+second gateway, with its own fake provider, whose targets use ``"transport": "litellm"`` (litellm's
+SDK). The other tests (limits, cache, prompt guard, tracing) run on the first gateway only.
 
 Each test uses public models of its own, each mapped to fake-provider model names of its own, so the
 faults one test sets through ``/_control`` never reach another.
@@ -14,6 +20,8 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +50,28 @@ def target(fake: Server, model: str, **extra: Any) -> dict[str, Any]:
     return {"provider": "openai", "model": model, "api_base": f"{fake.url}/v1", "api_key": KEY, **extra}
 
 
-@pytest.fixture(scope="module")
-def fake(module_tmp: Path) -> Iterator[Server]:
+@dataclass(frozen=True)
+class Way:
+    """One gateway and the fake provider behind it, for the tests that run on both transports."""
+
+    transport: str  # what every target of its /v1 route says: "auto" (direct here) or "litellm"
+    gateway: Server
+    client: httpx.Client
+    direct: httpx.Client  # the fake provider, straight
+    analytics_db: Path
+
+
+@contextmanager
+def fake_provider(directory: Path) -> Iterator[Server]:
     port = free_port()
     args = ["-m", "tests.servers.fake_llm", "--port", str(port)]
-    with server_process(args, port, module_tmp / f"fake-llm-{port}.log") as server:
+    with server_process(args, port, directory / f"fake-llm-{port}.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def fake(module_tmp: Path) -> Iterator[Server]:
+    with fake_provider(module_tmp) as server:
         yield server
 
 
@@ -59,28 +84,38 @@ def receiver(module_tmp: Path) -> Iterator[Server]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def gateway(module_tmp: Path, fake: Server, receiver: Server) -> Iterator[Server]:
+def core_route(fake: Server, transport: str) -> dict[str, Any]:
+    """The /v1 route of the tests that run on both transports."""
+
+    def to(model: str, **extra: Any) -> dict[str, Any]:
+        return target(fake, model, transport=transport, **extra)
+
     models: dict[str, Any] = {
-        "echo": [target(fake, "echo-plain")],
-        "slow": [target(fake, "echo-slow")],
-        "leaving": [target(fake, "echo-leaving")],
-        "busy": [target(fake, "echo-busy"), target(fake, "echo-busy-backup")],
-        "broken": [target(fake, "echo-broken"), target(fake, "echo-broken-backup")],
-        "hung": [target(fake, "echo-hung", timeout_ms=500), target(fake, "echo-hung-backup")],
-        "patient": [target(fake, "echo-patient", max_retries=1), target(fake, "echo-patient-backup")],
-        "cut": [target(fake, "echo-cut"), target(fake, "echo-cut-backup")],
-        "picky": [target(fake, "echo-picky"), target(fake, "echo-picky-backup")],
-        "primary": {"targets": [target(fake, "echo-primary")], "fallbacks": ["secondary"]},
-        "secondary": [target(fake, "echo-secondary")],
+        "echo": [to("echo-plain")],
+        "slow": [to("echo-slow")],
+        "leaving": [to("echo-leaving")],
+        "busy": [to("echo-busy"), to("echo-busy-backup")],
+        "broken": [to("echo-broken"), to("echo-broken-backup")],
+        "hung": [to("echo-hung", timeout_ms=500), to("echo-hung-backup")],
+        "patient": [to("echo-patient", max_retries=1), to("echo-patient-backup")],
+        "cut": [to("echo-cut"), to("echo-cut-backup")],
+        "picky": [to("echo-picky"), to("echo-picky-backup")],
+        "primary": {"targets": [to("echo-primary")], "fallbacks": ["secondary"]},
+        "secondary": [to("echo-secondary")],
+        "quiet": [to("echo-quiet")],
     }
-    route = {
+    return {
         "protocol": "llm",
         "external_path": "/v1",
         "internal_path": "/",
         "methods": ["GET", "POST"],
         "llm": {"models": models, "max_tokens": 64},
     }
+
+
+@pytest.fixture(scope="module")
+def gateway(module_tmp: Path, fake: Server, receiver: Server) -> Iterator[Server]:
+    route = core_route(fake, "auto")
     limited = {
         **route,
         "external_path": "/limited",
@@ -127,10 +162,43 @@ def client(gateway: Server) -> Iterator[httpx.Client]:
         yield http
 
 
+def provider_client(fake: Server) -> httpx.Client:
+    return httpx.Client(base_url=fake.url, timeout=20, headers={"authorization": f"Bearer {KEY}"})
+
+
 @pytest.fixture(scope="module")
 def direct(fake: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fake.url, timeout=20, headers={"authorization": f"Bearer {KEY}"}) as http:
+    with provider_client(fake) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def sdk_way(module_tmp: Path) -> Iterator[Way]:
+    """A second gateway whose targets all use ``"transport": "litellm"``, with its own fake provider
+    (so call counts start at zero) and its own directory (so its analytics file is its own)."""
+    directory = module_tmp / "litellm"
+    directory.mkdir()
+    env = {"KAIROS_ADMIN_TOKEN": ADMIN, "KAIROS_ACCESS_LOG": "true"}
+    with fake_provider(directory) as fake:
+        config = {"version": 1, "routers": [core_route(fake, "litellm")]}
+        with (
+            kairos_run(directory, config, env=env) as gateway,
+            httpx.Client(base_url=gateway.url, timeout=20) as client,
+            provider_client(fake) as direct,
+        ):
+            yield Way("litellm", gateway, client, direct, directory / "kairos-analytics.db")
+
+
+@pytest.fixture(scope="module", params=["auto", "litellm"])
+def way(request: pytest.FixtureRequest, module_tmp: Path) -> Way:
+    """The gateway of one transport (the tests taking it run once per transport)."""
+    if request.param == "litellm":
+        found: Way = request.getfixturevalue("sdk_way")
+        return found
+    gateway: Server = request.getfixturevalue("gateway")
+    client: httpx.Client = request.getfixturevalue("client")
+    direct: httpx.Client = request.getfixturevalue("direct")
+    return Way("auto", gateway, client, direct, module_tmp / "kairos-analytics.db")
 
 
 def control(direct: httpx.Client, **settings: Any) -> None:
@@ -164,7 +232,8 @@ def content_of(payloads: list[str]) -> str:
 # -- answers ---------------------------------------------------------------------------------------
 
 
-def test_an_answer_is_the_providers(client: httpx.Client, direct: httpx.Client) -> None:
+def test_an_answer_is_the_providers(way: Way) -> None:
+    client, direct = way.client, way.direct
     through = client.post("/v1/chat/completions", json=chat("echo", max_tokens=8))
     assert through.status_code == 200, through.text
     straight = direct.post("/v1/chat/completions", json=chat("echo-plain", max_tokens=8)).json()
@@ -178,9 +247,8 @@ def test_an_answer_is_the_providers(client: httpx.Client, direct: httpx.Client) 
     assert through.headers["x-kairos-attempted-fallbacks"] == "0"
 
 
-def test_a_stream_is_the_providers_and_usage_only_when_asked(
-    client: httpx.Client, direct: httpx.Client
-) -> None:
+def test_a_stream_is_the_providers_and_usage_only_when_asked(way: Way) -> None:
+    client, direct = way.client, way.direct
     straight = direct.post("/v1/chat/completions", json=chat("echo-plain", max_tokens=6)).json()
     expected = straight["choices"][0]["message"]["content"]
     plain = client.post("/v1/chat/completions", json=chat("echo", max_tokens=6, stream=True))
@@ -198,7 +266,8 @@ def test_a_stream_is_the_providers_and_usage_only_when_asked(
     assert all(call["include_usage"] for call in calls(direct, "echo-plain") if call["stream"])
 
 
-def test_chunks_pass_through_without_buffering(client: httpx.Client, direct: httpx.Client) -> None:
+def test_chunks_pass_through_without_buffering(way: Way) -> None:
+    client, direct = way.client, way.direct
     control(direct, model="echo-slow", chunk_delay=0.15)
     arrivals = []
     with client.stream(
@@ -211,8 +280,9 @@ def test_chunks_pass_through_without_buffering(client: httpx.Client, direct: htt
     assert arrivals[-1] - arrivals[1] > 0.7  # they came as the provider sent them, not all at the end
 
 
-def test_the_openai_sdk_works_through_the_gateway(gateway: Server) -> None:
-    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=20) as sdk:
+def test_the_openai_sdk_works_through_the_gateway(way: Way) -> None:
+    base_url = f"{way.gateway.url}/v1"
+    with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=20) as sdk:
         answer = sdk.chat.completions.create(
             model="echo", messages=[{"role": "user", "content": "hi"}], max_tokens=4
         )
@@ -225,13 +295,54 @@ def test_the_openai_sdk_works_through_the_gateway(gateway: Server) -> None:
         assert next(model.id for model in sdk.models.list()) == "echo"
 
 
+def test_the_transport_is_the_one_configured(way: Way) -> None:
+    """auto: these ``openai`` targets are called directly (the gateway's own user agent reaches the
+    provider); litellm: through litellm's SDK (the OpenAI SDK's user agent)."""
+    client, direct = way.client, way.direct
+    assert client.post("/v1/chat/completions", json=chat("echo", max_tokens=2)).status_code == 200
+    headers = direct.get("/_stats").json()["models"]["echo-plain"]["last_headers"]
+    agent = next(value for name, value in headers.items() if name.lower() == "user-agent")
+    if way.transport == "auto":
+        assert agent == "kairos"
+    else:
+        assert "openai" in agent.lower() and agent != "kairos"
+
+
+def test_a_stream_without_usage_is_answered_and_its_tokens_estimated(way: Way) -> None:
+    """A provider that ignores ``include_usage``: the stream still reaches the client whole, and the
+    call is counted with tokens estimated by litellm's counter (limits and analytics stay honest).
+    The direct transport relays what the provider sent (no usage); litellm's SDK makes some up."""
+    client, direct = way.client, way.direct
+    control(direct, model="echo-quiet", omit_usage=True)
+    asked = client.post(
+        "/v1/chat/completions",
+        json=chat("quiet", max_tokens=5, stream=True, stream_options={"include_usage": True}),
+    )
+    payloads = events(asked.content)
+    assert asked.status_code == 200 and payloads[-1] == "[DONE]"
+    assert len(content_of(payloads).split()) == 5
+    if way.transport == "auto":
+        assert not any(json.loads(p).get("usage") for p in payloads[:-1])
+    metrics = client.get("/metrics").text
+    counted = 'kairos_llm_requests_total{model="quiet",outcome="ok",provider="openai",route="/v1"} 1.0'
+    assert counted in metrics
+    for kind in ("input", "output"):
+        line = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith("gen_ai_client_token_usage_total{")
+            and 'gen_ai_request_model="quiet"' in line
+            and f'gen_ai_token_type="{kind}"' in line
+        )
+        assert float(line.rsplit(" ", 1)[1]) > 0
+
+
 # -- fallback before the first byte -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("model", "fault"), [("busy", {"status": 429}), ("broken", {"status": 500})])
-def test_a_failing_target_falls_back_to_the_next(
-    client: httpx.Client, direct: httpx.Client, model: str, fault: dict[str, Any]
-) -> None:
+def test_a_failing_target_falls_back_to_the_next(way: Way, model: str, fault: dict[str, Any]) -> None:
+    client, direct = way.client, way.direct
     control(direct, model=f"echo-{model}", **fault)
     for stream in (False, True):
         answer = client.post("/v1/chat/completions", json=chat(model, max_tokens=4, stream=stream))
@@ -241,7 +352,8 @@ def test_a_failing_target_falls_back_to_the_next(
     assert len(calls(direct, f"echo-{model}-backup")) == 2
 
 
-def test_a_target_that_hangs_is_given_up_at_its_timeout(client: httpx.Client, direct: httpx.Client) -> None:
+def test_a_target_that_hangs_is_given_up_at_its_timeout(way: Way) -> None:
+    client, direct = way.client, way.direct
     control(direct, model="echo-hung", mode="hang")
     started = time.monotonic()
     answer = client.post("/v1/chat/completions", json=chat("hung", max_tokens=4))
@@ -249,7 +361,8 @@ def test_a_target_that_hangs_is_given_up_at_its_timeout(client: httpx.Client, di
     assert time.monotonic() - started < 5
 
 
-def test_retry_after_is_honoured_before_the_next_target(client: httpx.Client, direct: httpx.Client) -> None:
+def test_retry_after_is_honoured_before_the_next_target(way: Way) -> None:
+    client, direct = way.client, way.direct
     control(direct, model="echo-patient", status=429, retry_after=0.2, fail_times=1)
     answer = client.post("/v1/chat/completions", json=chat("patient", max_tokens=4))
     assert answer.status_code == 200
@@ -258,16 +371,16 @@ def test_retry_after_is_honoured_before_the_next_target(client: httpx.Client, di
     assert calls(direct, "echo-patient-backup") == []
 
 
-def test_fallbacks_reach_another_models_targets(client: httpx.Client, direct: httpx.Client) -> None:
+def test_fallbacks_reach_another_models_targets(way: Way) -> None:
+    client, direct = way.client, way.direct
     control(direct, model="echo-primary", status=503)
     answer = client.post("/v1/chat/completions", json=chat("primary", max_tokens=4))
     assert answer.status_code == 200 and answer.headers["x-kairos-model"] == "openai/echo-secondary"
     assert answer.json()["model"] == "primary"
 
 
-def test_a_stream_cut_midway_ends_with_an_error_and_is_never_replayed(
-    client: httpx.Client, direct: httpx.Client
-) -> None:
+def test_a_stream_cut_midway_ends_with_an_error_and_is_never_replayed(way: Way) -> None:
+    client, direct = way.client, way.direct
     control(direct, model="echo-cut", cut_after=2)
     received = b""
     with (
@@ -286,7 +399,8 @@ def test_a_stream_cut_midway_ends_with_an_error_and_is_never_replayed(
     assert calls(direct, "echo-cut-backup") == []  # no replay elsewhere once bytes went out
 
 
-def test_a_client_that_leaves_stops_the_providers_stream(client: httpx.Client, direct: httpx.Client) -> None:
+def test_a_client_that_leaves_stops_the_providers_stream(way: Way) -> None:
+    client, direct = way.client, way.direct
     control(direct, model="echo-leaving", chunk_delay=0.1)
     with client.stream(
         "POST", "/v1/chat/completions", json=chat("leaving", max_tokens=40, stream=True)
@@ -304,9 +418,8 @@ def test_a_client_that_leaves_stops_the_providers_stream(client: httpx.Client, d
     assert outcome == "client_gone"  # the gateway closed the provider's stream instead of reading it all
 
 
-def test_a_bad_request_is_the_clients_answer_not_a_fallback(
-    client: httpx.Client, direct: httpx.Client
-) -> None:
+def test_a_bad_request_is_the_clients_answer_not_a_fallback(way: Way) -> None:
+    client, direct = way.client, way.direct
     control(direct, model="echo-picky", status=400)
     answer = client.post("/v1/chat/completions", json=chat("picky", max_tokens=4))
     assert answer.status_code == 400
@@ -453,7 +566,8 @@ def test_the_prompt_guard_redacts_and_denies_before_anything_leaves(
 # -- requests the gateway refuses ------------------------------------------------------------------------
 
 
-def test_unknown_models_and_bad_requests_get_openais_error_shape(client: httpx.Client) -> None:
+def test_unknown_models_and_bad_requests_get_openais_error_shape(way: Way) -> None:
+    client = way.client
     unknown = client.post("/v1/chat/completions", json=chat("gpt-unknown"))
     assert unknown.status_code == 404
     error = unknown.json()
@@ -467,7 +581,8 @@ def test_unknown_models_and_bad_requests_get_openais_error_shape(client: httpx.C
     assert client.post("/v1/images/generations", json={}).status_code == 404
 
 
-def test_completions_embeddings_and_models(client: httpx.Client) -> None:
+def test_completions_embeddings_and_models(way: Way) -> None:
+    client = way.client
     text = client.post("/v1/completions", json={"model": "echo", "prompt": "say", "max_tokens": 3})
     assert text.status_code == 200, text.text
     assert text.json()["choices"][0]["text"]
@@ -478,9 +593,8 @@ def test_completions_embeddings_and_models(client: httpx.Client) -> None:
     assert {entry["id"] for entry in models["data"]} >= {"echo", "primary", "secondary"}
 
 
-def test_target_keys_never_leave_the_gateway(
-    client: httpx.Client, gateway: Server, direct: httpx.Client
-) -> None:
+def test_target_keys_never_leave_the_gateway(way: Way) -> None:
+    client, direct, gateway = way.client, way.direct, way.gateway
     control(direct, model="echo-broken-backup", status=401)
     failed = client.post("/v1/chat/completions", json=chat("broken", max_tokens=4))
     ok = client.post("/v1/chat/completions", json=chat("echo", max_tokens=4))
@@ -492,7 +606,8 @@ def test_target_keys_never_leave_the_gateway(
     assert any(call["authorization"] == f"Bearer {KEY}" for call in calls(direct, "echo-plain"))
 
 
-def test_metrics_use_the_genai_names(client: httpx.Client) -> None:
+def test_metrics_use_the_genai_names(way: Way) -> None:
+    client = way.client
     client.post("/v1/chat/completions", json=chat("echo", max_tokens=3, stream=True))
     text = client.get("/metrics").text
     assert (
@@ -517,7 +632,8 @@ def analytics(client: httpx.Client, **params: str) -> dict[str, Any]:
     return found
 
 
-def test_every_call_is_a_row_in_the_sqlite_file(client: httpx.Client, module_tmp: Path) -> None:
+def test_every_call_is_a_row_in_the_sqlite_file(way: Way) -> None:
+    client = way.client
     for stream in (False, True):
         assert (
             client.post(
@@ -535,7 +651,7 @@ def test_every_call_is_a_row_in_the_sqlite_file(client: httpx.Client, module_tmp
     secondary = rows["secondary"]
     assert secondary["completion_tokens"] >= 10 and secondary["prompt_tokens"] > 0
     assert secondary["avg_ttft_ms"] is not None  # the stream's time to first token
-    with sqlite3.connect(module_tmp / "kairos-analytics.db") as database:
+    with sqlite3.connect(way.analytics_db) as database:
         stored = database.execute(
             "SELECT provider, target_model, outcome, stream FROM llm_calls WHERE model = 'secondary'"
         ).fetchall()
