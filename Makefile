@@ -55,7 +55,9 @@ test: install system-deps
 	$(PY) -m coverage report --format=total
 
 # The long versions of the bounded soaks in `make test` (tests marked `slow`): 50,000 proxied
-# requests, 20 s of reloads under load, 1 GiB FTP transfers both ways.
+# requests, 20 s of reloads under load, 1 GiB FTP transfers both ways, 30 minutes of mixed traffic
+# through `kairos run --workers 2` sharing a redis-server (tests/e2e/test_replica_soak.py: every
+# process's RSS within 10% of its size after warm-up; `make test` runs it for KAIROS_SOAK_SECONDS, 120).
 soak: install system-deps
 	KAIROS_SOAK=1 $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 

@@ -20,9 +20,15 @@ from dns_bench import report_lines as dns_lines
 from ftp import FtpResults
 from ftp import headline_lines as ftp_headline
 from ftp import report_lines as ftp_lines
+from llm_bench import LlmResults
+from llm_bench import headline_lines as llm_headline
+from llm_bench import report_lines as llm_lines
 from load import WrkResult
 from policies import PolicyResults, report_lines
 from route_match import TableResult
+from workers import WorkersResults
+from workers import headline_lines as workers_headline
+from workers import report_lines as workers_lines
 
 CASES: tuple[tuple[str, int], ...] = (("small", 1), ("small", 50), ("16k", 1), ("16k", 50))
 """(body, connections) in the order each SUT is measured."""
@@ -231,6 +237,8 @@ def render(
     dashboard: DashboardResults | None = None,
     ftp: FtpResults | None = None,
     dns: DnsResults | None = None,
+    workers: WorkersResults | None = None,
+    llm: LlmResults | None = None,
 ) -> str:
     lines = [f"# {title}", "", "## Headline", ""]
     lines += [headline.line() for headline in headlines(measurements, rounds)]
@@ -240,6 +248,10 @@ def render(
         lines += ftp_headline(ftp)
     if dns is not None:
         lines += dns_headline(dns)
+    if workers is not None:
+        lines += workers_headline(workers)
+    if llm is not None:
+        lines += llm_headline(llm)
     lines += ["", "## Machine", "", *(f"- {item}" for item in machine), "", "## Method", ""]
     lines += [f"- {item}" for item in method]
     lines += ["", "Systems under test:", "", *(f"- `{name}`: {description}" for name, description in suts)]
@@ -259,6 +271,12 @@ def render(
     if dns is not None:
         lines += ["", "## DNS forwarding (dnsperf; Kairos vs dnsmasq and dnsdist)", ""]
         lines += dns_lines(dns)
+    if workers is not None:
+        lines += ["", "## Kairos `--workers 2` vs nginx with 2 workers (both CPUs)", ""]
+        lines += workers_lines(workers)
+    if llm is not None:
+        lines += ["", "## LLM routes (Kairos vs LiteLLM Proxy, same fake provider)", ""]
+        lines += llm_lines(llm)
     lines += [
         "",
         "<details><summary>Per-round raw numbers</summary>",

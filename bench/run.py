@@ -12,7 +12,8 @@ Why it is built this way (a 2-core, noisy machine):
   does not depend on how busy the neighbours were.
 
 Usage: ``bench/run.py [--quick] [--rounds N] [--duration S]`` (``make bench BENCH_ARGS=--quick``);
-``--policies NAMES``, ``--dashboard``, ``--ftp`` or ``--dns`` run only that part and print its report.
+``--policies NAMES``, ``--dashboard``, ``--ftp``, ``--dns``, ``--workers`` or ``--llm`` run only that part
+and print its report.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ from dns_bench import DnsResults
 from dns_bench import report_lines as dns_lines
 from ftp import FtpResults
 from ftp import report_lines as ftp_lines
+from llm_bench import LlmResults
+from llm_bench import report_lines as llm_lines
 from load import run_wrk
 from policies import PolicyResults, report_lines, run_policy_bench, scenarios, selected
 from procs import cpus, pinned
 from report import CASES, Measurement, render
 from route_match import TableResult
 from suts import SUTS, Context, Running, Sut, snapshot_kairos, start_upstream, verify
+from workers import WorkersResults
+from workers import report_lines as workers_lines
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -69,6 +74,8 @@ class Settings:
     dashboard_samples: int  # timed requests per dashboard page and deployment
     ftp_rounds: int  # interleaved rounds of the FTP transfers (bench/ftp.py)
     dns_rounds: int  # interleaved rounds of the DNS part (bench/dns_bench.py)
+    workers_rounds: int  # interleaved rounds of Kairos --workers 2 vs nginx 2 workers (bench/workers.py)
+    llm_rounds: int  # interleaved rounds of the LLM part (bench/llm_bench.py)
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,9 +107,25 @@ def parse_args() -> argparse.Namespace:
         help="only the DNS part (dnsperf against dnsmasq, dnsdist, Kairos cached and uncached; --rounds "
         "rounds, default 5, about 3 min); prints the report, keeps latest.md",
     )
+    parser.add_argument(
+        "--workers",
+        action="store_true",
+        help="only Kairos `kairos run --workers 2` against nginx with 2 workers, both on both CPUs "
+        "(--rounds rounds, default 5, about 5 min); prints the report, keeps latest.md",
+    )
+    parser.add_argument(
+        "--llm",
+        action="store_true",
+        help="only the LLM routes against LiteLLM Proxy (bench/llm_bench.py: chat completions, streamed and "
+        "not, time to first token; --rounds rounds, default 5, about 15 min); prints the report, keeps "
+        "latest.md",
+    )
     args = parser.parse_args()
-    if sum(bool(part) for part in (args.dashboard, args.policies, args.ftp, args.dns)) > 1:
-        parser.error("--dashboard, --policies, --ftp and --dns each run one part alone: pick one")
+    parts = (args.dashboard, args.policies, args.ftp, args.dns, args.workers, args.llm)
+    if sum(bool(part) for part in parts) > 1:
+        parser.error(
+            "--dashboard, --policies, --ftp, --dns, --workers and --llm each run one part alone: pick one"
+        )
     args.only = None
     if args.policies:
         args.only = frozenset(name.strip() for name in args.policies.split(",") if name.strip())
@@ -110,7 +133,7 @@ def parse_args() -> argparse.Namespace:
             selected(scenarios(""), args.only)
         except ValueError as exc:
             parser.error(f"--policies: {exc}")
-    if (args.only is not None or args.ftp or args.dns) and args.rounds is None:
+    if (args.only is not None or args.ftp or args.dns or args.workers or args.llm) and args.rounds is None:
         args.rounds = 5
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
@@ -357,6 +380,41 @@ def run_dns_bench(settings: Settings) -> DnsResults:
     return run_part("dns_bench.py", extra, settings, DnsResults.from_json, failed)
 
 
+def run_workers_bench(settings: Settings) -> WorkersResults:
+    """Kairos ``--workers 2`` against nginx with 2 workers (bench/workers.py), both SUTs on both CPUs."""
+    failed = WorkersResults(settings.workers_rounds, settings.duration)
+    extra = ["--rounds", str(settings.workers_rounds), "--duration", f"{settings.duration:g}"]
+    return run_part("workers.py", extra, settings, WorkersResults.from_json, failed)
+
+
+def workers_only(settings: Settings) -> str:
+    """The workers part alone (``--workers``): Kairos with 2 workers, nginx with 2, Kairos with 1."""
+    snapshot = snapshot_kairos(settings.code)
+    results = run_workers_bench(settings)
+    head = (
+        f"Kairos --workers 2 vs nginx with 2 workers only, {settings.workers_rounds} rounds x "
+        f"{settings.duration:g} s; kairos code: {snapshot}"
+    )
+    return "\n".join([head, "", *workers_lines(results)])
+
+
+def run_llm_bench(settings: Settings) -> LlmResults:
+    """The LLM routes against LiteLLM Proxy (bench/llm_bench.py): it installs LiteLLM Proxy in its own
+    venv once, starts the fake provider (load CPU) and the gateways (SUT CPU), stops them by PID."""
+    failed = LlmResults(settings.llm_rounds)
+    extra = ["--rounds", str(settings.llm_rounds), "--duration", f"{max(settings.duration, 1.0):g}"]
+    return run_part("llm_bench.py", extra, settings, LlmResults.from_json, failed, timeout=1800)
+
+
+def llm_only(settings: Settings) -> str:
+    """The LLM part alone (``--llm``): Kairos (direct and litellm transports, analytics on) and LiteLLM
+    Proxy in front of the same fake provider."""
+    snapshot = snapshot_kairos(settings.code)
+    results = run_llm_bench(settings)
+    head = f"LLM routes against LiteLLM Proxy only, {settings.llm_rounds} rounds; kairos code: {snapshot}"
+    return "\n".join([head, "", *llm_lines(results)])
+
+
 def dns_only(settings: Settings) -> str:
     """The DNS part alone (``--dns``): dnsperf against dnsmasq, dnsdist and Kairos (cached, uncached)."""
     snapshot = snapshot_kairos(settings.code)
@@ -446,6 +504,17 @@ def method_notes(settings: Settings) -> list[str]:
         "(packet cache) and Kairos cached and uncached, each alone on the SUT CPU, forwarding to a second "
         f"dnsmasq on the load CPU; saturating runs and a 2,000 q/s latency run; {settings.dns_rounds} "
         "rounds, order rotated, medians; the gateway's RSS over 100,000 queries.",
+        "Workers (bench/workers.py): `kairos run --workers 2` and nginx `proxy_pass` with "
+        "`worker_processes 2`, each free to use both CPUs, and `kairos run` (one process, SUT CPU) as "
+        "the reference; wrk and the upstream nginx on the load CPU; per SUT and round a "
+        f"{settings.warmup:g} s warm-up, then {settings.duration:g} s of wrk at small c=1, small c=50 "
+        "and 16k c=50; "
+        f"{settings.workers_rounds} rounds, order rotated, ratios within a round, medians.",
+        "LLM routes (bench/llm_bench.py): the tests' fake OpenAI-compatible provider on the load CPU; "
+        "Kairos with one `llm` route (default transport, analytics off; analytics on; the litellm "
+        "transport) and LiteLLM Proxy, each alone on the SUT CPU; wrk at c=1 and c=50 per kind "
+        "(non-streaming, streaming 16 words), 300 sequential streams for time to first token; "
+        f"{settings.llm_rounds} rounds, order rotated, ratios within a round, medians.",
     ]
 
 
@@ -474,6 +543,9 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
         + 60
         + 25 * settings.ftp_rounds
         + 30 * settings.dns_rounds
+        + settings.workers_rounds * 3 * (settings.warmup + 3 * settings.duration + 5)
+        + 90
+        + settings.llm_rounds * 150
     )
     log(f"benchmark: {settings.rounds} round(s) x {len(SUTS)} SUTs, about {estimate / 60:.0f} min")
     measurements, policies = run_rounds(settings)
@@ -486,6 +558,10 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
     ftp = run_ftp_bench(settings)
     log(f"DNS forwarding: {settings.dns_rounds} round(s)")
     dns = run_dns_bench(settings)
+    log(f"Kairos --workers 2 vs nginx 2 workers: {settings.workers_rounds} round(s)")
+    workers = run_workers_bench(settings)
+    log(f"LLM routes against LiteLLM Proxy: {settings.llm_rounds} round(s)")
+    llm = run_llm_bench(settings)
     return render(
         title=f"Kairos benchmark, {stamp:%Y-%m-%d %H:%M}",
         machine=machine,
@@ -499,6 +575,8 @@ def benchmark(settings: Settings, stamp: datetime, machine: list[str]) -> str:
         dashboard=dashboard,
         ftp=ftp,
         dns=dns,
+        workers=workers,
+        llm=llm,
     )
 
 
@@ -527,6 +605,8 @@ def main() -> None:
             dashboard_samples=10 if args.quick else 30,
             ftp_rounds=args.rounds if args.ftp else (1 if args.quick else 5),
             dns_rounds=args.rounds if args.dns else (1 if args.quick else 5),
+            workers_rounds=args.rounds if args.workers else (1 if args.quick else 3),
+            llm_rounds=args.rounds if args.llm else (1 if args.quick else 3),
         )
         settings.raw_dir.mkdir(parents=True, exist_ok=True)
         if args.only is not None:
@@ -543,6 +623,14 @@ def main() -> None:
             return
         if args.dns:
             print(dns_only(settings))
+            log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
+            return
+        if args.workers:
+            print(workers_only(settings))
+            log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
+            return
+        if args.llm:
+            print(llm_only(settings))
             log(f"done in {time.monotonic() - started:.0f} s; server logs in {settings.raw_dir}")
             return
         machine = machine_info()

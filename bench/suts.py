@@ -56,14 +56,17 @@ class Running:
 # -- nginx -----------------------------------------------------------------------------------------
 
 
-def nginx_conf(prefix: Path, port: int, server_body: str, http_extra: str = "") -> str:
-    """A self-contained nginx.conf: everything (pid, logs, temp files) under ``prefix``."""
+def nginx_conf(prefix: Path, port: int, server_body: str, http_extra: str = "", workers: int = 1) -> str:
+    """A self-contained nginx.conf: everything (pid, logs, temp files) under ``prefix``; ``workers``
+    worker processes (bench/workers.py runs 2), then with ``reuseport``: each worker gets its own
+    listening socket and the kernel spreads connections over them; without it, wrk's 50 connections
+    opened at once all went to the worker that woke first (measured: 100%/0% of the CPU time)."""
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read files in a 0700 tmpdir
     temp = "\n".join(
         f"    {kind}_temp_path {prefix}/tmp/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    return f"""{user}worker_processes 1;
+    return f"""{user}worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -76,7 +79,7 @@ http {{
 {temp}
 {http_extra}
     server {{
-        listen 127.0.0.1:{port} backlog=1024;
+        listen 127.0.0.1:{port} backlog=1024{" reuseport" if workers > 1 else ""};
 {server_body}
     }}
 }}
