@@ -33,7 +33,7 @@ from kairos.llm.cache import LlmCache
 from kairos.llm.limits import LimitStoreUnavailable, RedisLimitStore, TokenLimits
 from kairos.ratelimit.policy import Limit, Policy, compile_policy
 from kairos.ratelimit.redis_store import RedisStore, StoreUnavailable, slot_keys
-from kairos.redis_outage import _SentinelMaster, connect, redacted
+from kairos.redis_outage import MAX_CONNECTIONS, _SentinelMaster, connect, redacted
 from tests.processes import Server, backend, free_port, kairos_run, route, server_process, stop
 
 SERVICE = "kairos"
@@ -137,6 +137,28 @@ def test_the_url_forms_build_redis_pys_own_clients() -> None:
     assert redacted("redis+sentinel://:pw@h:1,h:2/m?sentinel_password=sp&db=1") == (
         "redis+sentinel://***@h:1,h:2/m?sentinel_password=***&db=1"
     )
+
+
+def test_a_client_keeps_at_most_max_connections_however_many_calls_wait(redis: str) -> None:
+    """A burst of 200 calls at once through one client opens at most MAX_CONNECTIONS connections (an
+    unbounded pool opened one per call in flight); the calls beyond wait for a free one and all
+    succeed. ``?max_connections=`` in the URL overrides the bound."""
+
+    async def burst(url: str) -> int:
+        client: Any = connect(url, socket_timeout=5)
+        watcher: Any = connect(redis)
+        try:
+            baseline = int((await watcher.info("clients"))["connected_clients"])
+            answers = await asyncio.gather(*(client.eval("return redis.call('PING')", 0) for _ in range(200)))
+            assert len(answers) == 200
+            opened = int((await watcher.info("clients"))["connected_clients"]) - baseline
+            return opened
+        finally:
+            await client.aclose()
+            await watcher.aclose()
+
+    assert 1 <= asyncio.run(burst(redis)) <= MAX_CONNECTIONS
+    assert 1 <= asyncio.run(burst(f"{redis}?max_connections=4")) <= 4
 
 
 # -- Sentinel ----------------------------------------------------------------------------------------
