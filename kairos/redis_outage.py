@@ -25,6 +25,17 @@ in flight, so a burst multiplied by every store of every replica could reach Red
 standalone server gets redis-py's ``BlockingConnectionPool``: a call beyond the bound waits for a
 free connection up to the socket timeout, then counts as an outage like any Redis error.
 
+A standalone server's pool also turns redis-py's maintenance notifications off (redis-py 8.1's
+asyncio pools default them to ``"auto"``: on for RESP3 over TCP). They are a Redis Enterprise / Redis
+Cloud feature the stores do not use, and while they are on, redis-py 8.1's pool hands out a pooled
+connection the server has closed without checking it (redis/redis-py#4252, fixed upstream by #4260).
+After a restart of redis-server every connection idle in a store's pool then failed its next call
+("Connection closed by server"), whenever a burst first reached it, each failure another outage
+second for the store (measured: tests/e2e/test_redis_failover.py). Off, the pool checks a connection
+when it hands it out and reconnects a closed one, as redis-py 8.0 did. A Sentinel pool has no
+notifications (its connections have no fixed host); a cluster's client, which keeps its connections
+itself, is left as redis-py builds it.
+
 While Redis is unreachable a store says so at once for ``RETRY_SECONDS`` instead of making every
 request wait on a dead socket; the outage is logged once when it starts and once when it ends, and
 each operation it cost is counted for ``/metrics``.
@@ -32,6 +43,7 @@ each operation it cost is counted for ``/metrics``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any, TypeAlias
@@ -39,7 +51,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool, parse_url
 from redis.asyncio.sentinel import Sentinel
 from redis.typing import EncodableT
 
@@ -61,6 +73,19 @@ Client: TypeAlias = Redis | RedisCluster
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
 
+def _standalone_options() -> dict[str, Any]:
+    """What a standalone server's pool adds to ``connect``'s options: maintenance notifications off
+    (see the module), when this redis-py's asyncio pools take the option (older ones have none)."""
+    if "maint_notifications_config" not in inspect.signature(ConnectionPool.__init__).parameters:
+        return {}
+    from redis.maint_notifications import MaintNotificationsConfig
+
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
+_STANDALONE_OPTIONS = _standalone_options()
+
+
 def connect(
     url: str, *, socket_timeout: float = SOCKET_TIMEOUT, connect_timeout: float = SOCKET_TIMEOUT
 ) -> Client:
@@ -78,7 +103,7 @@ def connect(
     if separator and kind in ("redis+cluster", "rediss+cluster"):
         return _cluster(url, kind.startswith("rediss"), options)
     # The URL's own options (max_connections=...) win over these: redis-py applies them last.
-    pool = BlockingConnectionPool.from_url(url, timeout=socket_timeout, **options)
+    pool = BlockingConnectionPool.from_url(url, timeout=socket_timeout, **options, **_STANDALONE_OPTIONS)
     return Redis.from_pool(pool)  # closing the client closes the pool
 
 

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
@@ -34,46 +31,10 @@ from kairos.llm.limits import LimitStoreUnavailable, RedisLimitStore, TokenLimit
 from kairos.ratelimit.policy import Limit, Policy, compile_policy
 from kairos.ratelimit.redis_store import RedisStore, StoreUnavailable, slot_keys
 from kairos.redis_outage import MAX_CONNECTIONS, _SentinelMaster, connect, redacted
-from tests.processes import Server, backend, free_port, kairos_run, route, server_process, stop
+from tests.processes import Server, backend, kairos_run, route, stop
+from tests.sentinel import SERVICE, SentinelSet, program, redis_process, sentinel_servers, sync_client, until
 
-SERVICE = "kairos"
-BASE = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
 MONTHLY = TokenLimits(budget_usd_per_month=0.05)  # 5 requests at 0.01 USD (a month: no window rolls over)
-
-
-def program(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} is not installed: run `make system-deps` (the redis-server package)")
-    return found
-
-
-@contextmanager
-def redis_process(tmp: Path, name: str, *extra: str) -> Iterator[Server]:
-    """A redis-server (``--sentinel`` among ``extra`` for a sentinel) with its own directory."""
-    port = free_port()
-    home = tmp / f"{name}-{port}"
-    home.mkdir()
-    args = ["--port", str(port), *BASE, "--dir", str(home), *extra]
-    with server_process(args, port, tmp / f"{name}-{port}.log", program=program("redis-server")) as server:
-        yield server
-
-
-def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> float:
-    """Poll ``check`` until it holds (at most ``timeout`` seconds); the seconds it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            if check():
-                return time.monotonic() - start
-        except Exception:  # a server still starting
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
-def sync_client(port: int) -> SyncRedis:
-    return SyncRedis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True)
 
 
 def limit(count: int, strategy: str = "PerIP") -> dict[str, Any]:
@@ -164,48 +125,10 @@ def test_a_client_keeps_at_most_max_connections_however_many_calls_wait(redis: s
 # -- Sentinel ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class SentinelSet:
-    master: Server
-    replica: Server
-    sentinel: Server
-
-    @property
-    def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{SERVICE}/0"
-
-
 @pytest.fixture(scope="module")
 def sentinel_set(module_tmp: Path) -> Iterator[SentinelSet]:
-    with ExitStack() as stack:
-        # No 5 s wait for more replicas before the first (diskless) full sync.
-        master = stack.enter_context(redis_process(module_tmp, "master", "--repl-diskless-sync-delay", "0"))
-        replica = stack.enter_context(
-            redis_process(module_tmp, "replica", "--replicaof", "127.0.0.1", str(master.port))
-        )
-        with sync_client(replica.port) as client:
-            until(lambda: client.info("replication")["master_link_status"] == "up", "the replica syncs")
-        # The sentinel is started once the replica is attached: it learns of it from the master's
-        # first INFO instead of ten seconds later.
-        port = free_port()
-        conf = module_tmp / f"sentinel-{port}.conf"
-        conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {module_tmp}\n"
-            f"sentinel monitor {SERVICE} 127.0.0.1 {master.port} 1\n"
-            f"sentinel down-after-milliseconds {SERVICE} 500\nsentinel failover-timeout {SERVICE} 3000\n"
-        )
-        log = module_tmp / f"sentinel-{port}.log"
-        sentinel = stack.enter_context(
-            server_process([str(conf), "--sentinel"], port, log, program=program("redis-server"))
-        )
-        with sync_client(port) as client:
-
-            def replica_known() -> bool:
-                replicas = client.sentinel_slaves(SERVICE)
-                return any(r["flags"] == "slave" and r["master-link-status"] == "ok" for r in replicas)
-
-            until(replica_known, "the sentinel knows the replica")
-        yield SentinelSet(master, replica, sentinel)
+    with sentinel_servers(module_tmp) as servers:
+        yield servers
 
 
 def test_sentinel_stores_admit_exactly_n_and_work_again_after_a_failover(sentinel_set: SentinelSet) -> None:
