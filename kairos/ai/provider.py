@@ -3,9 +3,16 @@
 litellm takes ~5 s to import and is only needed when a route uses an AI strategy that calls a
 provider, so nothing imports it at module level: ``load_litellm()`` does, once, from a worker
 thread at startup (or when a reload adds the first such route). Before the import it sets
-``LITELLM_LOCAL_MODEL_COST_MAP=True`` (unless the operator set it), so litellm reads its bundled
-model price list instead of fetching one from the internet; its debug banners and telemetry are
-switched off and its loggers kept at WARNING (at DEBUG they print request parameters).
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` and ``LITELLM_OFFLINE_MODE=true`` (each unless the operator set
+it), so litellm never downloads anything at run time: it reads its bundled model price list instead
+of fetching one, its bundled Anthropic beta-header table, and counts the tokens of a model whose
+HuggingFace tokenizer it would fetch from huggingface.co (Llama, Cohere) with its bundled tiktoken
+encoding (its bundled Anthropic and DeepSeek tokenizers are still used). Without offline mode, a
+stream on litellm's SDK whose provider reports no usage made litellm count it with the Llama
+tokenizer, whose download retries for ~23 s without a network before the stream could end (found by
+tests/llm/test_offline.py, which runs the gateway in an empty network namespace). Its debug banners
+and telemetry are switched off and its loggers kept at WARNING (at DEBUG they print request
+parameters).
 
 Every call goes through litellm's own code (``acompletion`` / ``aembedding``) with
 ``model="<provider>/<model>"``, the key, ``api_base``, the time left of the decision's budget as
@@ -87,6 +94,9 @@ def load_litellm() -> Any:
     with _LOCK:
         if _LITELLM is None:
             os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            # Whatever litellm would fetch on its own (tokenizers from huggingface.co, its price list,
+            # its Anthropic beta-header table) comes from its bundled copies: see the module docstring.
+            os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
             started = time.perf_counter()
             import litellm
 

@@ -448,7 +448,9 @@ class TokenCounter:
     litellm's internals are not what this expects (another version), the public ``token_counter`` is
     used. For a model whose tokenizer litellm would download from huggingface.co (Llama, Cohere: it
     retries for ~23 s, blocking, when offline), litellm's bundled tiktoken encoding counts instead: an
-    estimate within a few percent, and nothing fetched at run time."""
+    estimate within a few percent, and nothing fetched at run time. litellm's own counts (its SDK
+    estimates a stream's usage when the provider reports none) make the same choice because
+    ``LITELLM_OFFLINE_MODE`` is set before litellm is imported (kairos/ai/provider.py)."""
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
