@@ -382,7 +382,7 @@ async def _send_events(
         if isinstance(found, dict) and found:
             usage.prompt_tokens = int(found.get("prompt_tokens") or 0)
             usage.completion_tokens = int(found.get("completion_tokens") or 0)
-            usage.reported = True
+            usage.reported = usage.prompt_tokens + usage.completion_tokens > 0  # 0/0: none (usage_of)
             if not choices and not wants_usage:
                 continue  # the usage-only chunk asked for by the gateway
         elif not wants_usage and not choices:

@@ -275,7 +275,9 @@ class LlmService:
         if isinstance(found, dict):
             usage.prompt_tokens = int(found.get("prompt_tokens") or 0)
             usage.completion_tokens = int(found.get("completion_tokens") or 0)
-            usage.reported = True
+            # 0 tokens in and out is no report: litellm's SDK fills that in when the provider sent no
+            # usage; estimated then, as the direct transport does for a missing one.
+            usage.reported = usage.prompt_tokens + usage.completion_tokens > 0
         text = "" if usage.reported else answer_text(answer)
         await self.complete_usage(usage, config, model, kind, request, attempted, text)
         return usage

@@ -103,6 +103,7 @@ def core_route(fake: Server, transport: str) -> dict[str, Any]:
         "primary": {"targets": [to("echo-primary")], "fallbacks": ["secondary"]},
         "secondary": [to("echo-secondary")],
         "quiet": [to("echo-quiet")],
+        "quiet-json": [to("echo-quiet-json")],
     }
     return {
         "protocol": "llm",
@@ -335,6 +336,25 @@ def test_a_stream_without_usage_is_answered_and_its_tokens_estimated(way: Way) -
             and f'gen_ai_token_type="{kind}"' in line
         )
         assert float(line.rsplit(" ", 1)[1]) > 0
+
+
+def test_a_json_answer_without_usage_has_its_tokens_estimated(way: Way) -> None:
+    """The same for a non-streamed answer: litellm's SDK fills in 0/0 where the provider sent no
+    usage, which is no report; both transports count the call with estimated tokens."""
+    client, direct = way.client, way.direct
+    control(direct, model="echo-quiet-json", omit_usage=True)
+    asked = client.post("/v1/chat/completions", json=chat("quiet-json", max_tokens=5))
+    assert asked.status_code == 200 and len(asked.json()["choices"][0]["message"]["content"].split()) == 5
+    metrics = client.get("/metrics").text
+    for kind in ("input", "output"):
+        line = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith("gen_ai_client_token_usage_total{")
+            and 'gen_ai_request_model="quiet-json"' in line
+            and f'gen_ai_token_type="{kind}"' in line
+        )
+        assert float(line.rsplit(" ", 1)[1]) > 0, (way.transport, kind)
 
 
 # -- fallback before the first byte -------------------------------------------------------------------
