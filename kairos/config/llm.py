@@ -24,12 +24,22 @@ DEFAULT_FALLBACK_STATUSES = (408, 429, 500, 502, 503, 504)
 class LlmTarget(ConfigModel):
     """One provider model that can answer for a public model."""
 
-    provider: Str = Field(
-        min_length=1,
-        description="litellm provider name (`openai`, `anthropic`, `azure`, `mistral`, `groq`, `ollama`, "
-        "`hosted_vllm`, ...); any case. An OpenAI-compatible server is `openai` with `api_base`.",
+    ai_provider: Str | None = Field(
+        None,
+        description="Reuse a provider of the top-level `ai` block: `ai` (the block's own provider) or "
+        "`ai.fallback_providers[N]`. Its `provider`, `model`, `api_key` and `api_base` are copied; the "
+        "target's own keys (a different `model`, `timeout_ms`, `weight`, ...) override them.",
     )
-    model: Str = Field(min_length=1, description="The provider's model name, e.g. `gpt-4o-mini`.")
+    provider: Str = Field(
+        "",
+        description="litellm provider name (`openai`, `anthropic`, `azure`, `mistral`, `groq`, `ollama`, "
+        "`hosted_vllm`, ...); any case. An OpenAI-compatible server is `openai` with `api_base`. Required "
+        "unless `ai_provider` gives it.",
+    )
+    model: Str = Field(
+        "",
+        description="The provider's model name, e.g. `gpt-4o-mini`. Required unless `ai_provider` gives it.",
+    )
     api_base: Str | None = Field(
         None, description="`http(s)://` base URL of the provider (an OpenAI-compatible server: its `/v1`)."
     )
@@ -74,6 +84,16 @@ class LlmTarget(ConfigModel):
         if api_base is not None and not api_base.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return api_base.rstrip("/") if api_base is not None else None
+
+    @model_validator(mode="after")
+    def _named(self) -> LlmTarget:
+        if self.ai_provider is None:
+            missing = [name for name in ("provider", "model") if not getattr(self, name)]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(f'`{name}`' for name in missing)} required (or `ai_provider`)"
+                )
+        return self
 
     @property
     def label(self) -> str:
@@ -260,3 +280,62 @@ class LlmConfig(ConfigModel):
                 f"(models: {known})"
             )
         return self
+
+
+AI_PROVIDER_KEYS = ("provider", "model", "api_key", "api_base")
+_AI_REFERENCE = re.compile(r"ai(?:\.fallback_providers\[(\d+)\])?")
+
+
+def reuse_ai_providers(document: dict[str, Any], problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """The document with every LLM target that says ``"ai_provider": "ai"`` (or
+    ``"ai.fallback_providers[N]"``) completed from that provider of the top-level ``ai`` block, so one
+    key and base URL serve AI routing and the LLM routes. Runs on the raw document (before the
+    models: the loader validates each route alone), so the written document keeps the reference; a
+    reference that cannot be resolved is appended to ``problems`` as (path, message) and left as is."""
+    routers = document.get("routers")
+    if not isinstance(routers, list):
+        return document
+    ai = document.get("ai")
+    changed: list[Any] = []
+    for index, route in enumerate(routers):
+        llm = route.get("llm") if isinstance(route, dict) else None
+        models = llm.get("models") if isinstance(llm, dict) else None
+        if not isinstance(llm, dict) or not isinstance(models, dict):
+            changed.append(route)
+            continue
+        resolved: dict[str, Any] = {}
+        for name, entry in models.items():
+            listed = entry.get("targets") if isinstance(entry, dict) else entry
+            if not isinstance(listed, list):
+                resolved[name] = entry
+                continue
+            path = f"routers[{index}].llm.models.{name}" + (".targets" if isinstance(entry, dict) else "")
+            done = [_completed(target, ai, f"{path}[{n}]", problems) for n, target in enumerate(listed)]
+            resolved[name] = {**entry, "targets": done} if isinstance(entry, dict) else done
+        changed.append({**route, "llm": {**llm, "models": resolved}})
+    return {**document, "routers": changed}
+
+
+def _completed(target: Any, ai: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    if not isinstance(target, dict) or target.get("ai_provider") is None:
+        return target
+    reference = target["ai_provider"]
+    found = _AI_REFERENCE.fullmatch(reference) if isinstance(reference, str) else None
+    where = f"{path}.ai_provider"
+    if found is None:
+        problems.append((where, f"must be `ai` or `ai.fallback_providers[N]` (got {reference!r})"))
+        return target
+    if not isinstance(ai, dict):
+        problems.append((where, f"there is no top-level `ai` block to take {reference!r} from"))
+        return target
+    source: Any = ai
+    if found.group(1) is not None:
+        fallbacks = ai.get("fallback_providers") or []
+        number = int(found.group(1))
+        if not isinstance(fallbacks, list) or number >= len(fallbacks):
+            problems.append((where, f"`ai.fallback_providers` has no entry {number}"))
+            return target
+        source = fallbacks[number]
+    if not isinstance(source, dict):
+        return target
+    return {**{key: source[key] for key in AI_PROVIDER_KEYS if key in source}, **target}

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 from pydantic import AliasChoices, BaseModel, ValidationError
 
 from kairos.config.ai import PROVIDER_STRATEGIES, AiConfig
+from kairos.config.llm import reuse_ai_providers
 from kairos.config.model import NO_BACKENDS, PROTOCOL_SCHEMES, GatewayConfig, RouteConfig
 from kairos.config.path_template import parse_template
 from kairos.config.problems import (
@@ -146,6 +147,9 @@ def load_data(raw: Any, source: str = "config", environ: Mapping[str, str] | Non
     unset_env: list[Problem] = []
     document = raw
     raw = substitute_env(raw, os.environ if environ is None else environ, unset_env, ())
+    unresolved: list[tuple[str, str]] = []
+    raw = reuse_ai_providers(raw, unresolved)  # LLM targets that name a provider of the `ai` block
+    errors.extend(Problem(path, message) for path, message in unresolved)
 
     routes_raw = raw.get("routers")
     top_raw = {key: value for key, value in raw.items() if key != "routers"}

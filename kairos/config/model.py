@@ -18,7 +18,7 @@ from kairos.config.base import Bool, ConfigModel, Int, NonNegativeInt, PositiveI
 from kairos.config.breaker import BackendCircuitBreakerConfig
 from kairos.config.dns import DEFAULT_DNS_TIMEOUT_MS, FLAT_KEYS, DnsConfig
 from kairos.config.jwt import JwtConfig
-from kairos.config.llm import LlmConfig
+from kairos.config.llm import LlmConfig, reuse_ai_providers
 from kairos.config.path_template import PathTemplate, parse_template
 from kairos.config.policies import (
     CacheConfig,
@@ -599,6 +599,18 @@ class GatewayConfig(ConfigModel):
         description="Security headers added to responses (a route's setting replaces it); `true`/`false` is "
         "shorthand for `enabled`.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _llm_targets_from_ai(cls, data: Any) -> Any:
+        """A whole document validated at once (the loader resolves them itself, route by route)."""
+        if not isinstance(data, dict):
+            return data
+        problems: list[tuple[str, str]] = []
+        data = reuse_ai_providers(data, problems)
+        if problems:
+            raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
+        return data
 
     @model_validator(mode="before")
     @classmethod
