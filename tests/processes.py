@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +165,42 @@ def redis_server(tmp_path: Path) -> Iterator[Server]:
     args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     with server_process(args, port, tmp_path / f"redis-{port}.log", program=program) as server:
         yield server
+
+
+@dataclass
+class RedisProcess:
+    """A redis-server a test kills and starts again on the same port (no persistence: it comes back
+    empty), stopped by PID like every other server."""
+
+    port: int
+    home: Path
+    starts: int = 0
+    server: Server | None = None
+    _stack: ExitStack = field(default_factory=ExitStack)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        program = shutil.which("redis-server")
+        if program is None:
+            raise RuntimeError("redis-server is not installed: run `make test` (it installs it with apt-get)")
+        self.starts += 1
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        log = self.home / f"redis-{self.port}-{self.starts}.log"
+        self._stack = ExitStack()
+        self.server = self._stack.enter_context(server_process(args, self.port, log, program=program))
+
+    def kill(self) -> None:
+        """SIGKILL by PID, as a crash ends it (then reaped by the helper's stop)."""
+        assert self.server is not None
+        self.server.process.kill()
+        self._stack.close()
+        self.server = None
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 def backend(server: Server | int, weight: int = 1, scheme: str = "http", **extra: Any) -> dict[str, Any]:

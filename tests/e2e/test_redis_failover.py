@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
@@ -38,7 +37,17 @@ from kairos.config.ratelimit import RateLimitConfig
 from kairos.ratelimit.policy import compile_policy
 from kairos.ratelimit.redis_store import RedisStore
 from kairos.redis_outage import RETRY_SECONDS
-from tests.processes import Server, backend, free_port, kairos_run, route, server_process, stop, wait_for_port
+from tests.processes import (
+    RedisProcess,
+    Server,
+    backend,
+    free_port,
+    kairos_run,
+    route,
+    server_process,
+    stop,
+    wait_for_port,
+)
 from tests.sentinel import SentinelSet, sentinel_servers
 
 CLIENTS = 8  # concurrent clients
@@ -54,41 +63,6 @@ UNAVAILABLE = "rate_limit_unavailable"
 def limit(count: int, prefix: str, **extra: Any) -> dict[str, Any]:
     return {"strategy": "PerIP", "requests_per_window": count, "window_duration": 3600, "burst_allowance": 0,
             "window_type": "FixedWindow", "redis_key_prefix": prefix, **extra}  # fmt: skip
-
-
-@dataclass
-class RedisProcess:
-    """A redis-server killed and started again on the same port (no persistence: it comes back empty)."""
-
-    port: int
-    home: Path
-    starts: int = 0
-    server: Server | None = None
-    _stack: ExitStack = field(default_factory=ExitStack)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        program = shutil.which("redis-server")
-        if program is None:
-            raise RuntimeError("redis-server is not installed: run `make test` (it installs it with apt-get)")
-        self.starts += 1
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        log = self.home / f"redis-{self.port}-{self.starts}.log"
-        self._stack = ExitStack()
-        self.server = self._stack.enter_context(server_process(args, self.port, log, program=program))
-
-    def kill(self) -> None:
-        """SIGKILL by PID, as a crash ends it (then reaped by the helper's stop)."""
-        assert self.server is not None
-        self.server.process.kill()
-        self._stack.close()
-        self.server = None
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 @contextmanager

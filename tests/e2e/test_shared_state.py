@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis as SyncRedis
 
-from tests.processes import Server, backend, free_port, kairos_run, route, server_process, wait_for_port
+from tests.processes import (
+    RedisProcess,
+    Server,
+    backend,
+    free_port,
+    kairos_run,
+    route,
+    server_process,
+    wait_for_port,
+)
 
 API_KEY = "sk-kairostest-Shared0State1Key2"
 MODEL = "shared-model"
@@ -57,36 +65,8 @@ class Flaky:
         return count
 
 
-@dataclass
-class RedisProcess:
-    """A redis-server this module kills and starts again on the same port (stopped by PID)."""
-
-    port: int
-    home: Path
-    starts: int = 0
-    server: Server | None = None
-    _stack: ExitStack = field(default_factory=ExitStack)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        program = shutil.which("redis-server")
-        if program is None:
-            raise RuntimeError("redis-server is not installed: run `make test` (it installs it with apt-get)")
-        self.starts += 1
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        log = self.home / f"redis-{self.port}-{self.starts}.log"
-        self._stack = ExitStack()
-        self.server = self._stack.enter_context(server_process(args, self.port, log, program=program))
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would end it (then reaped by the helper's stop)."""
-        assert self.server is not None
-        self.server.process.kill()
-        self._stack.close()
-        self.server = None
+class CountedRedis(RedisProcess):
+    """The restartable redis-server, with what the tests read of it."""
 
     def client(self) -> SyncRedis:
         return SyncRedis(host="127.0.0.1", port=self.port, socket_timeout=2)
@@ -98,8 +78,8 @@ class RedisProcess:
 
 
 @pytest.fixture(scope="module")
-def store(module_tmp: Path) -> Iterator[RedisProcess]:
-    process = RedisProcess(free_port(), module_tmp)
+def store(module_tmp: Path) -> Iterator[CountedRedis]:
+    process = CountedRedis(free_port(), module_tmp)
     process.start()
     try:
         yield process
@@ -166,7 +146,7 @@ def config(fake: Server, f: dict[str, Flaky], with_ai: bool = True) -> dict[str,
 
 @pytest.fixture(scope="module")
 def replicas(
-    module_tmp: Path, store: RedisProcess, fake: Server, flaky: dict[str, Flaky]
+    module_tmp: Path, store: CountedRedis, fake: Server, flaky: dict[str, Flaky]
 ) -> Iterator[list[Server]]:
     with ExitStack() as stack:
         env = {"KAIROS_REDIS_URL": store.url}
@@ -224,7 +204,7 @@ def get(server: Server, path: str) -> httpx.Response:
 
 
 def test_an_ai_decision_made_by_one_replica_is_reused_by_another(
-    replicas: list[Server], fake: Server, store: RedisProcess
+    replicas: list[Server], fake: Server, store: CountedRedis
 ) -> None:
     before = hits(fake)
     first = httpx.post(f"{replicas[0].url}/ai", json=REFUND, timeout=10)
@@ -290,7 +270,7 @@ def test_half_open_trials_are_limited_across_replicas(
 
 
 def test_a_healthy_shared_backend_costs_a_few_redis_calls_a_second(
-    replicas: list[Server], store: RedisProcess
+    replicas: list[Server], store: CountedRedis
 ) -> None:
     """The figure docs/resilience.md quotes: script calls per request on a healthy shared backend."""
     with httpx.Client(base_url=replicas[0].url, timeout=10) as client:
@@ -306,7 +286,7 @@ def test_a_healthy_shared_backend_costs_a_few_redis_calls_a_second(
 
 
 def test_redis_down_every_request_is_served_per_replica_then_sharing_resumes(
-    replicas: list[Server], store: RedisProcess, flaky: dict[str, Flaky], fake: Server
+    replicas: list[Server], store: CountedRedis, flaky: dict[str, Flaky], fake: Server
 ) -> None:
     solo, after = flaky["solo"], flaky["after"]
     store.kill()
