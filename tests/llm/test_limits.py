@@ -56,9 +56,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """This module's own redis-server (stopped by PID when the module ends)."""
+    """This module's own redis-server (stopped by PID when the module ends). The tests fire bursts of
+    concurrent calls at fresh stores, each opening its connections at once: a 5 s connect timeout
+    (instead of the stores' fail-fast 0.5 s) keeps a machine busy with the rest of the suite from
+    turning a slow accept into a fail-open admission these tests would count."""
     with redis_server(tmp_path_factory.mktemp("llm-limits")) as server:
-        yield f"redis://127.0.0.1:{server.port}/0"
+        yield f"redis://127.0.0.1:{server.port}/0?socket_connect_timeout=5"
 
 
 @pytest.fixture
