@@ -207,12 +207,14 @@ def _number(text: str, url: str) -> int:
 
 
 class Outage:
-    """One store's view of its Redis: down (skip it) for a second after each failure."""
+    """One store's view of its Redis (or of another storage, named by ``storage``; "" for a label
+    that says it all): down (skip it) for a second after each failure."""
 
-    __slots__ = ("_down_until", "_label", "_url", "failures")
+    __slots__ = ("_down_until", "_subject", "_url", "failures")
 
-    def __init__(self, label: str, url: str) -> None:
-        self._label = label  # e.g. "rate limit store": the start of the log lines
+    def __init__(self, label: str, url: str, storage: str = "redis") -> None:
+        # The start of the log lines, e.g. "rate limit store redis".
+        self._subject = f"{label} {storage}" if storage else label
         self._url = url
         self._down_until = 0.0
         self.failures = 0  # operations that could not reach Redis
@@ -224,11 +226,11 @@ class Outage:
         self.failures += 1
         if not self._down_until:
             logger.warning(
-                "%s redis at %s is unreachable%s: %s", self._label, redacted(self._url), consequence, exc
+                "%s at %s is unreachable%s: %s", self._subject, redacted(self._url), consequence, exc
             )
         self._down_until = time.monotonic() + RETRY_SECONDS
 
     def reached(self) -> None:
         if self._down_until:
-            logger.warning("%s redis at %s is reachable again", self._label, redacted(self._url))
+            logger.warning("%s at %s is reachable again", self._subject, redacted(self._url))
             self._down_until = 0.0

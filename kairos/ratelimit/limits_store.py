@@ -51,7 +51,7 @@ from kairos.config.storage_uri import limits_uri, scheme_of
 from kairos.ratelimit.policy import Limit
 from kairos.ratelimit.redis_store import StoreUnavailable
 from kairos.ratelimit.verdict import Verdict, make_verdict
-from kairos.redis_outage import RETRY_SECONDS, SOCKET_TIMEOUT, Outage, redacted
+from kairos.redis_outage import SOCKET_TIMEOUT, Outage, redacted
 
 logger = logging.getLogger("kairos")
 
@@ -103,24 +103,6 @@ class _FixedWindow(FixedWindowRateLimiter):
         return await self.storage.get(item.key_for(*identifiers))
 
 
-class _StoreOutage(Outage):
-    """``Outage`` (down for a second after each failure, counted) with log lines that name the
-    storage rather than Redis."""
-
-    def failed(self, exc: BaseException, consequence: str = "") -> None:
-        self.failures += 1
-        if not self._down_until:
-            logger.warning(
-                "%s at %s is unreachable%s: %s", self._label, redacted(self._url), consequence, exc
-            )
-        self._down_until = time.monotonic() + RETRY_SECONDS
-
-    def reached(self) -> None:
-        if self._down_until:
-            logger.warning("%s at %s is reachable again", self._label, redacted(self._url))
-            self._down_until = 0.0
-
-
 class LimitsStore:
     """One ``limits`` storage, shared by every policy whose ``storage_uri`` names it."""
 
@@ -141,7 +123,7 @@ class LimitsStore:
         self._errors: tuple[type[BaseException], ...] = (StorageError, OSError, TimeoutError, ConnectionError)
         base = storage.base_exceptions
         self._errors += base if isinstance(base, tuple) else (base,)
-        self._outage = _StoreOutage("rate limit store", uri)
+        self._outage = Outage("rate limit store", uri, storage="")  # the log names the URI, not Redis
 
     @property
     def failures(self) -> int:
