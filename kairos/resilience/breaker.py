@@ -83,7 +83,43 @@ class FailureWindow:
             self.failures -= failures
 
 
-class CircuitBreaker:
+class CircuitFields:
+    """The questions a circuit's fields answer (its state, probe time and probe slots): asked of
+    this replica's ``CircuitBreaker`` and of the replicas' common state in Redis
+    (``kairos.resilience.shared_breaker.SharedCircuit``) alike. The subclasses hold the fields."""
+
+    __slots__ = ()
+
+    state: str
+    probe_at: float
+    probes: int
+    max_probes: int
+
+    def blocks(self, now: float) -> bool:
+        """Whether a call now must not reach the backend: open and before probe time, or half-open
+        (or due to become so) with every probe slot taken."""
+        state = self.state
+        if state is CLOSED:
+            return False
+        if state is OPEN and now < self.probe_at:
+            return True
+        return self.probes >= self.max_probes
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until a probe is allowed (0 once probe time is reached, even if the probe slots
+        are taken: when they free up cannot be known)."""
+        if self.state is OPEN and now < self.probe_at:
+            return self.probe_at - now
+        return 0.0
+
+    def state_at(self, now: float) -> str:
+        """The state as an observer sees it: an open circuit past its probe time is half-open."""
+        if self.state is OPEN and now >= self.probe_at:
+            return HALF_OPEN
+        return self.state
+
+
+class CircuitBreaker(CircuitFields):
     __slots__ = (
         "_window",
         "epoch",
@@ -112,36 +148,22 @@ class CircuitBreaker:
     # -- questions -------------------------------------------------------------------------------
 
     def blocks(self, now: float) -> bool:
-        """Whether a call now must not reach the backend: open and before probe time, or half-open
-        (or due to become so) with every probe slot taken."""
         shared = self.shared
         if shared is not None and shared.usable():
             return shared.blocks(now)
-        state = self.state
-        if state is CLOSED:
-            return False
-        if state is OPEN and now < self.probe_at:
-            return True
-        return self.probes >= self.max_probes
+        return super().blocks(now)
 
     def retry_after(self, now: float) -> float:
-        """Seconds until a probe is allowed (0 once probe time is reached, even if the probe slots
-        are taken: when they free up cannot be known)."""
         shared = self.shared
         if shared is not None and shared.usable():
             return shared.retry_after(now)
-        if self.state is OPEN and now < self.probe_at:
-            return self.probe_at - now
-        return 0.0
+        return super().retry_after(now)
 
     def state_at(self, now: float) -> str:
-        """The state as an observer sees it: an open circuit past its probe time is half-open."""
         shared = self.shared
         if shared is not None and shared.usable():
             return shared.state_at(now)
-        if self.state is OPEN and now >= self.probe_at:
-            return HALF_OPEN
-        return self.state
+        return super().state_at(now)
 
     # -- a call's life ---------------------------------------------------------------------------
 

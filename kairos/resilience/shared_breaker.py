@@ -52,7 +52,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from kairos.redis_outage import Client, Outage, connect
-from kairos.resilience.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from kairos.resilience.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitFields
 
 if TYPE_CHECKING:
     from kairos.config.breaker import BackendCircuitBreakerConfig
@@ -202,7 +202,7 @@ class Admission(NamedTuple):
 _ADMIT: Final = Admission(True)
 
 
-class SharedCircuit:
+class SharedCircuit(CircuitFields):
     """One backend's shared breaker as this replica sees it: the state Redis returned last (at most
     ``SYNC_SECONDS`` old while requests flow), and the calls that change it. Attached to the
     backend's ``CircuitBreaker`` (``breaker.shared``) by ``SharedBreakers.update``."""
@@ -243,24 +243,6 @@ class SharedCircuit:
     def usable(self) -> bool:
         """Whether the shared state decides now (Redis not known to be down)."""
         return not self.store.outage.down()
-
-    def blocks(self, now: float) -> bool:
-        state = self.state
-        if state is CLOSED:
-            return False
-        if state is OPEN and now < self.probe_at:
-            return True
-        return self.probes >= self.max_probes
-
-    def retry_after(self, now: float) -> float:
-        if self.state is OPEN and now < self.probe_at:
-            return self.probe_at - now
-        return 0.0
-
-    def state_at(self, now: float) -> str:
-        if self.state is OPEN and now >= self.probe_at:
-            return HALF_OPEN
-        return self.state
 
     def stale(self, now: float) -> bool:
         return now - self.fetched >= SYNC_SECONDS
